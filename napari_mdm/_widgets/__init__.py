@@ -1,0 +1,1 @@
+"""Dock widgets: the only modules that import Qt or napari."""

@@ -1,0 +1,175 @@
+"""Safe checkpoints: safetensors weights plus JSON settings, never a pickle.
+
+A backbone file carries its U-Net and corruption settings and its training provenance in the
+safetensors header, so it rebuilds its own model; a readable ``.json`` with the same content is
+written beside it. Files that are not safetensors (a torch pickle, a truncated download) are
+refused with a clear message before anything in them is interpreted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .backbone import UNet, UNetConfig
+from .corruption import CorruptionConfig
+from .files import atomic_output
+from .jobs import UserError
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+BACKBONE_FORMAT = "napari-mdm-backbone/1"
+
+
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be used: not safetensors, truncated, or of another kind."""
+
+
+def shipped_dir() -> Path:
+    """Where shipped checkpoints live: ``resources/`` of a source checkout, or the installed package."""
+    if RESOURCES.is_dir():
+        return RESOURCES
+    from importlib.resources import files
+
+    return Path(str(files("napari_mdm.resources")))
+
+
+def shipped_backbones() -> dict[str, Path]:
+    """Shipped backbones by name (``histology`` -> resources/histology.safetensors)."""
+    return {p.stem: p for p in sorted(shipped_dir().glob("*.safetensors"))}
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A path to an existing checkpoint file, from a path or the name of a shipped backbone."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_backbones()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    if path.exists():
+        raise CheckpointError(f"{path} is not a file")
+    names = ", ".join(shipped) or "none"
+    raise CheckpointError(f"no checkpoint {str(name_or_path)!r}: not a file, and not a shipped backbone (shipped: {names})")
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse files that are not safetensors without interpreting them."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise CheckpointError(
+            f"{path} is a pickle/torch file; napari-mdm loads only safetensors checkpoints, "
+            "because unpickling can run arbitrary code"
+        )
+    size = path.stat().st_size
+    if len(head) < 9 or head[8:9] != b"{" or int.from_bytes(head[:8], "little") + 8 > size:
+        raise CheckpointError(f"{path} is not a valid safetensors file (truncated or another format)")
+
+
+def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict, overwrite: bool = True) -> Path:
+    """Write tensors and a JSON-able ``meta`` dict atomically as safetensors."""
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        save_file(flat, str(tmp), metadata={"meta": json.dumps(meta)})
+    return Path(path)
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read what :func:`write_tensors` wrote; any defect is a :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    _check_safetensors(path)
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get("meta", "{}"))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} could not be read: {err}") from None
+    return tensors, meta
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Short content hash of a file (part of feature-cache signatures)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Backbone:
+    """A frozen backbone ready for features and reconstructions."""
+
+    model: UNet
+    corruption: CorruptionConfig
+    provenance: dict = field(default_factory=dict)
+    digest: str = "unsaved"
+    name: str = "unsaved"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> "Backbone":
+        self.model.to(device)
+        return self
+
+
+def backbone_meta(model: UNet, corruption: CorruptionConfig, provenance: dict) -> dict:
+    return {"format": BACKBONE_FORMAT, "unet": model.config.to_dict(), "corruption": corruption.to_dict(), "provenance": provenance}
+
+
+def save_backbone(path: str | os.PathLike, model: UNet, corruption: CorruptionConfig, provenance: dict | None = None,
+                  half: bool = True, overwrite: bool = True) -> Path:
+    """Save inference weights (float16 by default: half the size, same features) and a JSON beside them."""
+    meta = backbone_meta(model, corruption, provenance or {})
+    dtype = torch.float16 if half else torch.float32
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    path = write_tensors(path, state, meta, overwrite=overwrite)
+    sidecar = Path(path).with_suffix(".json")
+    with atomic_output(sidecar) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def build_from_meta(meta: dict, source: Path) -> tuple[UNet, CorruptionConfig]:
+    if meta.get("format") != BACKBONE_FORMAT:
+        raise CheckpointError(f"{source} is not a napari-mdm backbone (format {meta.get('format')!r})")
+    try:
+        return UNet(UNetConfig.from_dict(meta["unet"])), CorruptionConfig.from_dict(meta["corruption"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{source} has unusable settings: {err}") from None
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load weights, turning an architecture mismatch into one readable line."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"{len(missing)} missing" if missing else "", f"{len(unexpected)} unexpected" if unexpected else "",
+                 f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else ""]
+        raise CheckpointError(f"{source} does not match its architecture: weights {', '.join(p for p in parts if p)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def load_backbone(name_or_path: str | os.PathLike = "histology", device: str | torch.device = "cpu") -> Backbone:
+    """Load a backbone from a file or a shipped name, in eval mode, float32, on ``device``."""
+    path = resolve_checkpoint(name_or_path)
+    state, meta = read_tensors(path)
+    model, corruption = build_from_meta(meta, path)
+    load_state(model, state, path)
+    model.eval().requires_grad_(False).to(device)
+    return Backbone(model, corruption, meta.get("provenance", {}), file_digest(path), str(name_or_path))

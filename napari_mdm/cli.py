@@ -1,0 +1,323 @@
+"""The ``napari-mdm`` command line: thin over the core modules, with progress bars and
+one-line errors (no traceback) for user mistakes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .jobs import Cancelled, UserError
+
+DEFAULT_BACKBONE = "histology"
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+class _Bar:
+    """A tqdm bar fed by the core's ``progress(done, total, info)`` callback."""
+
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def __call__(self, done: int, total: int, info: str) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None or self.bar.total != total:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=total, desc=self.desc, unit="", dynamic_ncols=True, file=sys.stderr,
+                            disable=None if not os.environ.get("NAPARI_MDM_PROGRESS") else False)
+        self.bar.n = done
+        self.bar.set_postfix_str(info, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _backbone(args):
+    from .checkpoint import load_backbone
+    from .devices import resolve_device
+
+    return load_backbone(args.backbone, device=resolve_device(args.device))
+
+
+def _pair_labels(images: list[Path], labels: list[str]) -> list[Path]:
+    """Labels given file by file (same order as the images) or as a folder holding NAME_mask.*,
+    NAME_labels.* or NAME.* for each image NAME."""
+    from .io import IMAGE_SUFFIXES
+
+    if len(labels) == 1 and Path(labels[0]).is_dir() and Path(labels[0]).suffix != ".zarr":
+        folder = Path(labels[0])
+        paired = []
+        for img in images:
+            stem = img.name.split(".")[0]
+            hits = [folder / f"{stem}{tag}{ext}" for tag in ("_mask", "_labels", "") for ext in IMAGE_SUFFIXES]
+            found = [h for h in hits if h.exists() and h != img]
+            if not found:
+                raise UserError(f"no labels for {img.name} in {folder} (looked for {stem}_mask.*, {stem}_labels.*)")
+            paired.append(found[0])
+        return paired
+    if len(labels) != len(images):
+        raise UserError(f"{len(images)} images but {len(labels)} label files: give one label file per image, "
+                        "or a folder of labels")
+    return [Path(p) for p in labels]
+
+
+def cmd_pretrain(args) -> int:
+    import numpy as np
+
+    from .backbone import PRESETS
+    from .checkpoint import load_backbone
+    from .corruption import CorruptionConfig
+    from .io import collect_images, read_image
+    from .pretrain import PretrainConfig, pretrain
+
+    paths = collect_images(args.images, args.exclude)
+    images = [read_image(p) for p in paths]
+    corruption = CorruptionConfig(mode=args.mode, mask_shape=args.mask_shape)
+    config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
+                            loss=args.loss, seed=args.seed, checkpoint_every=args.checkpoint_every)
+    init = load_backbone(args.init) if args.init else None
+    provenance = {"command": " ".join(["napari-mdm", *sys.argv[1:]]) if sys.argv[0].endswith("napari-mdm") else None,
+                  "preset": None if init else args.preset, "mode": args.mode,
+                  "data": sorted({str(p.parent) for p in paths})}
+    bar = _Bar("pretrain")
+    try:
+        result = pretrain(images, args.out, PRESETS[args.preset], corruption, config, args.device, args.resume,
+                          init, provenance, progress=bar)
+    finally:
+        bar.close()
+    loss = np.mean(result.losses[-50:]) if result.losses else float("nan")
+    print(f"{'stopped' if result.cancelled else 'finished'} at step {result.step}: mean loss of the last steps "
+          f"{loss:.4f}; wrote {args.out}")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    import numpy as np
+
+    from .io import read_image, write_array
+    from .reconstruction import reconstruct
+
+    backbone = _backbone(args)
+    corrupted, recon = reconstruct(backbone, read_image(args.image), args.timesteps, seed=args.seed)
+    stack = (np.stack([corrupted, recon], axis=1) * 255).round().astype(np.uint8)  # (T, 2, H, W, 3)
+    write_array(args.out, stack, overwrite=args.overwrite)
+    print(f"wrote {args.out}: (timestep, [masked input, reconstruction], H, W, RGB) for t = {list(args.timesteps)}")
+    return 0
+
+
+def cmd_train_head(args) -> int:
+    from .features import FeatureCache, FeatureConfig, resolve_config
+    from .head import HeadConfig, fit_head
+    from .io import collect_images, read_image, read_labels
+
+    backbone = _backbone(args)
+    images = collect_images(args.images, args.exclude)
+    label_paths = _pair_labels(images, args.labels)
+    config = resolve_config(backbone, FeatureConfig(timesteps=args.timesteps, blocks=args.blocks, tile=args.tile))
+    cache = FeatureCache()
+    feats, labels = [], []
+    bar = _Bar("features")
+    try:
+        for i, (img_path, lab_path) in enumerate(zip(images, label_paths)):
+            image = read_image(img_path)
+            feats.append(cache.get(image, backbone, config))
+            labels.append(read_labels(lab_path))
+            bar(i + 1, len(images), img_path.name)
+    finally:
+        bar.close()
+    head_cfg = HeadConfig(ensemble=args.ensemble, steps=args.steps, seed=args.seed)
+    bar = _Bar("head")
+    try:
+        head = fit_head(feats, labels, head_cfg, ignore=None if args.dense else 0,
+                        context={"features": config.to_dict(), "backbone": backbone.digest,
+                                 "backbone_name": str(args.backbone)}, progress=bar)
+    finally:
+        bar.close()
+    head.save(args.out, overwrite=True)
+    print(f"trained a {head_cfg.ensemble}-member head on {len(images)} images "
+          f"({head.in_channels} feature channels, classes {head.class_values}); wrote {args.out}")
+    return 0
+
+
+def cmd_segment(args) -> int:
+    from .head import Head
+    from .inference import segment_files
+    from .io import collect_images
+
+    backbone = _backbone(args)
+    head = Head.load(args.head)
+    paths = collect_images(args.images, args.exclude)
+    bar = _Bar("segment")
+    try:
+        written = segment_files(backbone, head, paths, args.out, args.format, args.uncertainty, args.overwrite,
+                                args.draws, progress=bar)
+    finally:
+        bar.close()
+    print(f"wrote {len(written)} masks to {args.out}")
+    return 0
+
+
+def _truth_for(pred: Path, truth_dir: Path) -> Path | None:
+    from .io import IMAGE_SUFFIXES
+
+    stem = pred.name.split(".")[0]
+    for tag in ("_mask", "_labels", "_inst", ""):
+        for ext in IMAGE_SUFFIXES:
+            candidate = truth_dir / f"{stem}{tag}{ext}"
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+    from skimage.measure import label as connected
+
+    from . import metrics
+    from .io import collect_images, read_labels
+
+    preds = [p for p in collect_images([args.pred]) if not p.name.split(".")[0].endswith("_uncertainty")]
+    scores = []
+    for pred_path in preds:
+        truth_path = _truth_for(pred_path, Path(args.truth))
+        if truth_path is None:
+            print(f"{pred_path.name}: no ground truth in {args.truth}, skipped", file=sys.stderr)
+            continue
+        pred, truth = read_labels(pred_path), read_labels(truth_path)
+        if pred.shape != truth.shape:
+            raise UserError(f"{pred_path.name} has shape {pred.shape} but {truth_path.name} has {truth.shape}")
+        if args.metric == "dice":
+            score = metrics.dice(pred, truth)
+        elif args.metric == "iou":
+            score = metrics.iou(pred, truth)
+        elif args.metric == "miou":
+            score = metrics.mean_iou(pred, truth)
+        else:
+            inst = truth if truth.max() > 1 else connected(truth > 0)
+            score = metrics.aji(connected(pred > 0), inst)
+        scores.append(score)
+        print(f"{pred_path.name}\t{args.metric}\t{score:.4f}")
+    if not scores:
+        raise UserError(f"no prediction in {args.pred} has ground truth in {args.truth}")
+    print(f"mean\t{args.metric}\t{np.mean(scores):.4f}\t({len(scores)} images)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out, backbone=args.backbone, device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .backbone import PRESETS
+    from .corruption import MASK_SHAPES, MODES
+    from .objectives import LOSSES
+
+    parser = argparse.ArgumentParser(prog="napari-mdm", description="Few-shot segmentation with masked-diffusion features.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_backbone(p, required=False):
+        p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                       help="checkpoint file or shipped name (default: %(default)s)")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
+
+    p = sub.add_parser("pretrain", help="pretrain or fine-tune a backbone on images")
+    p.add_argument("--images", nargs="+", required=True, help="image files or folders")
+    p.add_argument("--exclude", nargs="*", default=["*_mask.*", "*_inst.*"], help="glob patterns to skip")
+    p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p.add_argument("--init", help="start from this backbone (fine-tuning) instead of a fresh preset")
+    p.add_argument("--mode", choices=MODES, default="mdm")
+    p.add_argument("--mask-shape", choices=MASK_SHAPES, default="patch")
+    p.add_argument("--loss", choices=LOSSES, default="ssim")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved state")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("reconstruct", help="masked inputs and reconstructions per timestep")
+    add_backbone(p)
+    p.add_argument("--image", required=True)
+    p.add_argument("--timesteps", type=_ints, default=(100, 500, 900))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output .tif or .zarr")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("train-head", help="train the few-shot head on labelled images")
+    add_backbone(p)
+    p.add_argument("--images", nargs="+", required=True)
+    p.add_argument("--exclude", nargs="*", default=["*_mask.*", "*_inst.*", "*_labels.*"])
+    p.add_argument("--labels", nargs="+", required=True, help="label files (one per image) or a folder")
+    p.add_argument("--dense", action="store_true",
+                   help="labels are full masks in which 0 is a class (background), not 'unlabelled'")
+    p.add_argument("--timesteps", type=_ints, default=(50,))
+    p.add_argument("--blocks", type=_ints, default=None, help="decoder blocks (default: the backbone's)")
+    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--ensemble", type=int, default=10)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="head file to write (.safetensors)")
+    p.set_defaults(func=cmd_train_head)
+
+    p = sub.add_parser("segment", help="segment images with a trained head")
+    add_backbone(p)
+    p.add_argument("--head", required=True)
+    p.add_argument("--images", nargs="+", required=True)
+    p.add_argument("--exclude", nargs="*", default=["*_mask.*", "*_inst.*", "*_labels.*"])
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--format", choices=("tif", "zarr", "png"), default="tif")
+    p.add_argument("--uncertainty", action="store_true", help="also write NAME_uncertainty")
+    p.add_argument("--draws", type=int, default=None, help="average features over this many mask draws")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("evaluate", help="score predicted masks against ground truth")
+    p.add_argument("--pred", required=True, help="folder of predicted masks")
+    p.add_argument("--truth", required=True, help="folder of true masks (NAME_mask.* or NAME.*)")
+    p.add_argument("--metric", choices=("dice", "iou", "miou", "aji"), default="dice")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="headless end-to-end run on bundled sample data")
+    add_backbone(p)
+    p.add_argument("--out", default="napari-mdm-demo")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"napari-mdm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print(f"napari-mdm {args.command}: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"napari-mdm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

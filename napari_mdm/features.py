@@ -1,0 +1,194 @@
+"""Multi-timestep, multi-block decoder features of a frozen backbone, per pixel, in float16.
+
+For each tile: corrupt it at each timestep (reproducibly, image-wide: see ``corruption``), run
+the backbone up to the deepest decoder block needed, upsample each chosen block bilinearly to
+pixel resolution, L2-normalise it per pixel, and concatenate. Tiles are blended (``tiling``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import Backbone
+from .corruption import corrupt_region
+from .io import ImageSource
+from .jobs import ProgressFn, StopFn, UserError
+from .tiling import run_tiled
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    timesteps: tuple[int, ...] = (50,)
+    blocks: tuple[int, ...] | None = None
+    """Decoder blocks to read; None picks :func:`default_blocks` of the backbone."""
+    tile: int = 256
+    overlap: float = 0.25
+    seed: int = 0
+    draws: int = 1
+    """Mask/noise draws averaged per timestep (test-time averaging)."""
+    normalize: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureConfig":
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+
+def default_blocks(backbone: Backbone) -> tuple[int, ...]:
+    """The decoder's second half up to full resolution (the MDM paper read blocks 8-12 of 18)."""
+    n = len(backbone.model.output_blocks)
+    return tuple(range(n // 3, n))
+
+
+def resolve_config(backbone: Backbone, config: FeatureConfig | None) -> FeatureConfig:
+    """Fill in the backbone's default blocks and check the config against it."""
+    config = config or FeatureConfig()
+    if config.blocks is None:
+        config = replace(config, blocks=default_blocks(backbone))
+    n = len(backbone.model.output_blocks)
+    bad = [b for b in config.blocks if not 0 <= b < n]
+    if bad:
+        raise UserError(f"decoder blocks {bad} do not exist: this backbone has blocks 0..{n - 1}")
+    total = backbone.corruption.num_timesteps
+    if any(not 0 <= t <= total for t in config.timesteps) or not config.timesteps:
+        raise UserError(f"timesteps must be in 0..{total}, got {config.timesteps}")
+    if config.tile < backbone.model.config.divisor or config.tile % backbone.model.config.divisor:
+        raise UserError(f"tile must be a multiple of {backbone.model.config.divisor}, got {config.tile}")
+    if not 0 <= config.overlap < 0.9:
+        raise UserError(f"overlap must be in [0, 0.9), got {config.overlap}")
+    return config
+
+
+def num_channels(backbone: Backbone, config: FeatureConfig) -> int:
+    config = resolve_config(backbone, config)
+    return len(config.timesteps) * sum(backbone.model.block_channels[b] for b in config.blocks)
+
+
+def _pad_to(x: np.ndarray, divisor: int) -> np.ndarray:
+    h, w = x.shape[-2:]
+    ph, pw = -h % divisor, -w % divisor
+    return np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="symmetric") if ph or pw else x
+
+
+def tile_features(backbone: Backbone, region: np.ndarray, y0: int, x0: int, config: FeatureConfig) -> torch.Tensor:
+    """(C, h, w) float32 features of an (h, w, 3) [0, 1] region whose corner is at (y0, x0)."""
+    h, w = region.shape[:2]
+    x = region.transpose(2, 0, 1) * 2 - 1
+    inputs, steps = [], []
+    for t in config.timesteps:
+        for draw in range(config.draws):
+            corrupted = corrupt_region(x, y0, x0, t, backbone.corruption, config.seed + draw)
+            inputs.append(_pad_to(corrupted, backbone.model.config.divisor))
+            steps.append(t)
+    device = backbone.device
+    batch = torch.from_numpy(np.stack(inputs)).to(device)
+    with torch.inference_mode():
+        acts = backbone.model.decoder_features(batch, torch.tensor(steps, device=device), config.blocks)
+        per_block = []
+        for b in config.blocks:
+            a = F.interpolate(acts[b].float(), size=batch.shape[-2:], mode="bilinear", align_corners=False)[:, :, :h, :w]
+            if config.normalize:
+                a = a * (a.shape[1] ** 0.5) / a.norm(dim=1, keepdim=True).clamp_min(1e-6)
+            per_block.append(a)
+        feats = torch.cat(per_block, dim=1)  # (T*draws, Cb, h, w)
+        feats = feats.view(len(config.timesteps), config.draws, -1, h, w).mean(1)
+    return feats.reshape(-1, h, w).cpu()
+
+
+def extract_features(
+    backbone: Backbone,
+    image: np.ndarray | ImageSource,
+    config: FeatureConfig | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> np.ndarray:
+    """(C, H, W) float16 features of an image of any size, computed tile by tile."""
+    config = resolve_config(backbone, config)
+    source = image if isinstance(image, ImageSource) else ImageSource.from_array(image)
+    h, w = source.shape
+    out = np.zeros((num_channels(backbone, config), h, w), dtype=np.float16)
+
+    def compute(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return tile_features(backbone, source.region(y0, y1, x0, x1), y0, x0, config).numpy()
+
+    run_tiled((h, w), compute, out, config.tile, config.overlap, progress, should_stop)
+    return out
+
+
+def feature_signature(image: np.ndarray, backbone: Backbone, config: FeatureConfig) -> str:
+    """Key of a feature map: image content + backbone weights + every setting that changes it."""
+    h = hashlib.sha256()
+    arr = np.ascontiguousarray(image)
+    h.update(str((arr.shape, arr.dtype.str)).encode())
+    h.update(arr.tobytes())
+    h.update(backbone.digest.encode())
+    h.update(json.dumps(resolve_config(backbone, config).to_dict(), sort_keys=True).encode())
+    return h.hexdigest()[:24]
+
+
+class FeatureCache:
+    """Features by signature, kept in memory (least recently used dropped past ``max_bytes``)
+    and, with ``directory``, on disk as zarr with the signature checked on load."""
+
+    def __init__(self, max_bytes: int = 4 << 30, directory: str | None = None):
+        self.max_bytes = max_bytes
+        self.directory = directory
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _disk_path(self, key: str):
+        from pathlib import Path
+
+        return Path(self.directory) / f"{key}.zarr"
+
+    def _load(self, key: str) -> np.ndarray | None:
+        if self.directory is None or not self._disk_path(key).exists():
+            return None
+        import zarr
+
+        arr = zarr.open_array(str(self._disk_path(key)), mode="r")
+        if arr.attrs.get("signature") != key:
+            return None
+        return np.asarray(arr)
+
+    def _store(self, key: str, feats: np.ndarray) -> None:
+        if self.directory is None:
+            return
+        import zarr
+
+        from .files import atomic_output
+
+        with atomic_output(self._disk_path(key)) as tmp:
+            arr = zarr.create_array(store=str(tmp), shape=feats.shape, dtype=feats.dtype,
+                                    chunks=(feats.shape[0], 256, 256))
+            arr[...] = feats
+            arr.attrs["signature"] = key
+
+    def get(self, image: np.ndarray, backbone: Backbone, config: FeatureConfig | None = None,
+            progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> np.ndarray:
+        """Cached features of ``image``, computing (and caching) them on a miss."""
+        config = resolve_config(backbone, config)
+        key = feature_signature(image, backbone, config)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        feats = self._load(key)
+        if feats is None:
+            feats = extract_features(backbone, image, config, progress, should_stop)
+            self._store(key, feats)
+        self._items[key] = feats
+        while len(self._items) > 1 and sum(v.nbytes for v in self._items.values()) > self.max_bytes:
+            self._items.popitem(last=False)
+        return feats

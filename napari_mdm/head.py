@@ -1,0 +1,277 @@
+"""The few-shot head: an ensemble of small pixel MLPs trained on sparse labels.
+
+Each member is Linear(C, 128)-ReLU-BatchNorm-Linear(128, 32)-ReLU-BatchNorm-Linear(32, K), as in
+the MDM paper. All members train at once as batched matrix products, each on its own
+class-balanced batches. Prediction: majority vote; probabilities: the ensemble mean;
+uncertainty: Jensen-Shannon divergence of the members (entropy of the mean minus mean entropy).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import CheckpointError, read_tensors, write_tensors
+from .jobs import ProgressFn, StopFn, UserError, check_stop, report
+
+HEAD_FORMAT = "napari-mdm-head/1"
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    ensemble: int = 10
+    hidden: tuple[int, ...] = (128, 32)
+    steps: int = 300
+    batch_size: int = 1024
+    lr: float = 1e-3
+    pixels_per_class: int = 100_000
+    """Labelled pixels kept per class for training (a random subset when there are more)."""
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HeadConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+class EnsembleMLP(nn.Module):
+    """``members`` independent MLPs evaluated together: input (E, N, C) -> logits (E, N, K)."""
+
+    def __init__(self, members: int, in_ch: int, hidden: Sequence[int], classes: int):
+        super().__init__()
+        sizes = [in_ch, *hidden, classes]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.norms = nn.ModuleList()
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            bound = 1 / a**0.5
+            self.weights.append(nn.Parameter(torch.empty(members, a, b).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(members, 1, b).uniform_(-bound, bound)))
+            if i < len(hidden):
+                self.norms.append(nn.BatchNorm1d(members * b))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training-time pass: each member gets its own batch, BatchNorm uses batch statistics."""
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < len(self.norms):
+                e, n, c = x.shape
+                x = torch.relu(x)
+                x = self.norms[i](x.permute(1, 0, 2).reshape(n, e * c)).reshape(n, e, c).permute(1, 0, 2)
+        return x
+
+    @torch.no_grad()
+    def folded(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Eval-mode layers with each BatchNorm folded into the next linear layer: (E, a, b) weights."""
+        layers = []
+        scale_shift = None
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            w, b = w.detach().clone(), b.detach().clone()
+            if scale_shift is not None:
+                scale, shift = scale_shift
+                b = b + torch.bmm(shift, w)
+                w = w * scale.transpose(1, 2)
+            layers.append((w, b))
+            if i < len(self.norms):
+                bn = self.norms[i]
+                e, c = w.shape[0], w.shape[2]
+                scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(e, 1, c)
+                shift = bn.bias.view(e, 1, c) - bn.running_mean.view(e, 1, c) * scale
+                scale_shift = (scale, shift)
+        return layers
+
+    @staticmethod
+    def predict_logits(x: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Eval pass of all members on one shared (N, C) input -> (E, N, K) logits.
+
+        The first layer, the costly one, is a single (N, C) x (C, E * 128) product."""
+        (w0, b0), rest = layers[0], layers[1:]
+        e, c, h = w0.shape
+        y = torch.relu((x @ w0.permute(1, 0, 2).reshape(c, e * h)).view(-1, e, h).transpose(0, 1) + b0)
+        for i, (w, b) in enumerate(rest):
+            y = torch.baddbmm(b, y, w)
+            if i < len(rest) - 1:
+                y = torch.relu(y)
+        return y
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # (H, W) class values
+    probabilities: np.ndarray  # (K, H, W) float32, ensemble mean
+    uncertainty: np.ndarray  # (H, W) float32, Jensen-Shannon divergence of the ensemble
+    class_values: list[int] = field(default_factory=list)
+
+
+class Head:
+    """A trained ensemble plus what it needs to be applied safely: its class values, input
+    standardisation, and the feature settings and backbone it was trained with."""
+
+    def __init__(self, net: EnsembleMLP, class_values: list[int], mean: torch.Tensor, std: torch.Tensor,
+                 config: HeadConfig, context: dict | None = None):
+        self.net = net.eval()
+        self._layers = net.folded()
+        self.class_values = class_values
+        self.mean, self.std = mean, std
+        self.config = config
+        self.context = context or {}
+        """Feature settings, backbone digest and channel count recorded at training time."""
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.mean.numel())
+
+    def check_features(self, channels: int) -> None:
+        if channels != self.in_channels:
+            raise UserError(f"this head was trained on {self.in_channels} feature channels but got {channels}: "
+                            "use the backbone and feature settings it was trained with")
+
+    @torch.inference_mode()
+    def member_probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, C) features -> (E, N, K) per-member class probabilities."""
+        x = (pixels.float() - self.mean) / self.std
+        return F.softmax(self.net.predict_logits(x, self._layers), dim=-1)
+
+    def predict_maps(self, features: np.ndarray | torch.Tensor, chunk: int = 65536) -> np.ndarray:
+        """(C, H, W) features -> (2K + 1, H, W) float32: mean probabilities, vote fractions, JS divergence.
+
+        These maps blend linearly across tiles; :func:`maps_to_prediction` turns them into labels.
+        """
+        feats = torch.as_tensor(features)
+        c, h, w = feats.shape
+        self.check_features(c)
+        flat = feats.reshape(c, -1).T
+        k = len(self.class_values)
+        out = torch.empty(2 * k + 1, h * w)
+        for s in range(0, h * w, chunk):
+            probs = self.member_probabilities(flat[s : s + chunk])
+            mean = probs.mean(0)
+            votes = F.one_hot(probs.argmax(-1), k).float().mean(0)
+            out[:k, s : s + chunk] = mean.T
+            out[k : 2 * k, s : s + chunk] = votes.T
+            out[2 * k, s : s + chunk] = entropy(mean) - entropy(probs).mean(0)
+        return out.reshape(2 * k + 1, h, w).numpy()
+
+    def predict(self, features: np.ndarray | torch.Tensor) -> Prediction:
+        return maps_to_prediction(self.predict_maps(features), self.class_values)
+
+    def save(self, path: str | os.PathLike, overwrite: bool = True) -> None:
+        tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        tensors.update({"input.mean": self.mean, "input.std": self.std})
+        meta = {"format": HEAD_FORMAT, "config": self.config.to_dict(), "class_values": self.class_values,
+                "context": self.context}
+        write_tensors(path, tensors, meta, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Head":
+        tensors, meta = read_tensors(path)
+        if meta.get("format") != HEAD_FORMAT:
+            raise CheckpointError(f"{path} is not a napari-mdm head (format {meta.get('format')!r})")
+        config = HeadConfig.from_dict(meta["config"])
+        mean, std = tensors["input.mean"], tensors["input.std"]
+        net = EnsembleMLP(config.ensemble, mean.numel(), config.hidden, len(meta["class_values"]))
+        from .checkpoint import load_state
+
+        load_state(net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, path)
+        return cls(net, list(meta["class_values"]), mean, std, config, meta.get("context", {}))
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+
+
+def maps_to_prediction(maps: np.ndarray, class_values: Sequence[int]) -> Prediction:
+    """Labels by majority vote (ties broken by mean probability) from :meth:`Head.predict_maps` output."""
+    k = len(class_values)
+    probs, votes, js = maps[:k], maps[k : 2 * k], maps[2 * k]
+    winner = np.argmax(votes + 1e-3 * probs, axis=0)
+    values = np.asarray(class_values)
+    dtype = np.uint8 if values.max() < 256 else np.int32
+    return Prediction(values[winner].astype(dtype), probs.astype(np.float32), np.maximum(js, 0).astype(np.float32),
+                      list(class_values))
+
+
+def _sample_pixels(features: Sequence[np.ndarray], labels: Sequence[np.ndarray], class_values: list[int],
+                   per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``per_class`` labelled pixels of each class, drawn across all images."""
+    xs, ys = [], []
+    for k, value in enumerate(class_values):
+        where = [np.flatnonzero(lab.ravel() == value) for lab in labels]
+        total = sum(len(w) for w in where)
+        keep = rng.permutation(total)[: min(per_class, total)]
+        offsets = np.cumsum([0] + [len(w) for w in where])
+        for i, (feat, idx) in enumerate(zip(features, where)):
+            mine = keep[(keep >= offsets[i]) & (keep < offsets[i + 1])] - offsets[i]
+            if len(mine):
+                xs.append(feat.reshape(feat.shape[0], -1)[:, idx[np.sort(mine)]].T)
+                ys.append(np.full(len(mine), k))
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
+
+
+def check_labels(labels: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]], ignore: int | None) -> list[int]:
+    """The class values present, or a clear error for missing, one-class or misshapen labels."""
+    for i, (lab, shape) in enumerate(zip(labels, shapes)):
+        if lab.shape != tuple(shape):
+            raise UserError(f"labels {i + 1} have shape {lab.shape} but their image is {tuple(shape)}")
+    present = sorted({int(v) for lab in labels for v in np.unique(lab)} - ({ignore} if ignore is not None else set()))
+    if not present:
+        raise UserError("no labels painted: paint at least two classes (label 0 means unlabelled)")
+    if len(present) < 2:
+        raise UserError(f"only one class ({present[0]}) is labelled: paint at least two classes, e.g. background too")
+    return present
+
+
+def fit_head(
+    features: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    config: HeadConfig | None = None,
+    ignore: int | None = 0,
+    context: dict | None = None,
+    device: str | torch.device = "cpu",
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> Head:
+    """Train the ensemble on (C, H, W) features and (H, W) labels; label ``ignore`` is unlabelled."""
+    config = config or HeadConfig()
+    if not features:
+        raise UserError("no images to train on")
+    channels = {f.shape[0] for f in features}
+    if len(channels) != 1:
+        raise UserError(f"feature maps differ in channel count: {sorted(channels)}")
+    class_values = check_labels(labels, [f.shape[1:] for f in features], ignore)
+    rng = np.random.default_rng(config.seed)
+    x_np, y_np = _sample_pixels(features, labels, class_values, config.pixels_per_class, rng)
+    x = torch.from_numpy(x_np).to(device)
+    y = torch.from_numpy(y_np).to(device)
+    mean = x.mean(0)
+    std = x.std(0).clamp_min(1e-3)
+    x = (x - mean) / std
+    torch.manual_seed(config.seed)
+    k = len(class_values)
+    net = EnsembleMLP(config.ensemble, x.shape[1], config.hidden, k).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    pools = [torch.nonzero(y == c).squeeze(1) for c in range(k)]
+    per_class = max(1, config.batch_size // k)
+    gen = torch.Generator(device).manual_seed(config.seed)
+    net.train()
+    for step in range(config.steps):
+        check_stop(should_stop)
+        idx = torch.cat([p[torch.randint(len(p), (config.ensemble, per_class), generator=gen, device=device)]
+                         for p in pools], dim=1)  # (E, B): each member its own class-balanced batch
+        logits = net(x[idx])
+        loss = F.cross_entropy(logits.reshape(-1, k), y[idx].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 10 == 0 or step + 1 == config.steps:
+            report(progress, step + 1, config.steps, f"loss={loss.item():.4f}")
+    context = {**(context or {}), "channels": int(x.shape[1]), "pixels": int(len(y))}
+    return Head(net.cpu(), class_values, mean.cpu(), std.cpu(), config, context)

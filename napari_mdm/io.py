@@ -1,0 +1,256 @@
+"""Reading images into one convention and writing masks atomically.
+
+Images cross module boundaries as (H, W, 3) float32 in [0, 1]. The rules, explicitly:
+
+- grey (H, W) or (H, W, 1) is repeated to RGB; grey+alpha and RGBA drop the alpha channel;
+  channel-first (3, H, W) is transposed;
+- uint8 is divided by 255; other integer types (16-bit microscopy) and floats outside [0, 1]
+  are stretched between their 0.1 and 99.9 percentiles; floats already in [0, 1] are kept;
+- NaN and inf pixels become 0;
+- a stack (N, H, W[, C]) is several images: :func:`split_stack` returns them.
+
+Large images (zarr, memory-mappable tif) are opened lazily as :class:`ImageSource`, whose
+regions are normalised on read with the same rules, so nothing holds the whole image.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .files import atomic_output
+from .jobs import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".zarr")
+LABEL_SUFFIXES = (".tif", ".tiff", ".zarr", ".png")
+_SAMPLE_PIXELS = 1_000_000
+
+
+def _channels_last(arr, name: str):
+    """A view of ``arr`` as (H, W, C) with C in 1..4, or a clear error."""
+    if arr.ndim == 2:
+        return arr[:, :, None]
+    if arr.ndim == 3:
+        if arr.shape[-1] in (1, 2, 3, 4):
+            return arr
+        if arr.shape[0] in (1, 3, 4):
+            return np.moveaxis(arr, 0, -1) if isinstance(arr, np.ndarray) else _Transposed(arr)
+        raise UserError(f"{name} has shape {arr.shape}: a stack of {arr.shape[0]} images? Open it as a stack "
+                        "(each plane is segmented as its own 2-D image)")
+    raise UserError(f"{name} has {arr.ndim} dimensions {arr.shape}; napari-mdm segments 2-D grey or RGB images "
+                    "(a stack is split into 2-D images)")
+
+
+class _Transposed:
+    """Lazy (C, H, W) -> (H, W, C) view of an array-like that is not numpy."""
+
+    def __init__(self, arr):
+        self.arr, self.dtype = arr, arr.dtype
+        self.shape = (*arr.shape[1:], arr.shape[0])
+        self.ndim = 3
+
+    def __getitem__(self, key):
+        ys, xs = key[0], key[1]
+        return np.moveaxis(np.asarray(self.arr[:, ys, xs]), 0, -1)
+
+
+def _intensity_range(arr) -> tuple[float, float]:
+    """(lo, hi) that map the array's values onto [0, 1], from a strided sample of the image."""
+    dtype = np.dtype(arr.dtype)
+    if dtype == np.uint8:
+        return 0.0, 255.0
+    if dtype == bool:
+        return 0.0, 1.0
+    step = max(1, int(np.sqrt(arr.shape[0] * arr.shape[1] / _SAMPLE_PIXELS)))
+    sample = np.asarray(arr[::step, ::step]).astype(np.float64)
+    finite = sample[np.isfinite(sample)]
+    if finite.size == 0:
+        raise UserError("the image has no finite pixel values")
+    if dtype.kind == "f" and finite.min() >= 0 and finite.max() <= 1:
+        return 0.0, 1.0
+    lo, hi = np.percentile(finite, [0.1, 99.9])
+    if hi <= lo:
+        lo, hi = float(finite.min()), float(finite.max())
+    return float(lo), float(hi) if hi > lo else float(lo) + 1.0
+
+
+def _to_rgb01(region: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    out = (np.asarray(region, dtype=np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    np.clip(out, 0, 1, out=out)
+    c = out.shape[-1]
+    if c in (1, 2):
+        out = np.repeat(out[..., :1], 3, axis=-1)
+    elif c == 4:
+        out = out[..., :3]
+    return np.ascontiguousarray(out)
+
+
+@dataclass
+class ImageSource:
+    """An image of any size, read region by region as (h, w, 3) float32 in [0, 1]."""
+
+    data: object  # numpy, zarr or any array-like of (H, W, C)
+    lo: float
+    hi: float
+    name: str = "image"
+
+    @classmethod
+    def from_array(cls, arr, name: str = "image") -> "ImageSource":
+        arr = arr if hasattr(arr, "shape") and hasattr(arr, "dtype") else np.asarray(arr)
+        view = _channels_last(arr, name)
+        if np.dtype(view.dtype).kind not in "biuf":
+            raise UserError(f"{name} has unsupported pixel type {view.dtype}")
+        if view.shape[0] < 1 or view.shape[1] < 1:
+            raise UserError(f"{name} is empty (shape {arr.shape})")
+        lo, hi = _intensity_range(view)
+        return cls(view, lo, hi, name)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.data.shape[0]), int(self.data.shape[1])
+
+    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return _to_rgb01(self.data[y0:y1, x0:x1], self.lo, self.hi)
+
+    def read(self) -> np.ndarray:
+        return self.region(0, self.shape[0], 0, self.shape[1])
+
+
+def normalize_image(arr, name: str = "image") -> np.ndarray:
+    """Any supported 2-D image array -> (H, W, 3) float32 in [0, 1] (rules in the module doc)."""
+    return ImageSource.from_array(arr, name).read()
+
+
+def split_stack(arr) -> list:
+    """A single 2-D image, or a stack (N, H, W) / (N, H, W, C), as a list of 2-D images."""
+    arr = arr if hasattr(arr, "ndim") else np.asarray(arr)
+    if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (1, 2, 3, 4) and arr.shape[0] not in (1, 3, 4)):
+        return [arr[i] for i in range(arr.shape[0])]
+    return [arr]
+
+
+def _open_zarr(path: Path):
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if hasattr(node, "shape"):
+        return node
+    arrays = sorted(node.array_keys())
+    if not arrays:
+        raise UserError(f"{path} is a zarr group without arrays")
+    return node[arrays[0]]
+
+
+def read_array(path: str | os.PathLike, lazy: bool = False):
+    """The raw pixel array of an image file (zarr and, when ``lazy``, tif stay on disk)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".zarr":
+            arr = _open_zarr(path)
+            return arr if lazy else np.asarray(arr)
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            if lazy:
+                try:
+                    return tifffile.memmap(str(path), mode="r")
+                except ValueError:
+                    pass
+            return tifffile.imread(str(path))
+        if suffix in IMAGE_SUFFIXES:
+            import imageio.v3 as iio
+
+            return iio.imread(path)
+    except UserError:
+        raise
+    except Exception as err:  # corrupt files surface as many exception types
+        raise UserError(f"cannot read {path}: {type(err).__name__}: {err}") from None
+    raise UserError(f"{path} is not a supported image ({', '.join(IMAGE_SUFFIXES)})")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as (H, W, 3) float32 in [0, 1]."""
+    return normalize_image(read_array(path), name=str(path))
+
+
+def open_image(path: str | os.PathLike) -> ImageSource:
+    """An image file as a lazily read :class:`ImageSource` (zarr and plain tif stay on disk)."""
+    return ImageSource.from_array(read_array(path, lazy=True), name=str(path))
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """A label image as (H, W) int64; RGB label images are refused (labels are one channel)."""
+    arr = np.asarray(read_array(path))
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and np.array_equal(arr[..., 0], arr[..., 1]):
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise UserError(f"{path}: labels must be a 2-D image of integer ids, got shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise UserError(f"{path}: labels must be integers")
+    elif arr.dtype.kind not in "biu":
+        raise UserError(f"{path}: labels must be integers, got {arr.dtype}")
+    if arr.min() < 0:
+        raise UserError(f"{path}: labels must be >= 0 (0 = unlabelled)")
+    return arr.astype(np.int64)
+
+
+def collect_images(paths: Iterable[str | os.PathLike], exclude: Sequence[str] = ()) -> list[Path]:
+    """Files named directly, plus image files inside folders (sorted); ``exclude`` holds glob patterns."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir() and p.suffix.lower() != ".zarr":
+            found.extend(sorted(c for c in p.iterdir() if c.suffix.lower() in IMAGE_SUFFIXES and not c.name.startswith(".")))
+        elif p.exists():
+            found.append(p)
+        else:
+            raise UserError(f"{p} does not exist")
+    kept = [p for p in found if not any(p.match(pattern) for pattern in exclude)]
+    if not kept:
+        raise UserError(f"no images found in {', '.join(map(str, paths))}")
+    return kept
+
+
+def _label_dtype(labels: np.ndarray) -> np.dtype:
+    top = int(labels.max()) if labels.size else 0
+    return np.dtype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32)
+
+
+def write_array(path: str | os.PathLike, data: np.ndarray, overwrite: bool = False) -> Path:
+    """Write an array atomically as tif, zarr or png (chosen by the suffix)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in LABEL_SUFFIXES:
+        raise UserError(f"cannot write {path}: use one of {', '.join(LABEL_SUFFIXES)}")
+    if suffix == ".png" and data.dtype.kind == "f":
+        raise UserError(f"cannot write float data to {path}: use .tif or .zarr")
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        if suffix == ".zarr":
+            import zarr
+
+            chunks = tuple(min(512, s) for s in data.shape)
+            arr = zarr.create_array(store=str(tmp), shape=data.shape, chunks=chunks, dtype=data.dtype)
+            arr[...] = data
+        elif suffix in (".tif", ".tiff"):
+            import tifffile
+
+            tifffile.imwrite(str(tmp), data, compression="zlib")
+        else:
+            import imageio.v3 as iio
+
+            iio.imwrite(tmp, data, extension=".png")
+    return path
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = False) -> Path:
+    """Write a (H, W) label mask atomically in the smallest unsigned type that holds it."""
+    labels = np.asarray(labels)
+    return write_array(path, labels.astype(_label_dtype(labels)), overwrite=overwrite)

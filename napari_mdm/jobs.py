@@ -1,0 +1,34 @@
+"""The seam every long operation shares: a progress callback, a cancel flag, clear user errors.
+
+The CLI passes a progress bar, the widgets pass a worker's ``yield``, tests pass nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+ProgressFn = Callable[[int, int, str], None]
+"""``progress(done, total, info)``: called after each unit of work (step, tile, image)."""
+
+StopFn = Callable[[], bool]
+"""``should_stop()``: polled between units of work; True cancels the job."""
+
+
+class UserError(Exception):
+    """A problem with the user's input or files, reported as one line, never as a traceback."""
+
+
+class Cancelled(Exception):
+    """Raised inside a job when ``should_stop()`` returned True; outputs are left untouched."""
+
+
+def report(progress: Optional[ProgressFn], done: int, total: int, info: str = "") -> None:
+    """Call ``progress`` if one was given."""
+    if progress is not None:
+        progress(done, total, info)
+
+
+def check_stop(should_stop: Optional[StopFn]) -> None:
+    """Raise :class:`Cancelled` when the caller asked to stop."""
+    if should_stop is not None and should_stop():
+        raise Cancelled("cancelled by the user")

@@ -1,0 +1,1 @@
+"""Shipped checkpoints and small assets (a package so that installs carry them)."""
