@@ -1,0 +1,66 @@
+"""Reads the masks napari-mdm writes (tif or zarr): integer masks open as labels, the float
+``NAME_uncertainty`` maps as images. Other tifs are left to napari's own readers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .jobs import UserError
+
+MASK_SUFFIXES = (".tif", ".tiff", ".zarr")
+
+
+def _peek(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype without reading the pixels, or None when the file cannot be read."""
+    try:
+        if path.suffix.lower() == ".zarr":
+            import zarr
+
+            node = zarr.open(str(path), mode="r")
+            return (tuple(node.shape), np.dtype(node.dtype)) if hasattr(node, "shape") else None
+        import tifffile
+
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0]
+            return tuple(series.shape), np.dtype(series.dtype)
+    except Exception:  # not ours, or unreadable: let another reader try
+        return None
+
+
+def _kind(path: Path) -> str | None:
+    """'labels' for an integer mask, 'image' for our uncertainty map, None for anything else."""
+    peeked = _peek(path)
+    if peeked is None:
+        return None
+    shape, dtype = peeked
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[-1] in (3, 4)):
+        return None
+    if dtype.kind in "ui":
+        return "labels"
+    if dtype.kind == "f" and path.name.split(".")[0].endswith("_uncertainty"):
+        return "image"
+    return None
+
+
+def get_reader(path):
+    """npe2 reader contribution: a reader for one of our masks, else None."""
+    if isinstance(path, list) or not str(path).lower().endswith(MASK_SUFFIXES):
+        return None
+    kind = _kind(Path(path))
+    return (lambda p: read_mask(p, kind)) if kind else None
+
+
+def read_mask(path, kind: str = "labels") -> list[tuple]:
+    from .io import read_array
+
+    path = Path(path)
+    try:
+        data = np.asarray(read_array(path))
+    except UserError:
+        return []
+    name = path.name.split(".")[0]
+    if kind == "image":
+        return [(data, {"name": name, "colormap": "inferno"}, "image")]
+    return [(data, {"name": name}, "labels")]

@@ -1,0 +1,182 @@
+"""Dock widget 'Backbone': load the shipped or a saved backbone, or pretrain / fine-tune one on
+the open images or a folder, with a live loss curve; save it as a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+from napari.layers import Image
+
+from .layers import follow_layer_list, image_planes
+from .loss_plot import LossPlot
+from .session import session_for, unwrap
+from .workers import JobPanel, chosen_path, notify_error, notify_info
+
+if TYPE_CHECKING:
+    import napari
+
+DEFAULT_SHIPPED = "histology"
+LAYERS, FOLDER = "open image layers", "folder"
+
+
+def describe(backbone) -> str:
+    """One line about a backbone: name, size, corruption and device."""
+    params = sum(p.numel() for p in backbone.model.parameters()) / 1e6
+    return f"{Path(backbone.name).name}: {params:.1f}M params, {backbone.corruption.mode}, on {backbone.device}"
+
+
+class BackboneWidget(Container):
+    """Choose, train and save the backbone every other napari-mdm widget of this viewer uses."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        from ..backbone import PRESETS
+        from ..checkpoint import shipped_backbones
+        from ..corruption import MODES
+        from ..devices import available_devices
+
+        self.viewer = viewer = unwrap(viewer)
+        self.session = session_for(viewer)
+        devices = available_devices()
+        shipped = list(shipped_backbones())
+        self.current = Label(value="no backbone loaded yet")
+        self.device = ComboBox(choices=["auto", *devices], value="auto", label="device")
+        self.device_note = Label(value=f"available: {', '.join(devices)} (auto = {devices[0]})")
+        self.shipped = ComboBox(choices=shipped, label="shipped",
+                                value=DEFAULT_SHIPPED if DEFAULT_SHIPPED in shipped else None, nullable=not shipped)
+        self.load_shipped = PushButton(text="Load shipped backbone", enabled=bool(shipped))
+        self.checkpoint = FileEdit(mode="r", filter="*.safetensors", label="checkpoint file")
+        self.load_file = PushButton(text="Load file")
+        self.preset = ComboBox(choices=list(PRESETS), value="tiny", label="preset")
+        self.mode = ComboBox(choices=list(MODES), value="mdm", label="corruption")
+        self.steps = SpinBox(value=200, min=1, max=1_000_000, label="steps")
+        self.batch = SpinBox(value=8, min=1, max=256, label="batch size")
+        self.crop = SpinBox(value=128, min=16, max=1024, step=16, label="crop")
+        self.data = ComboBox(choices=[LAYERS, FOLDER], value=LAYERS, label="train on")
+        self.folder = FileEdit(mode="d", label="image folder")
+        self.fine_tune = CheckBox(value=False, text="fine-tune the current backbone (else start from the preset)")
+        self.train = PushButton(text="Pretrain / fine-tune")
+        self.loss_plot = LossPlot()
+        self.jobs = JobPanel()
+        self.save_path = FileEdit(mode="w", filter="*.safetensors", label="save as")
+        self.save = PushButton(text="Save checkpoint", enabled=False)
+        super().__init__(widgets=[
+            self.current, self.device, self.device_note, self.shipped, self.load_shipped, self.checkpoint,
+            self.load_file, Label(value="— pretrain / fine-tune —"), self.preset, self.mode, self.steps,
+            self.batch, self.crop, self.data, self.folder, self.fine_tune, self.train, self.jobs,
+            self.save_path, self.save,
+        ])
+        self.native.layout().insertWidget(self.native.layout().indexOf(self.jobs.native), self.loss_plot)
+        if not shipped:
+            self.current.value = (f"no shipped backbone found (resources/{DEFAULT_SHIPPED}.safetensors): "
+                                  "load a checkpoint file, or pretrain a preset below")
+        self.load_shipped.changed.connect(lambda: self.load(self.shipped.value))
+        self.load_file.changed.connect(self._load_file)
+        self.train.changed.connect(self.start_training)
+        self.save.changed.connect(self._save)
+        self.session.backbone_changed.connect(self._show_backbone)
+        follow_layer_list(viewer, self)
+        if self.session.backbone is not None:
+            self._show_backbone(self.session.backbone)
+
+    def use_backbone(self, backbone) -> None:
+        """Make ``backbone`` the viewer's backbone (also the way scripts and tests inject one)."""
+        self.session.set_backbone(backbone)
+
+    def _show_backbone(self, backbone) -> None:
+        self.current.value = f"backbone: {describe(backbone)}"
+        self.save.enabled = True
+
+    def load(self, name_or_path) -> None:
+        """Load a shipped name or a checkpoint file in the background."""
+        if not name_or_path:
+            notify_error("no shipped backbone to load: choose a checkpoint file or pretrain a preset")
+            return
+        from ..checkpoint import load_backbone
+        from ..devices import resolve_device
+
+        device = self.device.value
+
+        def compute(progress, should_stop):
+            return load_backbone(name_or_path, device=resolve_device(device))
+
+        self.jobs.start(f"Loading {Path(str(name_or_path)).name}", compute, self.use_backbone)
+
+    def _load_file(self) -> None:
+        path = chosen_path(self.checkpoint)
+        if path is None:
+            notify_error("choose a checkpoint file (.safetensors) first")
+            return
+        self.load(path)
+
+    def _training_images(self) -> Callable[[], list]:
+        """A function that reads the training images, run in the worker (it may read a folder)."""
+        from ..io import collect_images, normalize_image, read_image
+        from ..jobs import UserError
+
+        if self.data.value == FOLDER:
+            folder = chosen_path(self.folder)
+            if folder is None:
+                raise UserError("choose an image folder to pretrain on")
+            return lambda: [read_image(p) for p in collect_images([folder])]
+        layers = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+        if not layers:
+            raise UserError("open at least one image (or choose a folder) to pretrain on")
+        planes = [(plane, layer.name) for layer in layers for plane in image_planes(layer)]
+        return lambda: [normalize_image(p, name) for p, name in planes]
+
+    def start_training(self) -> None:
+        """Pretrain the chosen preset (or fine-tune the current backbone) in the background."""
+        from ..corruption import CorruptionConfig
+        from ..jobs import UserError
+        from ..pretrain import PretrainConfig, pretrain
+
+        init = self.session.backbone if self.fine_tune.value else None
+        if self.fine_tune.value and init is None:
+            notify_error("no backbone to fine-tune: load one first, or untick 'fine-tune'")
+            return
+        try:
+            read_images = self._training_images()
+        except UserError as err:
+            notify_error(str(err))
+            return
+        config = PretrainConfig(steps=self.steps.value, batch_size=self.batch.value, crop=self.crop.value)
+        corruption = init.corruption if init is not None else CorruptionConfig(mode=self.mode.value)
+        preset, device = self.preset.value, self.device.value
+        self.loss_plot.clear()
+
+        def compute(progress, should_stop):
+            return pretrain(read_images(), unet=preset, corruption=corruption, config=config, device=device,
+                            init=init, provenance={"source": "napari widget"}, progress=progress,
+                            should_stop=should_stop)
+
+        self.jobs.start("Pretraining", compute, self._trained, on_progress=self._plot_loss)
+
+    def _plot_loss(self, done: int, total: int, info: str) -> None:
+        for part in info.split():
+            if part.startswith("loss="):
+                self.loss_plot.add(float(part[5:]))
+
+    def _trained(self, result) -> None:
+        self.use_backbone(result.backbone)
+        state = "cancelled" if result.cancelled else "finished"
+        notify_info(f"pretraining {state} after {result.step} steps; the backbone in use is the one trained so far. "
+                    "Save it with 'Save checkpoint'")
+
+    def _save(self) -> None:
+        from ..checkpoint import save_backbone
+
+        backbone, path = self.session.backbone, chosen_path(self.save_path)
+        if backbone is None:
+            notify_error("no backbone to save: load or pretrain one first")
+            return
+        if path is None:
+            notify_error("choose where to save the checkpoint (a .safetensors file)")
+            return
+        path = path.with_suffix(".safetensors")
+
+        def compute(progress, should_stop):
+            return save_backbone(path, backbone.model, backbone.corruption, backbone.provenance)
+
+        self.jobs.start("Saving checkpoint", compute, lambda saved: notify_info(f"backbone saved to {saved}"))

@@ -1,0 +1,81 @@
+"""Layers as the core sees them: 2-D images and label planes, choosers that follow the layer list,
+and results shown by updating a layer of the same name or adding one."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from magicgui.widgets import ComboBox, Select
+from napari.layers import Image, Labels, Layer
+
+from ..jobs import UserError
+
+
+def plane_shape(layer: Image) -> tuple[int, ...]:
+    """The shape a labels layer for ``layer`` must have: its data without the RGB axis."""
+    return tuple(layer.data.shape[:-1] if layer.rgb else layer.data.shape)
+
+
+def image_planes(layer: Image) -> list[np.ndarray]:
+    """The 2-D images of an image layer: itself, or each plane of a stack (N, H, W[, 3|4])."""
+    if layer.multiscale:
+        raise UserError(f"{layer.name!r} is multiscale: segment its file with 'Segment & export' (folder)")
+    shape = plane_shape(layer)
+    if len(shape) == 2:
+        return [np.asarray(layer.data)]
+    if len(shape) == 3:
+        return [np.asarray(layer.data[i]) for i in range(shape[0])]
+    raise UserError(f"{layer.name!r} has {len(shape)} dimensions {shape}: napari-mdm works on 2-D images "
+                    "and stacks of them (N, H, W)")
+
+
+def label_planes(labels: Labels, image: Image) -> list[np.ndarray]:
+    """Copies of the label planes that belong to ``image``, checked against its shape."""
+    if tuple(labels.data.shape) != plane_shape(image):
+        raise UserError(f"labels {labels.name!r} have shape {tuple(labels.data.shape)} but image {image.name!r} is "
+                        f"{plane_shape(image)}: press 'New labels' to make a labels layer of the right shape")
+    data = np.array(labels.data)
+    return [data] if data.ndim == 2 else list(data)
+
+
+def layer_choices(viewer, kind: type[Layer]) -> Callable:
+    """A magicgui ``choices`` callable listing the viewer's layers of one kind by name."""
+    return lambda widget=None: [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+
+
+def follow_layer_list(viewer, widget) -> None:
+    """Refresh ``widget``'s choosers whenever a layer is added, removed, moved or renamed."""
+    events = viewer.layers.events
+    for event in (events.inserted, events.removed, events.reordered, events.renamed):
+        event.connect(widget.reset_choices)
+
+
+def layer_select(viewer, kind: type[Layer], label: str) -> Select:
+    return Select(choices=layer_choices(viewer, kind), label=label, allow_multiple=True)
+
+
+def layer_combo(viewer, kind: type[Layer], label: str) -> ComboBox:
+    return ComboBox(choices=layer_choices(viewer, kind), label=label, nullable=True)
+
+
+_KINDS = {"image": Image, "labels": Labels}
+
+
+def show_result(viewer, name: str, data: np.ndarray, kind: str, **kwargs) -> Layer:
+    """Put ``data`` in the layer called ``name`` if it is of the same kind (keeping the user's display
+    settings), else add a layer with ``kwargs``; the layer the user was working on stays active."""
+    if name in viewer.layers and isinstance(viewer.layers[name], _KINDS[kind]):
+        layer = viewer.layers[name]
+        layer.data = data
+        return layer
+    active = viewer.layers.selection.active
+    layer = getattr(viewer, f"add_{kind}")(data, name=name, **kwargs)
+    if active is not None:
+        viewer.layers.selection.active = active
+    return layer
+
+
+def stack_planes(planes: list[np.ndarray], like: tuple[int, ...]) -> np.ndarray:
+    """Per-plane results back into the layout of their source: one plane, or a stack."""
+    return planes[0] if len(like) == 2 else np.stack(planes)

@@ -1,0 +1,66 @@
+"""What the dock widgets of one viewer share: the backbone, the trained head and cached features.
+
+The Backbone widget sets the backbone, the Few-shot widget trains the head, and the
+Reconstruction and Segment & export widgets use both; each listens to the signals here.
+"""
+
+from __future__ import annotations
+
+import uuid
+import weakref
+from dataclasses import replace
+
+from psygnal import Signal
+
+FEATURE_CACHE_BYTES = 2 << 30
+
+
+class Session:
+    """Per-viewer state; heavy modules (torch, the core) are imported on first use."""
+
+    backbone_changed = Signal(object)
+    head_changed = Signal(object)
+
+    def __init__(self) -> None:
+        self.backbone = None
+        self.head = None
+        self._features = None
+
+    @property
+    def features(self):
+        """The :class:`napari_mdm.features.FeatureCache` (keyed by image, backbone and settings)."""
+        if self._features is None:
+            from ..features import FeatureCache
+
+            self._features = FeatureCache(max_bytes=FEATURE_CACHE_BYTES)
+        return self._features
+
+    def set_backbone(self, backbone) -> None:
+        """Use ``backbone`` from now on; one that was never saved gets a unique digest so that
+        cached features of another unsaved backbone are never reused for it."""
+        if backbone.digest == "unsaved":
+            backbone = replace(backbone, digest=f"unsaved-{uuid.uuid4().hex[:12]}")
+        self.backbone = backbone
+        self.backbone_changed.emit(backbone)
+
+    def set_head(self, head) -> None:
+        self.head = head
+        self.head_changed.emit(head)
+
+
+_SESSIONS: dict[int, Session] = {}
+
+
+def unwrap(viewer):
+    """The viewer itself: napari hands plugins a proxy (a new one per widget) that wraps it."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def session_for(viewer) -> Session:
+    """The session of ``viewer``, created on first use and dropped with the viewer."""
+    viewer = unwrap(viewer)
+    key = id(viewer)
+    if key not in _SESSIONS:
+        _SESSIONS[key] = Session()
+        weakref.finalize(viewer, _SESSIONS.pop, key, None)
+    return _SESSIONS[key]
