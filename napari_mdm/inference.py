@@ -25,6 +25,8 @@ from .tiling import run_tiled
 
 IN_MEMORY_MAPS_BYTES = 1 << 30
 WHOLE_IMAGE_FEATURES_BYTES = 1 << 30
+ZARR_CHUNK = 1024
+"""Side of the square chunks in which large images' maps and outputs are written."""
 
 
 def head_feature_config(head: Head, backbone: Backbone, draws: int | None = None) -> FeatureConfig:
@@ -33,6 +35,9 @@ def head_feature_config(head: Head, backbone: Backbone, draws: int | None = None
     if trained_on and backbone.digest != "unsaved" and trained_on != backbone.digest:
         raise UserError(f"this head was trained with backbone {head.context.get('backbone_name', trained_on)!r}, "
                         f"not {backbone.name!r}: retrain the head or load its backbone")
+    if "features" not in head.context:
+        raise UserError("this head does not record the feature settings it was trained with "
+                        "(fit_head(..., context={'features': ...})): apply it to features with Head.predict")
     config = FeatureConfig.from_dict(head.context["features"])
     return replace(config, draws=draws) if draws else config
 
@@ -94,11 +99,9 @@ def _segment_large_to_zarr(backbone: Backbone, head: Head, source: ImageSource, 
     """Maps in a temporary zarr store, then labels (and uncertainty) written chunk by chunk."""
     import zarr
 
-    if labels_path.suffix != ".zarr":
-        raise UserError(f"{source.name} is too large to segment in memory; write it as zarr (--format zarr)")
     k = len(head.class_values)
     h, w = source.shape
-    chunk = 1024
+    chunk = ZARR_CHUNK
     with tempfile.TemporaryDirectory() as scratch:
         maps = zarr.create_array(store=os.path.join(scratch, "maps.zarr"), shape=(2 * k + 1, h, w),
                                  chunks=(2 * k + 1, chunk, chunk), dtype="float32", fill_value=0.0)
@@ -115,6 +118,10 @@ def _segment_large_to_zarr(backbone: Backbone, head: Head, source: ImageSource, 
                         arr[y : y + chunk, x : x + chunk] = pred.uncertainty if what == "uncertainty" else pred.labels
 
 
+def _maps_too_large(source: ImageSource, head: Head) -> bool:
+    return (2 * len(head.class_values) + 1) * source.shape[0] * source.shape[1] * 4 > IN_MEMORY_MAPS_BYTES
+
+
 def segment_files(backbone: Backbone, head: Head, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                   fmt: str = "tif", uncertainty: bool = False, overwrite: bool = False, draws: int | None = None,
                   progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> list[Path]:
@@ -124,17 +131,25 @@ def segment_files(backbone: Backbone, head: Head, paths: Sequence[str | os.PathL
         raise UserError(f"unknown format {fmt!r}: use tif, zarr or png")
     out_dir = Path(out_dir)
     planned = [(Path(p), *output_paths(Path(p), out_dir, fmt, uncertainty)) for p in paths]
+    names = [labels_path.name for _, labels_path, _ in planned]
+    twins = sorted({n for n in names if names.count(n) > 1})
+    if twins:
+        raise UserError(f"several images would be written to the same output {twins[0]} "
+                        "(same name, other extension): rename or segment them separately")
     if not overwrite:
         clashes = [str(q) for _, *outs in planned for q in outs if q is not None and q.exists()]
         if clashes:
             raise UserError(f"{clashes[0]} already exists ({len(clashes)} outputs would be overwritten); "
                             "pass --overwrite to replace them")
+    head_feature_config(head, backbone, draws)
+    for path, labels_path, _ in planned:  # unusable inputs fail here, before any output is written
+        if _maps_too_large(open_image(path), head) and labels_path.suffix != ".zarr":
+            raise UserError(f"{path} is too large to segment in memory; write it as zarr (--format zarr)")
     written = []
     for i, (path, labels_path, unc_path) in enumerate(planned):
         check_stop(should_stop)
         source = open_image(path)
-        k = len(head.class_values)
-        if (2 * k + 1) * source.shape[0] * source.shape[1] * 4 > IN_MEMORY_MAPS_BYTES:
+        if _maps_too_large(source, head):
             _segment_large_to_zarr(backbone, head, source, labels_path, unc_path, overwrite, draws, None, should_stop)
         else:
             pred = segment(backbone, head, source, draws, should_stop=should_stop)
