@@ -75,7 +75,9 @@ def _intensity_range(arr) -> tuple[float, float]:
     lo, hi = np.percentile(finite, [0.1, 99.9])
     if hi <= lo:
         lo, hi = float(finite.min()), float(finite.max())
-    return float(lo), float(hi) if hi > lo else float(lo) + 1.0
+    if not np.float32(hi) - np.float32(lo) > 0:  # a constant image (at float32 precision) maps to 0
+        hi = lo + max(1.0, abs(lo))
+    return float(lo), float(hi)
 
 
 def _to_rgb01(region: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -172,7 +174,8 @@ def read_array(path: str | os.PathLike, lazy: bool = False):
     except UserError:
         raise
     except Exception as err:  # corrupt files surface as many exception types
-        raise UserError(f"cannot read {path}: {type(err).__name__}: {err}") from None
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UserError(f"cannot read {path}: {type(err).__name__}: {detail}") from None
     raise UserError(f"{path} is not a supported image ({', '.join(IMAGE_SUFFIXES)})")
 
 
