@@ -19,6 +19,12 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def refuse_existing(target: str | os.PathLike, overwrite: bool) -> None:
+    """Raise before any work when ``target`` exists and replacing it was not asked for."""
+    if not overwrite and Path(target).exists():
+        raise UserError(f"{target} already exists; pass --overwrite (or overwrite=True) to replace it")
+
+
 @contextmanager
 def atomic_output(target: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` when the block succeeds.
@@ -28,8 +34,7 @@ def atomic_output(target: str | os.PathLike, overwrite: bool = True) -> Iterator
     existing target is an error before any work is done.
     """
     target = Path(target)
-    if target.exists() and not overwrite:
-        raise UserError(f"{target} already exists; pass --overwrite (or overwrite=True) to replace it")
+    refuse_existing(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
     try:
