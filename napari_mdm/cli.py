@@ -81,8 +81,12 @@ def cmd_pretrain(args) -> int:
     from .checkpoint import load_backbone
     from .corruption import CorruptionConfig
     from .io import collect_images, read_image
-    from .pretrain import PretrainConfig, pretrain
+    from .files import refuse_existing
+    from .pretrain import PretrainConfig, pretrain, state_path
 
+    if args.resume and not state_path(args.out).exists():
+        raise UserError(f"--resume: there is no saved training state {state_path(args.out)}")
+    refuse_existing(args.out, args.overwrite or args.resume)
     paths = collect_images(args.images, args.exclude)
     images = [read_image(p) for p in paths]
     corruption = CorruptionConfig(mode=args.mode, mask_shape=args.mask_shape)
@@ -121,8 +125,10 @@ def cmd_reconstruct(args) -> int:
 def cmd_train_head(args) -> int:
     from .features import FeatureCache, FeatureConfig, resolve_config
     from .head import HeadConfig, fit_head
+    from .files import refuse_existing
     from .io import collect_images, read_image, read_labels
 
+    refuse_existing(args.out, args.overwrite)
     backbone = _backbone(args)
     images = collect_images(args.images, args.exclude)
     label_paths = _pair_labels(images, args.labels)
@@ -146,7 +152,7 @@ def cmd_train_head(args) -> int:
                                  "backbone_name": str(args.backbone)}, progress=bar)
     finally:
         bar.close()
-    head.save(args.out, overwrite=True)
+    head.save(args.out, overwrite=args.overwrite)
     print(f"trained a {head_cfg.ensemble}-member head on {len(images)} images "
           f"({head.in_channels} feature channels, classes {head.class_values}); wrote {args.out}")
     return 0
@@ -252,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved state")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint (without --resume)")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("reconstruct", help="masked inputs and reconstructions per timestep")
@@ -277,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="head file to write (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing head file")
     p.set_defaults(func=cmd_train_head)
 
     p = sub.add_parser("segment", help="segment images with a trained head")
