@@ -31,13 +31,14 @@ def atomic_output(target: str | os.PathLike, overwrite: bool = True) -> Iterator
 
     Works for files and for directories (zarr stores). On any error, or a cancel, the temporary
     output is removed and an existing ``target`` is left untouched. With ``overwrite=False`` an
-    existing target is an error before any work is done.
+    existing target is an error before any work is done. System errors (disk full, no permission,
+    a file where a folder should be) become a one-line :class:`UserError`.
     """
     target = Path(target)
     refuse_existing(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         if tmp.is_file():
             umask = os.umask(0)
@@ -50,5 +51,7 @@ def atomic_output(target: str | os.PathLike, overwrite: bool = True) -> Iterator
             _remove(old)
         else:
             os.replace(tmp, target)
+    except OSError as err:
+        raise UserError(f"cannot write {target}: {err}") from None
     finally:
         _remove(tmp)
