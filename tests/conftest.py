@@ -4,8 +4,10 @@ is installed, one is started for the session; without any display those tests ar
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -13,29 +15,24 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-_XVFB: subprocess.Popen | None = None
+def _die_with_parent() -> None:
+    """Have the kernel stop Xvfb when pytest exits, after Qt has closed its connection."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _start_xvfb() -> bool:
-    """Start a private Xvfb display for this test session; True when one is running."""
-    global _XVFB
+    """Start a private Xvfb display for this test session; True when a display is available."""
     if os.environ.get("DISPLAY") or not shutil.which("Xvfb"):
         return bool(os.environ.get("DISPLAY"))
     display = f":{100 + os.getpid() % 400}"
-    _XVFB = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     for _ in range(50):
         if os.path.exists(f"/tmp/.X11-unix/X{display[1:]}"):
             os.environ["DISPLAY"] = display
             return True
         time.sleep(0.1)
     return False
-
-
-def pytest_unconfigure(config) -> None:
-    if _XVFB is not None:
-        _XVFB.terminate()
-        _XVFB.wait(timeout=10)
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -58,3 +55,35 @@ def tiny_backbone():
 
     torch.manual_seed(0)
     return Backbone(build_backbone("tiny").eval(), CorruptionConfig(), digest="tiny-test", name="tiny-test")
+
+
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications shown during the test, in order."""
+    from napari.utils.notifications import notification_manager
+
+    start = len(notification_manager.records)
+    return lambda: [str(n.message) for n in notification_manager.records[start:]]
+
+
+@pytest.fixture
+def paint():
+    """Paint a rectangle of a labels layer the way a brush does (undoable, emits the paint event)."""
+    import numpy as np
+
+    def paint_rect(layer, value: int, rows: slice, cols: slice, plane: int | None = None) -> None:
+        yy, xx = np.mgrid[rows, cols]
+        index = (yy.ravel(), xx.ravel()) if plane is None else (np.full(yy.size, plane), yy.ravel(), xx.ravel())
+        layer.data_setitem(index, value)
+
+    return paint_rect
+
+
+@pytest.fixture
+def wait_job(qtbot):
+    """Wait (serving Qt events) until a widget's job panel is idle again."""
+
+    def wait(panel, timeout_ms: int = 60_000) -> None:
+        qtbot.waitUntil(lambda: not panel.busy, timeout=timeout_ms)
+
+    return wait

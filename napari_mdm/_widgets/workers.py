@@ -113,12 +113,9 @@ class JobPanel(Container):
             limit_torch_threads()
             return compute(lambda done, total, info="": emit(int(done), int(total), str(info)), stop.is_set)
 
-        worker = create_worker(run, _start_thread=False)
-        worker.returned.connect(on_done)
-        worker.errored.connect(self._errored)
-        worker.finished.connect(self._finished)
-        if on_finished is not None:
-            worker.finished.connect(on_finished)
+        finished = [self._finished] + ([on_finished] if on_finished is not None else [])
+        worker = create_worker(run, _start_thread=False,
+                               _connect={"returned": on_done, "errored": self._errored, "finished": finished})
         self.worker = worker
         self._started = time.perf_counter()
         self.bar.value, self.bar.max = 0, 1
