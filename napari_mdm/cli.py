@@ -86,7 +86,8 @@ def cmd_pretrain(args) -> int:
 
     if args.resume and not state_path(args.out).exists():
         raise UserError(f"--resume: there is no saved training state {state_path(args.out)}")
-    refuse_existing(args.out, args.overwrite or args.resume)
+    for path in (args.out, state_path(args.out)):
+        refuse_existing(path, args.overwrite or args.resume)
     paths = collect_images(args.images, args.exclude)
     images = [read_image(p) for p in paths]
     corruption = CorruptionConfig(mode=args.mode, mask_shape=args.mask_shape)
