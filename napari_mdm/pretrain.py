@@ -7,7 +7,7 @@ run sees exactly the batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
-import math
+import json
 import os
 import platform
 import time
@@ -128,7 +128,8 @@ def _save_state(path: Path, model: UNet, ema: EMA, opt: torch.optim.Optimizer, s
     write_tensors(path, tensors, {**meta, "step": step})
 
 
-def _load_state(path: Path, model: UNet, ema: EMA, opt: torch.optim.Optimizer, meta: dict) -> int:
+def _load_state(path: Path, model: UNet, ema: EMA, opt: torch.optim.Optimizer, meta: dict) -> dict:
+    """Restore weights, EMA and optimizer; returns the saved metadata (step, wall time)."""
     tensors, saved = read_tensors(path)
     for key in ("unet", "corruption", "train"):
         theirs, ours = saved.get(key), meta[key]
@@ -140,7 +141,7 @@ def _load_state(path: Path, model: UNet, ema: EMA, opt: torch.optim.Optimizer, m
     load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     ema.shadow = {k[4:]: v.float().to(ema.shadow[k[4:]].device) for k, v in tensors.items() if k.startswith("ema.")}
     _restore_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")})
-    return int(saved["step"])
+    return saved
 
 
 def pretrain(
@@ -179,10 +180,12 @@ def pretrain(
 
     ema = EMA(model, config.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    meta = {"unet": model.config.to_dict(), "corruption": corruption.to_dict(), "train": asdict(config)}
-    step = 0
+    meta = json.loads(json.dumps({"unet": model.config.to_dict(), "corruption": corruption.to_dict(),
+                                  "train": asdict(config)}))  # tuples as JSON lists, as saved
+    step, wall_before = 0, 0.0
     if resume and out is not None and state_path(out).exists():
-        step = _load_state(state_path(out), model, ema, opt, meta)
+        saved = _load_state(state_path(out), model, ema, opt, meta)
+        step, wall_before = int(saved["step"]), float(saved.get("wall_seconds", 0.0))
     use_bf16 = config.amp and dev.type == "cuda" and torch.cuda.is_bf16_supported()
 
     losses: list[float] = []
@@ -204,11 +207,10 @@ def pretrain(
         eval_model = UNet(model.config)
         ema.copy_to(eval_model)
         eval_model.eval().requires_grad_(False)
-        elapsed = time.perf_counter() - start
-        record.update(steps=step, wall_seconds=round(record.get("wall_seconds_before", 0) + elapsed, 1),
-                      final_loss=float(np.mean(losses[-50:])) if losses else None)
+        wall = round(wall_before + time.perf_counter() - start, 1)
+        record.update(steps=step, wall_seconds=wall, final_loss=float(np.mean(losses[-50:])) if losses else None)
         if out is not None:
-            _save_state(state_path(out), model, ema, opt, step, meta)
+            _save_state(state_path(out), model, ema, opt, step, {**meta, "wall_seconds": wall})
             save_backbone(out, eval_model, corruption, record)
         return Backbone(eval_model, corruption, dict(record), name=str(out) if out else "unsaved")
 

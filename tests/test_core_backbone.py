@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from napari_mdm.backbone import PRESETS, UNetConfig, build_backbone, count_parameters
+
+
+def test_presets_fit_their_budgets():
+    assert count_parameters(build_backbone("tiny")) <= 2_000_000
+    small = count_parameters(build_backbone("small"))
+    assert small <= 8_000_000
+    assert small * 2 <= 16 * 2**20  # float16 weights fit in 16 MiB
+    paper = PRESETS["paper"]
+    assert paper.base_channels == 192 and paper.channel_mult == (1, 1, 2, 2, 4, 4) and paper.num_res_blocks == 2
+
+
+def test_forward_keeps_image_shape_and_decoder_blocks_are_addressable():
+    torch.manual_seed(0)
+    model = build_backbone("tiny").eval()
+    x, t = torch.randn(2, 3, 32, 48), torch.tensor([0, 999])
+    assert model(x, t).shape == x.shape
+    blocks = tuple(range(len(model.output_blocks)))
+    feats = model.decoder_features(x, t, blocks)
+    assert sorted(feats) == list(blocks)
+    for b, f in feats.items():
+        assert f.shape[1] == model.block_channels[b]
+        assert f.shape[-2:] == (32 // model.block_scale(b), 48 // model.block_scale(b))
+
+
+def test_decoder_features_stop_early_and_match_full_pass():
+    torch.manual_seed(0)
+    model = build_backbone("tiny").eval()
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([50])
+    last = len(model.output_blocks) - 1
+    with torch.no_grad():
+        partial = model.decoder_features(x, t, (2,))[2]
+        full = model.decoder_features(x, t, (2, last))[2]
+    torch.testing.assert_close(partial, full)
+
+
+def test_bad_sizes_and_blocks_are_clear_errors():
+    model = build_backbone("tiny")
+    with pytest.raises(ValueError, match="multiples of 8"):
+        model(torch.randn(1, 3, 30, 32), torch.tensor([1]))
+    with pytest.raises(ValueError, match="do not exist"):
+        model.decoder_features(torch.randn(1, 3, 32, 32), torch.tensor([1]), (99,))
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_backbone("huge")
+
+
+def test_config_round_trips_through_dict():
+    cfg = PRESETS["small"]
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown backbone settings"):
+        UNetConfig.from_dict({**cfg.to_dict(), "wings": 2})
