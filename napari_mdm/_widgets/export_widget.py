@@ -38,6 +38,7 @@ class ExportWidget(Container):
         self.as_layers = CheckBox(value=True, text="show results as layers")
         self.run = PushButton(text="Segment")
         self.jobs = JobPanel()
+        self._seen: set[int] = set()
         super().__init__(widgets=[self.source, self.image_layers, self.folder, self.out_dir, self.format,
                                   self.uncertainty, self.overwrite, self.as_layers, self.run, self.jobs])
         self.run.changed.connect(self.start)
@@ -46,9 +47,13 @@ class ExportWidget(Container):
         self._source_changed(self.source.value)
 
     def reset_choices(self, *_) -> None:
+        """Refresh the layer list; image layers the widget has not seen yet start selected."""
         super().reset_choices()
-        if not self.image_layers.value:
-            self.image_layers.value = [layer for layer in self.image_layers.choices if layer.metadata.get("napari_mdm") is None]
+        choices = self.image_layers.choices
+        new = [layer for layer in choices if id(layer) not in self._seen and "napari_mdm" not in layer.metadata]
+        self._seen = {id(layer) for layer in choices}
+        if new:
+            self.image_layers.value = [*self.image_layers.value, *new]
 
     def _source_changed(self, source: str) -> None:
         self.image_layers.visible = source == LAYERS

@@ -56,7 +56,7 @@ def layer_select(viewer, kind: type[Layer], label: str) -> Select:
 
 
 def layer_combo(viewer, kind: type[Layer], label: str) -> ComboBox:
-    return ComboBox(choices=layer_choices(viewer, kind), label=label, nullable=True)
+    return ComboBox(choices=layer_choices(viewer, kind), label=label)
 
 
 _KINDS = {"image": Image, "labels": Labels}
