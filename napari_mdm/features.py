@@ -66,6 +66,8 @@ def resolve_config(backbone: Backbone, config: FeatureConfig | None) -> FeatureC
         raise UserError(f"tile must be a multiple of {backbone.model.config.divisor}, got {config.tile}")
     if not 0 <= config.overlap < 0.9:
         raise UserError(f"overlap must be in [0, 0.9), got {config.overlap}")
+    if config.draws < 1:
+        raise UserError(f"draws must be at least 1, got {config.draws}")
     return config
 
 
