@@ -241,6 +241,9 @@ def fit_head(
 ) -> Head:
     """Train the ensemble on (C, H, W) features and (H, W) labels; label ``ignore`` is unlabelled."""
     config = config or HeadConfig()
+    if config.ensemble < 1 or config.batch_size < 1 or not config.lr > 0:
+        raise UserError(f"ensemble ({config.ensemble}) and batch size ({config.batch_size}) must be at least 1 "
+                        f"and the learning rate ({config.lr}) above 0")
     if not features:
         raise UserError("no images to train on")
     channels = {f.shape[0] for f in features}
