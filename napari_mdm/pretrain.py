@@ -174,8 +174,11 @@ def pretrain(
         model = build_backbone(unet if isinstance(unet, UNetConfig) else unet)
     model.to(dev).train()
     crop = config.crop
-    if crop % model.config.divisor:
-        raise UserError(f"crop {crop} must be a multiple of {model.config.divisor} for this backbone")
+    if crop < model.config.divisor or crop % model.config.divisor:
+        raise UserError(f"crop {crop} must be a positive multiple of {model.config.divisor} for this backbone")
+    if config.batch_size < 1 or config.checkpoint_every < 1 or not config.lr > 0:
+        raise UserError(f"batch size ({config.batch_size}) and checkpoint interval ({config.checkpoint_every}) "
+                        f"must be at least 1 and the learning rate ({config.lr}) above 0")
     data = prepare_images(images, crop)
 
     ema = EMA(model, config.ema_decay)
