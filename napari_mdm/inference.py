@@ -39,7 +39,7 @@ def head_feature_config(head: Head, backbone: Backbone, draws: int | None = None
         raise UserError("this head does not record the feature settings it was trained with "
                         "(fit_head(..., context={'features': ...})): apply it to features with Head.predict")
     config = FeatureConfig.from_dict(head.context["features"])
-    return replace(config, draws=draws) if draws else config
+    return replace(config, draws=draws) if draws is not None else config
 
 
 def _as_source(image) -> ImageSource:
