@@ -235,6 +235,9 @@ def write_array(path: str | os.PathLike, data: np.ndarray, overwrite: bool = Fal
         raise UserError(f"cannot write {path}: use one of {', '.join(LABEL_SUFFIXES)}")
     if suffix == ".png" and data.dtype.kind == "f":
         raise UserError(f"cannot write float data to {path}: use .tif or .zarr")
+    if suffix == ".png" and not (data.ndim == 2 or data.ndim == 3 and data.shape[-1] in (3, 4)):
+        raise UserError(f"cannot write an array of shape {data.shape} to {path}: png holds one 2-D image; "
+                        "use .tif or .zarr")
     with atomic_output(path, overwrite=overwrite) as tmp:
         if suffix == ".zarr":
             import zarr
