@@ -20,9 +20,10 @@ from napari_mdm import inference
 from napari_mdm.checkpoint import Backbone, CheckpointError, load_backbone, save_backbone, write_tensors
 from napari_mdm.backbone import build_backbone
 from napari_mdm.corruption import CorruptionConfig
-from napari_mdm.head import Head, fit_head
+from napari_mdm.head import Head, HeadConfig, fit_head
 from napari_mdm.inference import segment, segment_files, segment_stack
-from napari_mdm.io import collect_images, normalize_image, open_image, read_image, read_labels, split_stack
+from napari_mdm.io import (collect_images, normalize_image, open_image, read_image, read_labels, split_stack,
+                           write_array)
 from napari_mdm.jobs import UserError
 from napari_mdm.pretrain import PretrainConfig, pretrain
 
@@ -139,6 +140,33 @@ def test_images_smaller_than_the_pretraining_crop_are_padded_not_refused():
     assert result.step == 1 and np.isfinite(result.losses).all()
 
 
+@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"crop": 0}, {"crop": -8}, {"crop": 12}, {"lr": -1.0},
+                                 {"checkpoint_every": 0}], ids=str)
+def test_unusable_pretraining_settings_are_a_clear_error(bad):
+    config = PretrainConfig(**{"steps": 1, "batch_size": 2, "crop": 32, **bad})
+    with pytest.raises(UserError):
+        pretrain([two_region_image(32, 32)], None, "tiny", config=config, device="cpu")
+
+
+@pytest.mark.parametrize("bad", [{"ensemble": 0}, {"batch_size": 0}, {"lr": 0.0}], ids=str)
+def test_unusable_head_settings_are_a_clear_error(kit, bad):
+    feats = np.zeros((8, 48, 48), np.float16)
+    with pytest.raises(UserError):
+        fit_head([feats], [kit.labels], HeadConfig(**bad))
+
+
+@pytest.mark.parametrize("draws", [0, -1])
+def test_unusable_draw_counts_are_a_clear_error(kit, draws):
+    with pytest.raises(UserError, match="draws must be at least 1"):
+        segment(kit.backbone, kit.head, kit.image, draws=draws)
+
+
+def test_arrays_png_cannot_hold_are_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="use .tif or .zarr"):
+        write_array(tmp_path / "stack.png", np.zeros((2, 4, 4, 3), np.uint8))
+    assert snapshot(tmp_path) == {}
+
+
 def test_skipping_label_ids_are_kept_in_the_output(kit):
     assert kit.head.class_values == CLASS_VALUES
     labels = segment(kit.backbone, kit.head, kit.image).labels
@@ -218,6 +246,7 @@ def test_a_folder_with_non_image_files_skips_them(tmp_path):
         collect_images([tmp_path / "missing"])
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # imageio probing its legacy plugins
 def test_corrupt_image_files_are_one_line_user_errors(tmp_path):
     folder, bad = _make_bad_files(tmp_path / "mixed")
     for name in bad:
