@@ -95,6 +95,8 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             meta = json.loads((fh.metadata() or {}).get("meta", "{}"))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} could not be read: {err}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} is not a napari-mdm checkpoint (its settings are not a JSON object)")
     return tensors, meta
 
 
