@@ -175,9 +175,13 @@ class Head:
         tensors, meta = read_tensors(path)
         if meta.get("format") != HEAD_FORMAT:
             raise CheckpointError(f"{path} is not a napari-mdm head (format {meta.get('format')!r})")
-        config = HeadConfig.from_dict(meta["config"])
-        mean, std = tensors["input.mean"], tensors["input.std"]
-        net = EnsembleMLP(config.ensemble, mean.numel(), config.hidden, len(meta["class_values"]))
+        try:
+            config = HeadConfig.from_dict(meta["config"])
+            mean, std = tensors["input.mean"], tensors["input.std"]
+            net = EnsembleMLP(config.ensemble, mean.numel(), config.hidden, len(meta["class_values"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path} is an incomplete or newer napari-mdm head "
+                                  f"({type(err).__name__}: {err})") from None
         from .checkpoint import load_state
 
         load_state(net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, path)
