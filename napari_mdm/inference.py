@@ -38,7 +38,10 @@ def head_feature_config(head: Head, backbone: Backbone, draws: int | None = None
     if "features" not in head.context:
         raise UserError("this head does not record the feature settings it was trained with "
                         "(fit_head(..., context={'features': ...})): apply it to features with Head.predict")
-    config = FeatureConfig.from_dict(head.context["features"])
+    try:
+        config = FeatureConfig.from_dict(head.context["features"])
+    except TypeError as err:
+        raise UserError(f"this head records feature settings this version does not know ({err})") from None
     return replace(config, draws=draws) if draws is not None else config
 
 
