@@ -17,7 +17,8 @@ import torch
 import zarr
 
 from napari_mdm import inference
-from napari_mdm.checkpoint import Backbone, CheckpointError, load_backbone, save_backbone, write_tensors
+from napari_mdm.checkpoint import (Backbone, CheckpointError, load_backbone, read_tensors, save_backbone,
+                                   write_tensors)
 from napari_mdm.backbone import build_backbone
 from napari_mdm.corruption import CorruptionConfig
 from napari_mdm.head import Head, HeadConfig, fit_head
@@ -55,7 +56,7 @@ SUPPORTED = {
     "float16": RNG.random((H, W)).astype(np.float16),
     "float64 any range": RNG.normal(1000, 300, (H, W)),
     "NaN pixels": np.where(RNG.random((H, W)) < 0.1, np.nan, RNG.random((H, W))),
-    "inf pixels": np.where(RNG.random((H, W)) < 0.1, np.inf, RNG.random((H, W))) * np.where(RNG.random((H, W)) < 0.5, -1, 1),
+    "inf pixels": np.where(RNG.random((H, W)) < 0.1, np.inf, RNG.random((H, W))) * RNG.choice([-1, 1], (H, W)),
     "constant 16-bit": np.full((H, W), 7, dtype=np.uint16),
     "constant huge float": np.full((H, W), 1e30, dtype=np.float32),
     "one pixel": np.array([[128]], dtype=np.uint8),
@@ -421,12 +422,29 @@ def test_truncated_and_foreign_checkpoints_are_clear_errors(kit, tmp_path):
         load_backbone("no-such-backbone")
 
 
+def test_incomplete_or_newer_head_files_are_clear_errors(kit, tmp_path):
+    tensors, meta = read_tensors(kit.head_path)
+    cases = {
+        "no tensors": ({"w": torch.zeros(1)}, meta),
+        "no class values": (tensors, {k: v for k, v in meta.items() if k != "class_values"}),
+        "a setting from a newer version": (tensors, {**meta, "config": {**meta["config"], "future": 1}}),
+        "another class count": (tensors, {**meta, "class_values": [1, 2, 3]}),
+        "settings not an object": (tensors, [1, 2]),
+    }
+    for name, (data, settings) in cases.items():
+        write_tensors(tmp_path / "head.safetensors", data, settings)
+        with pytest.raises(CheckpointError, match="incomplete or newer|does not match|not a napari-mdm"):
+            Head.load(tmp_path / "head.safetensors")
+    newer = Head.load(kit.head_path)
+    newer.context["features"] = {**newer.context["features"], "future": 2}
+    with pytest.raises(UserError, match="feature settings this version does not know"):
+        segment(kit.backbone, newer, kit.image)
+
+
 def test_a_checkpoint_of_another_architecture_is_a_clear_error(kit, tmp_path):
     """Settings of the tiny preset over the weights of the small one (e.g. a file edited by hand)."""
     tiny_file = tmp_path / "tiny.safetensors"
     save_backbone(tiny_file, build_backbone("tiny"), CorruptionConfig())
-    from napari_mdm.checkpoint import read_tensors
-
     _, tiny_meta = read_tensors(tiny_file)
     write_tensors(tmp_path / "mixed.safetensors", build_backbone("small").state_dict(), tiny_meta)
     with pytest.raises(CheckpointError, match="does not match its architecture"):
