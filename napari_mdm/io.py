@@ -30,6 +30,12 @@ LABEL_SUFFIXES = (".tif", ".tiff", ".zarr", ".png")
 _SAMPLE_PIXELS = 1_000_000
 
 
+def _first_line(err: Exception) -> str:
+    """The first line of an error's text: third-party messages can span several."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def _channels_last(arr, name: str):
     """A view of ``arr`` as (H, W, C) with C in 1..4, or a clear error."""
     if arr.ndim == 2:
@@ -117,7 +123,12 @@ class ImageSource:
         return int(self.data.shape[0]), int(self.data.shape[1])
 
     def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return _to_rgb01(self.data[y0:y1, x0:x1], self.lo, self.hi)
+        try:
+            pixels = np.asarray(self.data[y0:y1, x0:x1])
+        except Exception as err:  # a corrupt chunk of a lazily read file shows up only here
+            raise UserError(f"cannot read {self.name} at rows {y0}-{y1}, columns {x0}-{x1}: "
+                            f"{type(err).__name__}: {_first_line(err)}") from None
+        return _to_rgb01(pixels, self.lo, self.hi)
 
     def read(self) -> np.ndarray:
         return self.region(0, self.shape[0], 0, self.shape[1])
@@ -174,8 +185,7 @@ def read_array(path: str | os.PathLike, lazy: bool = False):
     except UserError:
         raise
     except Exception as err:  # corrupt files surface as many exception types
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise UserError(f"cannot read {path}: {type(err).__name__}: {detail}") from None
+        raise UserError(f"cannot read {path}: {type(err).__name__}: {_first_line(err)}") from None
     raise UserError(f"{path} is not a supported image ({', '.join(IMAGE_SUFFIXES)})")
 
 
