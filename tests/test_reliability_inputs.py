@@ -269,6 +269,16 @@ def test_segment_files_refuses_a_corrupt_file_before_writing_anything(kit, tmp_p
     assert snapshot(out) == {}
 
 
+def test_a_corrupt_chunk_of_a_lazily_read_zarr_is_a_clear_error_and_writes_nothing(kit, tmp_path):
+    src = tmp_path / "broken.zarr"
+    zarr.create_array(store=str(src), shape=(64, 64, 3), chunks=(32, 32, 3), dtype="uint8")[...] = 100
+    chunk = next(p for p in sorted(src.rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="cannot read .*broken.zarr at rows"):
+        segment_files(kit.backbone, kit.head, [src], tmp_path / "out")
+    assert not (tmp_path / "out" / "broken.tif").exists() and leftovers(tmp_path) == []
+
+
 # --- large images: tile by tile, memory bounded by tiles ------------------------------------------
 
 
