@@ -112,9 +112,11 @@ def cmd_pretrain(args) -> int:
 def cmd_reconstruct(args) -> int:
     import numpy as np
 
+    from .files import refuse_existing
     from .io import read_image, write_array
     from .reconstruction import reconstruct
 
+    refuse_existing(args.out, args.overwrite)
     backbone = _backbone(args)
     corrupted, recon = reconstruct(backbone, read_image(args.image), args.timesteps, seed=args.seed)
     stack = (np.stack([corrupted, recon], axis=1) * 255).round().astype(np.uint8)  # (T, 2, H, W, 3)
