@@ -322,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"napari-mdm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"napari-mdm {args.command}: error: out of memory: use smaller images (large ones as zarr or tif, "
+              "segmented with --format zarr) or a smaller --tile", file=sys.stderr)
+        return 2
     except Cancelled:
         print(f"napari-mdm {args.command}: cancelled", file=sys.stderr)
         return 130
