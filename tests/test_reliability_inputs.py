@@ -505,8 +505,22 @@ def test_cli_bad_inputs_fail_cleanly_and_change_nothing(kit, tmp_path):
           "--ensemble", "1", "--tile", "64", "--out", out / "head.safetensors"], "shape"),
         (["train-head", "--backbone", kit.backbone_path, "--images", images, "--labels", images, "--steps", "2",
           "--out", kit.head_path], "already exists"),
+        (["reconstruct", "--backbone", kit.backbone_path, "--image", images / "a.png", "--out", kit.head_path],
+         "already exists"),
     ]
     before, head_before = snapshot(tmp_path), kit.head_path.read_bytes()
     for args, fragment in cases:
         assert_clean_failure(run_cli(*args), fragment)
     assert snapshot(tmp_path) == before and kit.head_path.read_bytes() == head_before
+
+
+def test_cli_running_out_of_memory_is_one_line_not_a_traceback(monkeypatch, capsys, tmp_path):
+    from napari_mdm import cli
+
+    def exhausted(args):
+        raise MemoryError
+
+    monkeypatch.setattr(cli, "cmd_evaluate", exhausted)
+    assert cli.main(["evaluate", "--pred", str(tmp_path), "--truth", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of memory" in err and "--format zarr" in err
