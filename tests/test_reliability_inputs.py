@@ -78,7 +78,8 @@ def test_supported_images_normalise_to_rgb_in_unit_range(name):
     arr = SUPPORTED[name]
     with np.errstate(all="raise"):  # no silent NaN/overflow arithmetic on the way either
         out = normalize_image(arr)
-    assert out.shape == (*arr.shape[1:], 3) if name == "channel-first RGB" else out.shape == (*arr.shape[:2], 3)
+    plane = arr.shape[1:] if name == "channel-first RGB" else arr.shape[:2]
+    assert out.shape == (*plane, 3)
     assert out.dtype == np.float32 and np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
 
 
@@ -398,7 +399,6 @@ def test_pickle_checkpoints_are_refused_by_the_cli_without_running_code(kit, tmp
     images, out = tmp_path / "images", tmp_path / "out"
     images.mkdir(), out.mkdir()
     iio.imwrite(images / "a.png", (two_region_image(16, 16) * 255).astype(np.uint8))
-    before = snapshot(tmp_path)
     evil = _pickle_checkpoints(tmp_path, marker)
     before = snapshot(tmp_path)
     for path in evil[:2]:
