@@ -25,7 +25,7 @@ def _peek(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
         with tifffile.TiffFile(str(path)) as tif:
             series = tif.series[0]
             return tuple(series.shape), np.dtype(series.dtype)
-    except Exception:  # not ours, or unreadable: let another reader try
+    except Exception:  # noqa: BLE001 (any failure means: not ours, let another reader try)
         return None
 
 

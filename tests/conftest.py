@@ -26,7 +26,7 @@ def _start_xvfb() -> bool:
         return bool(os.environ.get("DISPLAY"))
     display = f":{100 + os.getpid() % 400}"
     subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: PLW1509 (no threads yet)
     for _ in range(50):
         if os.path.exists(f"/tmp/.X11-unix/X{display[1:]}"):
             os.environ["DISPLAY"] = display

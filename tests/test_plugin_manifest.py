@@ -73,7 +73,7 @@ def test_reader_opens_uncertainty_as_image_and_leaves_other_tifs(tmp_path):
     from napari_mdm.io import write_array
 
     unc = write_array(tmp_path / "cells_uncertainty.tif", np.random.default_rng(0).random((8, 8), dtype=np.float32))
-    [(data, meta, kind)] = get_reader(str(unc))(str(unc))
+    [(data, _, kind)] = get_reader(str(unc))(str(unc))
     assert kind == "image" and data.dtype == np.float32
     photo = write_array(tmp_path / "photo.tif", np.zeros((8, 8, 3), dtype=np.uint8))
     assert get_reader(str(photo)) is None

@@ -8,21 +8,26 @@ from qtpy.QtCore import QTimer
 from napari_mdm._widgets.session import session_for
 
 
-def test_event_loop_is_not_starved_during_feature_extraction(make_napari_viewer, tiny_backbone, qtbot):
+def test_event_loop_is_not_starved_during_training(make_napari_viewer, tiny_backbone, paint, qtbot):
     viewer = make_napari_viewer()
-    viewer.add_image(np.random.default_rng(0).random((384, 384, 3)).astype(np.float32), name="big", rgb=True)
+    viewer.add_image(np.random.default_rng(0).random((128, 128, 3)).astype(np.float32), name="img", rgb=True)
     _, widget = viewer.window.add_plugin_dock_widget("napari-mdm", "Few-shot segmentation")
     session_for(viewer).set_backbone(tiny_backbone)
+    widget.add_labels_layers()
+    paint(viewer.layers["img labels"], 1, slice(0, 20), slice(0, 128))
+    paint(viewer.layers["img labels"], 2, slice(100, 128), slice(0, 128))
+    widget.ensemble.value, widget.steps.value = 10, 150
     ticks, progress = [], []
     timer = QTimer()
     timer.setInterval(5)
     timer.timeout.connect(lambda: ticks.append(1))
-    widget.jobs._signal.progressed.connect(lambda *args: progress.append(args))
+    widget.jobs.progressed.connect(lambda *report: progress.append(report))
     timer.start()
-    worker = widget.prepare_features()
-    assert worker is not None
+    assert widget.start_training() is not None
     qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=120_000)
     timer.stop()
-    assert len(session_for(viewer).features) == 1 and len(progress) >= 4  # the job ran, tile by tile
-    # A starved loop would tick about once per tile; a served one ticks many times per tile.
+    head_reports = [r for r in progress if r[2].startswith("head")]
+    assert len(head_reports) == 15 and "img prediction" in viewer.layers  # the job ran to the end
+    # A starved loop ticks about once per progress report it has to deliver; a served one ticks
+    # many times between two reports (10 training steps of a 10-member ensemble).
     assert len(ticks) >= 5 * len(progress)

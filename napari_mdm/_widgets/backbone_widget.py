@@ -3,8 +3,9 @@ the open images or a folder, with a live loss curve; save it as a checkpoint."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 from napari.layers import Image
@@ -76,6 +77,7 @@ class BackboneWidget(Container):
         self.train.changed.connect(self.start_training)
         self.save.changed.connect(self._save)
         self.session.backbone_changed.connect(self._show_backbone)
+        self.jobs.progressed.connect(self._plot_loss)
         follow_layer_list(viewer, self)
         if self.session.backbone is not None:
             self._show_backbone(self.session.backbone)
@@ -151,9 +153,10 @@ class BackboneWidget(Container):
                             init=init, provenance={"source": "napari widget"}, progress=progress,
                             should_stop=should_stop)
 
-        self.jobs.start("Pretraining", compute, self._trained, on_progress=self._plot_loss)
+        self.jobs.start("Pretraining", compute, self._trained)
 
     def _plot_loss(self, done: int, total: int, info: str) -> None:
+        """Pretraining reports 'loss=0.1234 img/s=... eta=...'; other jobs report no loss."""
         for part in info.split():
             if part.startswith("loss="):
                 self.loss_plot.add(float(part[5:]))

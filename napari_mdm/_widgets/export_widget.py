@@ -50,7 +50,7 @@ class ExportWidget(Container):
         """Refresh the layer list; image layers the widget has not seen yet start selected."""
         super().reset_choices()
         choices = self.image_layers.choices
-        new = [layer for layer in choices if id(layer) not in self._seen and "napari_mdm" not in layer.metadata]
+        new = [layer for layer in choices if id(layer) not in self._seen]
         self._seen = {id(layer) for layer in choices}
         if new:
             self.image_layers.value = [*self.image_layers.value, *new]
@@ -107,7 +107,7 @@ class ExportWidget(Container):
             if budget < 0:
                 notify_info("the remaining masks are too large to show as layers; open them from disk")
                 return
-            show_result(self.viewer, f"{path.stem} mask", labels, "labels", metadata={"napari_mdm": "prediction"})
+            show_result(self.viewer, f"{path.stem} mask", labels, "labels")
 
     def _start_layers(self, backbone, head, out_dir: Path | None):
         from ..inference import output_paths, segment
@@ -150,8 +150,7 @@ class ExportWidget(Container):
         if not self.as_layers.value:
             return
         for name, labels, uncertainty in results:
-            show_result(self.viewer, f"{name} prediction", labels, "labels", opacity=0.5,
-                        metadata={"napari_mdm": "prediction"})
+            show_result(self.viewer, f"{name} prediction", labels, "labels", opacity=0.5)
             if self.uncertainty.value:
                 show_result(self.viewer, f"{name} uncertainty", uncertainty, "image", colormap="inferno",
-                            blending="additive", opacity=0.6, metadata={"napari_mdm": "prediction"})
+                            blending="additive", opacity=0.6)

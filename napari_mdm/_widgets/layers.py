@@ -3,7 +3,7 @@ and results shown by updating a layer of the same name or adding one."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from magicgui.widgets import ComboBox, Select
@@ -39,9 +39,29 @@ def label_planes(labels: Labels, image: Image) -> list[np.ndarray]:
     return [data] if data.ndim == 2 else list(data)
 
 
+OUTPUT_KEY = "napari_mdm"
+"""Metadata key marking layers napari-mdm made (predictions, uncertainty, reconstructions)."""
+
+
+def is_output(layer: Layer) -> bool:
+    return OUTPUT_KEY in layer.metadata
+
+
+def pair_labels(images: list[Image], candidates: list[Labels]) -> list[tuple[Image, Labels | None]]:
+    """Each image with the labels layer called 'IMAGE labels', else the first unused one of its shape."""
+    pairs: list[tuple[Image, Labels | None]] = []
+    for image in images:
+        used = [lab for _, lab in pairs]
+        fits = [lab for lab in candidates if tuple(lab.data.shape) == plane_shape(image) and lab not in used]
+        named = [lab for lab in fits if lab.name == f"{image.name} labels"]
+        pairs.append((image, (named or fits or [None])[0]))
+    return pairs
+
+
 def layer_choices(viewer, kind: type[Layer]) -> Callable:
-    """A magicgui ``choices`` callable listing the viewer's layers of one kind by name."""
-    return lambda widget=None: [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+    """A magicgui ``choices`` callable: the viewer's layers of one kind by name, our outputs left out."""
+    return lambda widget=None: [(layer.name, layer) for layer in viewer.layers
+                                if isinstance(layer, kind) and not is_output(layer)]
 
 
 def follow_layer_list(viewer, widget) -> None:
@@ -52,7 +72,9 @@ def follow_layer_list(viewer, widget) -> None:
 
 
 def layer_select(viewer, kind: type[Layer], label: str) -> Select:
-    return Select(choices=layer_choices(viewer, kind), label=label, allow_multiple=True)
+    select = Select(choices=layer_choices(viewer, kind), label=label, allow_multiple=True)
+    select.native.setMaximumHeight(90)
+    return select
 
 
 def layer_combo(viewer, kind: type[Layer], label: str) -> ComboBox:
@@ -62,15 +84,17 @@ def layer_combo(viewer, kind: type[Layer], label: str) -> ComboBox:
 _KINDS = {"image": Image, "labels": Labels}
 
 
-def show_result(viewer, name: str, data: np.ndarray, kind: str, **kwargs) -> Layer:
+def show_result(viewer, name: str, data: np.ndarray, kind: str, role: str = "prediction", **kwargs) -> Layer:
     """Put ``data`` in the layer called ``name`` if it is of the same kind (keeping the user's display
-    settings), else add a layer with ``kwargs``; the layer the user was working on stays active."""
+    settings), else add a layer with ``kwargs`` marked as our output (``role``); the layer the user
+    was working on stays active."""
     if name in viewer.layers and isinstance(viewer.layers[name], _KINDS[kind]):
         layer = viewer.layers[name]
         layer.data = data
         return layer
     active = viewer.layers.selection.active
-    layer = getattr(viewer, f"add_{kind}")(data, name=name, **kwargs)
+    metadata = {**kwargs.pop("metadata", {}), OUTPUT_KEY: role}
+    layer = getattr(viewer, f"add_{kind}")(data, name=name, metadata=metadata, **kwargs)
     if active is not None:
         viewer.layers.selection.active = active
     return layer

@@ -23,7 +23,7 @@ class LossPlot(QWidget):
         self.losses.append(loss)
         self.update()
 
-    def paintEvent(self, event) -> None:  # noqa: N802 (Qt name)
+    def paintEvent(self, event) -> None:
         painter = QPainter(self)
         painter.fillRect(self.rect(), QColor(30, 30, 35))
         painter.setPen(QColor(160, 160, 160))

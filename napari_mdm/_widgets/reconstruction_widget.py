@@ -64,7 +64,9 @@ class ReconstructionWidget(Container):
 
     def _show(self, name: str, timesteps: tuple[int, ...], result) -> None:
         corrupted, rebuilt = result
-        meta = {"napari_mdm": "reconstruction", "timesteps": list(timesteps)}
+        meta = {"timesteps": list(timesteps)}
         label = ",".join(map(str, timesteps))
-        show_result(self.viewer, f"{name} masked input (t={label})", corrupted, "image", rgb=True, metadata=meta)
-        show_result(self.viewer, f"{name} reconstruction (t={label})", rebuilt, "image", rgb=True, metadata=meta)
+        show_result(self.viewer, f"{name} masked input (t={label})", corrupted, "image", "reconstruction",
+                    rgb=True, metadata=meta)
+        show_result(self.viewer, f"{name} reconstruction (t={label})", rebuilt, "image", "reconstruction",
+                    rgb=True, metadata=meta)

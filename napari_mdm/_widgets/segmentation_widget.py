@@ -11,7 +11,16 @@ from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 
 from ..jobs import UserError
-from .layers import follow_layer_list, image_planes, label_planes, layer_select, plane_shape, show_result, stack_planes
+from .layers import (
+    follow_layer_list,
+    image_planes,
+    label_planes,
+    layer_select,
+    pair_labels,
+    plane_shape,
+    show_result,
+    stack_planes,
+)
 from .session import session_for, unwrap
 from .workers import JobPanel, chosen_path, notify_error, notify_info
 
@@ -86,21 +95,10 @@ class SegmentationWidget(Container):
         self._pick_labels()
 
     def _pick_labels(self, *_) -> None:
-        """Pair each selected image with 'IMAGE labels', else with an unused labels layer of its shape."""
-        if len(self.label_layers.value) == len(self.image_layers.value):
-            return
-        candidates = [layer for layer in self.label_layers.choices if not self._is_output(layer)]
-        picked = []
-        for image in self.image_layers.value:
-            fits = [lab for lab in candidates if tuple(lab.data.shape) == plane_shape(image) and lab not in picked]
-            named = [lab for lab in fits if lab.name == f"{image.name} labels"]
-            if named or fits:
-                picked.append((named or fits)[0])
-        self.label_layers.value = picked
-
-    @staticmethod
-    def _is_output(layer) -> bool:
-        return layer.metadata.get("napari_mdm") == "prediction"
+        """Unless one labels layer per image is chosen, pick them (see :func:`pair_labels`)."""
+        if len(self.label_layers.value) != len(self.image_layers.value):
+            pairs = pair_labels(self.image_layers.value, list(self.label_layers.choices))
+            self.label_layers.value = [lab for _, lab in pairs if lab is not None]
 
     def add_labels_layers(self) -> None:
         """An empty labels layer for each selected image, of the image's shape (a stack: one plane each)."""
@@ -115,10 +113,8 @@ class SegmentationWidget(Container):
         notify_info("paint at least two classes (e.g. 1 = background, 2 = object); label 0 means unlabelled")
 
     def pairs(self) -> list[tuple[Image, Labels]]:
-        """(image, labels) pairs to train on, paired in the order of the layer list."""
-        order = {id(layer): i for i, layer in enumerate(self.viewer.layers)}
-        images = sorted(self.image_layers.value, key=lambda layer: order[id(layer)])
-        labels = sorted(self.label_layers.value, key=lambda layer: order[id(layer)])
+        """(image, labels) pairs to train on: each image with the selected labels layer that fits it."""
+        images, labels = list(self.image_layers.value), list(self.label_layers.value)
         if not images:
             raise UserError("select at least one image layer")
         if not labels:
@@ -126,7 +122,13 @@ class SegmentationWidget(Container):
         if len(images) != len(labels):
             raise UserError(f"{len(images)} images but {len(labels)} labels layers are selected: "
                             "select one labels layer per image")
-        return list(zip(images, labels))
+        if len(images) == 1:
+            return [(images[0], labels[0])]  # a wrong shape is reported with both shapes
+        pairs = pair_labels(images, labels)
+        missing = [image.name for image, lab in pairs if lab is None]
+        if missing:
+            raise UserError(f"no selected labels layer has the shape of {missing[0]!r}: press 'New labels' for it")
+        return pairs
 
     # -- training ----------------------------------------------------------------------------
     def start_training(self, live: bool = False):
@@ -190,10 +192,9 @@ class SegmentationWidget(Container):
             mine = predictions[start : start + count]
             start += count
             show_result(self.viewer, f"{image.name} prediction", stack_planes([p.labels for p in mine], shape),
-                        "labels", opacity=0.5, metadata={"napari_mdm": "prediction"})
+                        "labels", opacity=0.5)
             show_result(self.viewer, f"{image.name} uncertainty", stack_planes([p.uncertainty for p in mine], shape),
-                        "image", colormap="inferno", blending="additive", opacity=0.6,
-                        metadata={"napari_mdm": "prediction"})
+                        "image", colormap="inferno", blending="additive", opacity=0.6)
 
     # -- live mode ---------------------------------------------------------------------------
     def _live_toggled(self, on: bool) -> None:

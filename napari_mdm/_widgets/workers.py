@@ -12,12 +12,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
+from psygnal import Signal as PSignal
 from qtpy.QtCore import QObject, Signal
 
 from ..jobs import Cancelled, UserError
@@ -70,12 +72,15 @@ class _ProgressSignal(QObject):
 
 
 def _format_eta(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 class JobPanel(Container):
     """Progress bar, one status line and a Cancel button for the job a dock widget runs."""
+
+    progressed = PSignal(int, int, str)
+    """(done, total, info) of the running job, on the Qt thread (e.g. for a live loss plot)."""
 
     def __init__(self) -> None:
         self.bar = ProgressBar(value=0, min=0, max=1, label="progress")
@@ -85,7 +90,6 @@ class JobPanel(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.worker = None
         self.title = ""
-        self.on_progress: Callable[[int, int, str], None] | None = None
         self._stop = threading.Event()
         self._signal = _ProgressSignal()
         self._signal.progressed.connect(self._show_progress)
@@ -97,15 +101,14 @@ class JobPanel(Container):
         return self.worker is not None
 
     def start(self, title: str, compute: Compute, on_done: Callable[[Any], None],
-              on_finished: Callable[[], None] | None = None,
-              on_progress: Callable[[int, int, str], None] | None = None):
+              on_finished: Callable[[], None] | None = None):
         """Run ``compute`` in a thread worker; ``on_done(result)`` runs on the Qt thread.
 
         Returns the worker, or None when another job of this panel is still running."""
         if self.busy:
             notify_warning(f"{self.title} is still running: wait for it or press Cancel")
             return None
-        self.title, self.on_progress = title, on_progress
+        self.title = title
         self._stop, self._failed = threading.Event(), False
         stop, emit = self._stop, self._signal.progressed.emit
 
@@ -142,8 +145,7 @@ class JobPanel(Container):
             eta = (time.perf_counter() - self._started) / done * (total - done)
             text += f"  ETA {_format_eta(eta)}"
         self.status.value = text
-        if self.on_progress is not None:
-            self.on_progress(done, total, info)
+        self.progressed.emit(done, total, info)
 
     def _errored(self, err: BaseException) -> None:
         self._failed = True
