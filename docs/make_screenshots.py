@@ -45,6 +45,9 @@ def show_only(viewer, docks: dict, name: str) -> None:
 
 
 def shoot(viewer, name: str) -> None:
+    viewer.window.resize(1400, 900)
+    viewer.reset_view()
+    settle()
     viewer.screenshot(str(DOCS / f"{name}.png"), canvas_only=False)
     print("wrote", DOCS / f"{name}.png")
 

@@ -25,8 +25,10 @@ def _start_xvfb() -> bool:
     if os.environ.get("DISPLAY") or not shutil.which("Xvfb"):
         return bool(os.environ.get("DISPLAY"))
     display = f":{100 + os.getpid() % 400}"
-    subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: PLW1509 (no threads yet)
+    command = ["Xvfb", display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"]
+    # preexec_fn is safe here: collection runs before any thread is started
+    subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     preexec_fn=_die_with_parent)  # noqa: PLW1509
     for _ in range(50):
         if os.path.exists(f"/tmp/.X11-unix/X{display[1:]}"):
             os.environ["DISPLAY"] = display

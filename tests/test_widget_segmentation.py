@@ -55,6 +55,7 @@ def test_live_mode_retrains_after_a_stroke(annotated, paint, qtbot):
     assert first.config.ensemble == 3 and first.config.steps == 50  # the quick live settings
     paint(labels, 1, slice(30, 40), slice(5, 30))
     qtbot.waitUntil(lambda: session_for(viewer).head is not first and not widget.jobs.busy, timeout=60_000)
+    assert len(session_for(viewer).features) == 1  # features computed once, reused by every retrain
     widget.live.value = False
     paint(labels, 1, slice(40, 45), slice(5, 30))
     assert not widget.debounce.isActive()

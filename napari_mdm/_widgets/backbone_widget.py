@@ -12,7 +12,7 @@ from napari.layers import Image
 
 from .layers import follow_layer_list, image_planes
 from .loss_plot import LossPlot
-from .session import session_for, unwrap
+from .session import describe, session_for, unwrap
 from .workers import JobPanel, chosen_path, notify_error, notify_info
 
 if TYPE_CHECKING:
@@ -20,12 +20,6 @@ if TYPE_CHECKING:
 
 DEFAULT_SHIPPED = "histology"
 LAYERS, FOLDER = "open image layers", "folder"
-
-
-def describe(backbone) -> str:
-    """One line about a backbone: name, size, corruption and device."""
-    params = sum(p.numel() for p in backbone.model.parameters()) / 1e6
-    return f"{Path(backbone.name).name}: {params:.1f}M params, {backbone.corruption.mode}, on {backbone.device}"
 
 
 class BackboneWidget(Container):
@@ -87,7 +81,7 @@ class BackboneWidget(Container):
         self.session.set_backbone(backbone)
 
     def _show_backbone(self, backbone) -> None:
-        self.current.value = f"backbone: {describe(backbone)}"
+        self.current.value = describe(backbone)
         self.save.enabled = True
 
     def load(self, name_or_path) -> None:

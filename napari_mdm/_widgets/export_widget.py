@@ -11,7 +11,7 @@ from napari.layers import Image
 
 from ..jobs import UserError
 from .layers import follow_layer_list, image_planes, layer_select, plane_shape, show_result, stack_planes
-from .session import session_for, unwrap
+from .session import BackboneLabel, session_for, unwrap
 from .workers import JobPanel, chosen_path, notify_error, notify_info
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ class ExportWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.viewer = viewer = unwrap(viewer)
         self.session = session_for(viewer)
+        self.backbone_info = BackboneLabel(self.session)
         self.source = ComboBox(choices=[LAYERS, FOLDER], value=LAYERS, label="segment")
         self.image_layers = layer_select(viewer, Image, "image layers")
         self.folder = FileEdit(mode="d", label="input folder")
@@ -39,8 +40,8 @@ class ExportWidget(Container):
         self.run = PushButton(text="Segment")
         self.jobs = JobPanel()
         self._seen: set[int] = set()
-        super().__init__(widgets=[self.source, self.image_layers, self.folder, self.out_dir, self.format,
-                                  self.uncertainty, self.overwrite, self.as_layers, self.run, self.jobs])
+        super().__init__(widgets=[self.backbone_info, self.source, self.image_layers, self.folder, self.out_dir,
+                                  self.format, self.uncertainty, self.overwrite, self.as_layers, self.run, self.jobs])
         self.run.changed.connect(self.start)
         self.source.changed.connect(self._source_changed)
         follow_layer_list(viewer, self)

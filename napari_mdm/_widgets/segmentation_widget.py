@@ -21,7 +21,7 @@ from .layers import (
     show_result,
     stack_planes,
 )
-from .session import session_for, unwrap
+from .session import BackboneLabel, session_for, unwrap
 from .workers import JobPanel, chosen_path, notify_error, notify_info
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class SegmentationWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.viewer = viewer = unwrap(viewer)
         self.session = session_for(viewer)
+        self.backbone_info = BackboneLabel(self.session)
         self.image_layers = layer_select(viewer, Image, "images")
         self.label_layers = layer_select(viewer, Labels, "labels (one per image, same order)")
         self.new_labels = PushButton(text="New labels for the selected images")
@@ -67,9 +68,9 @@ class SegmentationWidget(Container):
         self.head_file = FileEdit(mode="w", filter="*.safetensors", label="head file")
         self.save_head = PushButton(text="Save head")
         self.load_head = PushButton(text="Load head")
-        super().__init__(widgets=[self.image_layers, self.label_layers, self.new_labels, self.timesteps, self.ensemble,
-                                  self.steps, self.live, self.train, self.jobs, self.head_file, self.save_head,
-                                  self.load_head])
+        super().__init__(widgets=[self.backbone_info, self.image_layers, self.label_layers, self.new_labels,
+                                  self.timesteps, self.ensemble, self.steps, self.live, self.train, self.jobs,
+                                  self.head_file, self.save_head, self.load_head])
         self._watched: list[Labels] = []
         self._rerun = False
         self.debounce = QTimer()
@@ -152,8 +153,8 @@ class SegmentationWidget(Container):
                 notify_error(str(err))
             return None
         compute = self._training_job(backbone, planes, labels, timesteps, live)
-        return self.jobs.start("Live training" if live else "Training", compute, lambda result: self._show(pairs, result),
-                               on_finished=self._after_job)
+        title = "Live training" if live else "Training"
+        return self.jobs.start(title, compute, lambda result: self._show(pairs, result), on_finished=self._after_job)
 
     def _training_job(self, backbone, planes, labels, timesteps, live: bool):
         from ..features import FeatureConfig, resolve_config

@@ -9,7 +9,9 @@ from __future__ import annotations
 import uuid
 import weakref
 from dataclasses import replace
+from pathlib import Path
 
+from magicgui.widgets import Label
 from psygnal import Signal
 
 FEATURE_CACHE_BYTES = 2 << 30
@@ -46,6 +48,26 @@ class Session:
     def set_head(self, head) -> None:
         self.head = head
         self.head_changed.emit(head)
+
+
+def describe(backbone) -> str:
+    """One line about a backbone: name, size, corruption and the device it runs on."""
+    if backbone is None:
+        return "no backbone yet: load or pretrain one in the 'Backbone' widget"
+    params = sum(p.numel() for p in backbone.model.parameters()) / 1e6
+    name = "trained here, not saved yet" if backbone.name == "unsaved" else Path(backbone.name).name
+    return f"backbone {name}: {params:.1f}M params, {backbone.corruption.mode}, on {backbone.device}"
+
+
+class BackboneLabel(Label):
+    """A line that always says which backbone the session uses and on which device."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(value=describe(session.backbone))
+        session.backbone_changed.connect(self.show_backbone)  # psygnal holds bound methods weakly
+
+    def show_backbone(self, backbone) -> None:
+        self.value = describe(backbone)
 
 
 _SESSIONS: dict[int, Session] = {}
