@@ -116,6 +116,7 @@ def main(steps: int) -> None:
     show_only(viewer, docks, "Segment & export")
     for layer in [layer for layer in viewer.layers if layer.name != "ihc"]:
         viewer.layers.remove(layer)
+    image.visible = True
     settle()
     export.image_layers.value = [image]
     export.out_dir.value = DOCS.parent / "build" / "screenshot_masks"

@@ -161,3 +161,21 @@ def test_head_saves_and_loads(annotated, tmp_path, wait_job, notes):
     widget.load_head.clicked.emit()
     wait_job(widget.jobs)
     assert "not a valid safetensors file" in notes()[-1]
+
+
+def test_live_preview_predicts_every_second_pixel_at_full_size(tiny_backbone):
+    from napari_mdm._widgets.segmentation_widget import preview
+    from napari_mdm.features import extract_features
+    from napari_mdm.head import HeadConfig, fit_head
+
+    rng = np.random.default_rng(0)
+    image = rng.random((33, 46, 3)).astype(np.float32)
+    image[:, 23:] += 1
+    labels = np.zeros((33, 46), dtype=np.int64)
+    labels[:, :3], labels[:, -3:] = 1, 2
+    feats = extract_features(tiny_backbone, image / 2)
+    head = fit_head([feats], [labels], HeadConfig(ensemble=2, steps=20))
+    full, quick = head.predict(feats), preview(head, feats)
+    assert quick.labels.shape == quick.uncertainty.shape == (33, 46) and quick.probabilities.shape == (2, 33, 46)
+    np.testing.assert_array_equal(quick.labels[::2, ::2], full.labels[::2, ::2])
+    np.testing.assert_allclose(quick.uncertainty[::2, ::2], full.uncertainty[::2, ::2], atol=1e-5)

@@ -147,7 +147,7 @@ class ExportWidget(Container):
 
     def _show_layers(self, results) -> None:
         written = f" and written to {self.out_dir.value}" if chosen_path(self.out_dir) else ""
-        notify_info(f"{len(results)} images segmented{written}")
+        notify_info(f"{len(results)} image{'s' if len(results) != 1 else ''} segmented{written}")
         if not self.as_layers.value:
             return
         for name, labels, uncertainty in results:

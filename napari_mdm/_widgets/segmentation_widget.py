@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 LIVE_DELAY_MS = 800
 LIVE_ENSEMBLE, LIVE_STEPS = 3, 50
-"""Live mode trades a little accuracy for about a second per retrain on a 512 x 512 image."""
+"""Live mode trades a little accuracy for about a second per retrain on a 512 x 512 image
+(with a half-resolution preview of the prediction; 'Train & predict' gives the full one)."""
 
 
 def parse_timesteps(text: str) -> tuple[int, ...]:
@@ -41,6 +42,19 @@ def parse_timesteps(text: str) -> tuple[int, ...]:
     if not steps:
         raise UserError("give at least one timestep, e.g. 50")
     return steps
+
+
+def preview(head, features: np.ndarray):
+    """Live mode's prediction: every second pixel, repeated; a quarter of the work, the same picture."""
+    from ..head import Prediction
+
+    h, w = features.shape[1:]
+    coarse = head.predict(np.ascontiguousarray(features[:, ::2, ::2]))
+
+    def full(a: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(a, 2, axis=-2), 2, axis=-1)[..., :h, :w]
+
+    return Prediction(full(coarse.labels), full(coarse.probabilities), full(coarse.uncertainty), coarse.class_values)
 
 
 def staged(progress, stage: str):
@@ -62,7 +76,7 @@ class SegmentationWidget(Container):
         self.ensemble = SpinBox(value=10, min=1, max=50, label="ensemble size")
         self.steps = SpinBox(value=300, min=10, max=10_000, step=10, label="head steps")
         self.live = CheckBox(value=False, text=f"live: retrain {LIVE_DELAY_MS / 1000:g} s after each stroke "
-                                               f"(ensemble {LIVE_ENSEMBLE}, {LIVE_STEPS} steps)")
+                                               f"(quick preview: ensemble {LIVE_ENSEMBLE}, {LIVE_STEPS} steps)")
         self.train = PushButton(text="Train && predict")
         self.jobs = JobPanel()
         self.head_file = FileEdit(mode="w", filter="*.safetensors", label="head file")
@@ -176,7 +190,7 @@ class SegmentationWidget(Container):
                             progress=staged(progress, "head"), should_stop=should_stop)
             predictions = []
             for i, feats in enumerate(features):
-                predictions.append(head.predict(feats))
+                predictions.append(preview(head, feats) if live else head.predict(feats))
                 progress(i + 1, len(features), "predicting")
             return head, predictions
 
