@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from napari.layers import Labels
 
 from napari_mdm._reader import get_reader
 from napari_mdm._widgets.session import session_for
@@ -56,6 +57,9 @@ def test_layers_are_segmented_written_and_shown(ready, tmp_path, wait_job, notes
     mask, kind = read_back(tmp_path / "second.zarr")
     assert kind == "labels" and (mask[:, 40:] == 2).mean() > 0.9 and (mask[:, :24] == 1).mean() > 0.9
     np.testing.assert_array_equal(viewer.layers["second prediction"].data, mask)
+    [opened] = viewer.open(tmp_path / "second.zarr", plugin="napari-mdm")
+    assert isinstance(opened, Labels) and opened.name.startswith("second")
+    np.testing.assert_array_equal(opened.data, mask)
     stack, _ = read_back(tmp_path / "grey stack.zarr")
     assert stack.shape == (2, 64, 64)
     uncertainty, kind = read_back(tmp_path / "second_uncertainty.zarr")

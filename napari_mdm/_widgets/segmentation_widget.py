@@ -70,7 +70,7 @@ class SegmentationWidget(Container):
         self.session = session_for(viewer)
         self.backbone_info = BackboneLabel(self.session)
         self.image_layers = layer_select(viewer, Image, "images")
-        self.label_layers = layer_select(viewer, Labels, "labels (one per image, same order)")
+        self.label_layers = layer_select(viewer, Labels, "labels (one per image)")
         self.new_labels = PushButton(text="New labels for the selected images")
         self.timesteps = LineEdit(value="50", label="feature timesteps")
         self.ensemble = SpinBox(value=10, min=1, max=50, label="ensemble size")

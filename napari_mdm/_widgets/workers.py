@@ -93,7 +93,8 @@ class JobPanel(Container):
         self._stop = threading.Event()
         self._signal = _ProgressSignal()
         self._signal.progressed.connect(self._show_progress)
-        self._started = 0.0
+        self._stage = (0, 0, 0.0)  # (total, done, time) from which the current stage's ETA counts
+        self._last_report = 0.0
         self._failed = False
 
     @property
@@ -120,7 +121,8 @@ class JobPanel(Container):
         worker = create_worker(run, _start_thread=False,
                                _connect={"returned": on_done, "errored": self._errored, "finished": finished})
         self.worker = worker
-        self._started = time.perf_counter()
+        self._last_report = time.perf_counter()
+        self._stage = (0, 0, self._last_report)
         self.bar.value, self.bar.max = 0, 1
         self.status.value = f"{title}: starting"
         self.cancel_button.enabled = True
@@ -141,9 +143,14 @@ class JobPanel(Container):
         text = f"{self.title}: {done}/{total}"
         if info:
             text += f"  {info}"
-        if done and "eta=" not in info:
-            eta = (time.perf_counter() - self._started) / done * (total - done)
+        now = time.perf_counter()
+        stage_total, stage_done, since = self._stage
+        if total != stage_total or done < stage_done:  # a new stage (features, then head, ...)
+            self._stage = stage_total, stage_done, since = total, 0, self._last_report
+        if done > stage_done and "eta=" not in info:
+            eta = (now - since) / (done - stage_done) * (total - done)
             text += f"  ETA {_format_eta(eta)}"
+        self._last_report = now
         self.status.value = text
         self.progressed.emit(done, total, info)
 
