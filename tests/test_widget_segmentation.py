@@ -179,3 +179,18 @@ def test_live_preview_predicts_every_second_pixel_at_full_size(tiny_backbone):
     assert quick.labels.shape == quick.uncertainty.shape == (33, 46) and quick.probabilities.shape == (2, 33, 46)
     np.testing.assert_array_equal(quick.labels[::2, ::2], full.labels[::2, ::2])
     np.testing.assert_allclose(quick.uncertainty[::2, ::2], full.uncertainty[::2, ::2], atol=1e-5)
+
+
+def test_features_can_be_cached_on_disk(monkeypatch, tmp_path, tiny_backbone):
+    from napari_mdm._widgets.session import FEATURE_CACHE_ENV, Session
+
+    monkeypatch.setenv(FEATURE_CACHE_ENV, str(tmp_path))
+    image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
+    first = Session().features.get(image, tiny_backbone)
+    assert len(list(tmp_path.glob("*.zarr"))) == 1
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("features were recomputed instead of read from disk")
+
+    monkeypatch.setattr("napari_mdm.features.extract_features", not_again)
+    np.testing.assert_array_equal(Session().features.get(image, tiny_backbone), first)

@@ -6,6 +6,7 @@ Reconstruction and Segment & export widgets use both; each listens to the signal
 
 from __future__ import annotations
 
+import os
 import uuid
 import weakref
 from dataclasses import replace
@@ -15,6 +16,7 @@ from magicgui.widgets import Label
 from psygnal import Signal
 
 FEATURE_CACHE_BYTES = 2 << 30
+FEATURE_CACHE_ENV = "NAPARI_MDM_FEATURE_CACHE"
 
 
 class Session:
@@ -30,11 +32,13 @@ class Session:
 
     @property
     def features(self):
-        """The :class:`napari_mdm.features.FeatureCache` (keyed by image, backbone and settings)."""
+        """The :class:`napari_mdm.features.FeatureCache` (keyed by image, backbone and settings);
+        with ``NAPARI_MDM_FEATURE_CACHE=/a/folder`` features are also kept there as zarr."""
         if self._features is None:
             from ..features import FeatureCache
 
-            self._features = FeatureCache(max_bytes=FEATURE_CACHE_BYTES)
+            self._features = FeatureCache(max_bytes=FEATURE_CACHE_BYTES,
+                                          directory=os.environ.get(FEATURE_CACHE_ENV) or None)
         return self._features
 
     def set_backbone(self, backbone) -> None:
