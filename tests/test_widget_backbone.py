@@ -86,3 +86,16 @@ def test_broken_checkpoints_and_missing_inputs_are_notifications(opened, tmp_pat
     widget.start_training()
     assert "open at least one image" in notes()[-1]
     assert session_for(viewer).backbone is None
+
+
+def test_pretrain_on_a_folder(opened, tmp_path, wait_job):
+    from napari_mdm.io import write_array
+
+    viewer, widget = opened
+    for i in range(2):
+        write_array(tmp_path / f"tile{i}.png", np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    widget.data.value, widget.folder.value, widget.steps.value = "folder", tmp_path, 2
+    widget.start_training()
+    wait_job(widget.jobs)
+    backbone = session_for(viewer).backbone
+    assert backbone.provenance["images"] == 2 and len(widget.loss_plot.losses) == 2

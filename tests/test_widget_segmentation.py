@@ -194,3 +194,27 @@ def test_features_can_be_cached_on_disk(monkeypatch, tmp_path, tiny_backbone):
 
     monkeypatch.setattr("napari_mdm.features.extract_features", not_again)
     np.testing.assert_array_equal(Session().features.get(image, tiny_backbone), first)
+
+
+def test_several_image_layers_each_with_its_labels(make_napari_viewer, tiny_backbone, paint, wait_job):
+    """An RGBA and a grey image of other shapes, each with its own labels, trained together."""
+    viewer = make_napari_viewer()
+    rgba = np.full((48, 64, 4), 255, dtype=np.uint8)
+    rgba[:, :32, :3] = 30
+    grey = np.zeros((40, 40), dtype=np.float32)
+    grey[:, 20:] = 1.0
+    viewer.add_image(rgba, name="rgba", rgb=True)
+    viewer.add_image(grey, name="grey")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mdm", "Few-shot segmentation")
+    session_for(viewer).set_backbone(tiny_backbone)
+    widget.ensemble.value, widget.steps.value = 2, 20
+    widget.image_layers.value = [viewer.layers["grey"], viewer.layers["rgba"]]
+    widget.add_labels_layers()
+    assert sorted(lab.name for lab in widget.label_layers.value) == ["grey labels", "rgba labels"]
+    paint(viewer.layers["rgba labels"], 1, slice(0, 48), slice(0, 4))
+    paint(viewer.layers["grey labels"], 2, slice(0, 40), slice(36, 40))
+    widget.start_training()
+    wait_job(widget.jobs)
+    assert viewer.layers["rgba prediction"].data.shape == (48, 64)
+    assert viewer.layers["grey prediction"].data.shape == (40, 40)
+    assert session_for(viewer).head.class_values == [1, 2]
