@@ -20,6 +20,7 @@ def test_reconstructions_stack_timesteps(make_napari_viewer, tiny_backbone, wait
     masked = viewer.layers["grey masked input (t=100,500,900)"]
     rebuilt = viewer.layers["grey reconstruction (t=100,500,900)"]
     assert masked.rgb and masked.data.shape == rebuilt.data.shape == (3, 48, 40, 3)
+    assert viewer.dims.axis_labels[0] == "timestep" and masked.metadata["timesteps"] == [100, 500, 900]
     assert 0 <= rebuilt.data.min() and rebuilt.data.max() <= 1
     # more of the image is masked at later timesteps (mdm masks patches to zero-ish grey)
     changed = [np.mean(np.abs(masked.data[i] - masked.data[0]) > 1e-6) for i in range(3)]

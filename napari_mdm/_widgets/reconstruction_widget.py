@@ -66,7 +66,6 @@ class ReconstructionWidget(Container):
         corrupted, rebuilt = result
         meta = {"timesteps": list(timesteps)}
         label = ",".join(map(str, timesteps))
-        show_result(self.viewer, f"{name} masked input (t={label})", corrupted, "image", "reconstruction",
-                    rgb=True, metadata=meta)
-        show_result(self.viewer, f"{name} reconstruction (t={label})", rebuilt, "image", "reconstruction",
-                    rgb=True, metadata=meta)
+        for what, data in (("masked input", corrupted), ("reconstruction", rebuilt)):
+            show_result(self.viewer, f"{name} {what} (t={label})", data, "image", "reconstruction", rgb=True,
+                        metadata=meta, axis_labels=("timestep", "y", "x"))
