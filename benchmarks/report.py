@@ -44,7 +44,7 @@ def markdown(result: dict) -> str:
             lines.append(f"| paper: {method} | " + " | ".join(c if c != "**" else "" for c in cells) + " |")
         fractions = {(d, p, n): next(r["label_fraction"] for r in rows if (r["dataset"], r["protocol"], r["shots"]) == (d, p, n))
                      for d, p, n in cols}
-        lines += ["| labelled pixels | " + " | ".join(f"{100 * fractions[c]:.2g}%" for c in cols) + " |", "",
+        lines += ["| labelled pixels | " + " | ".join(f"{100 * fractions[c]:.3g}%" for c in cols) + " |", "",
                   "Test images: " + ", ".join(f"{d} {n}" for d, n in tests.items()) + "; seeds: "
                   + str(rows[0]["seeds"]) + ".", ""]
     if result.get("speed"):
@@ -61,9 +61,11 @@ def figure(result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     summary = result["summary"]
     panels = sorted({(r["dataset"], r["protocol"], r["scale"]) for r in summary})
+    plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.get_cmap("tab20").colors)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
     for ax, (d, p, s) in zip(axes[0], panels):
         rows = [r for r in summary if (r["dataset"], r["protocol"], r["scale"]) == (d, p, s)]
@@ -77,11 +79,14 @@ def figure(result: dict, path: Path) -> None:
                     xs = sorted(int(n) for n in values)
                     ax.plot(xs, [values[str(n)] for n in xs], "k--" if method == "MDM" else "k:", lw=1, label=f"paper {method}")
         ax.set_xscale("log")
+        shots = sorted({r["shots"] for r in rows})
+        ax.set_xticks(shots, [str(n) for n in shots])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.legend(fontsize=7, loc="lower right")
         ax.set_title(f"{d}, {p} labels, scale {s:g}")
         ax.set_xlabel("labelled training images")
         ax.set_ylabel("Dice (%)")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -90,10 +95,11 @@ def figure(result: dict, path: Path) -> None:
 
 
 def write_report(json_path: Path) -> None:
-    """NAME.md and NAME.png beside NAME.json."""
+    """NAME.md and (when there are Dice results) NAME.png beside NAME.json."""
     result = json.loads(Path(json_path).read_text())
     Path(json_path).with_suffix(".md").write_text(markdown(result))
-    figure(result, Path(json_path).with_suffix(".png"))
+    if result["summary"]:
+        figure(result, Path(json_path).with_suffix(".png"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import resource
 import shlex
@@ -151,9 +152,10 @@ def plans(n_train: int, shots: tuple[int, ...], seeds: tuple[int, ...]) -> list[
 
 
 class PixelStore:
-    """The labelled pixels each training image contributes, per protocol and class, in a fixed
-    random order: a head trained on n images takes the first ceil(budget / n) of each class
-    from each, so the whole pixel budget never depends on n and only samples are kept."""
+    """The base features (per backbone, filter bank) of the labelled pixels each training image
+    contributes, per protocol and class, in a fixed random order: a head trained on n images
+    takes the first ceil(budget / n) of each class from each, so the whole pixel budget never
+    depends on n and only samples are kept."""
 
     def __init__(self, budget: int):
         self.budget = budget
@@ -164,18 +166,21 @@ class PixelStore:
         picks = [rng.permutation(np.flatnonzero(labels.ravel() == c))[:cap] for c in CLASSES]
         self.items[(index, protocol)] = {
             "pixels": picks,
-            "features": {name: [f.reshape(f.shape[0], -1)[:, p] for p in picks] for name, f in features.items()},
+            "features": [{name: f.reshape(f.shape[0], -1)[:, p] for name, f in features.items()} for p in picks],
             "fraction": float((labels > 0).mean()),
         }
 
-    def take(self, indices: tuple[int, ...], protocol: str, name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Per image (C, 1, n) features and (1, n) labels for ``fit_head``."""
+    def take(self, indices: tuple[int, ...], protocol: str,
+             select: Callable[[dict[str, np.ndarray]], np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per image (C, 1, n) features, made from the stored base features by ``select``, and
+        (1, n) labels, for ``fit_head``."""
         m = math.ceil(self.budget / len(indices))
         feats, labels = [], []
         for i in indices:
-            item = self.items[(i, protocol)]["features"][name]
-            feats.append(np.concatenate([part[:, :m] for part in item], axis=1)[:, None, :])
-            labels.append(np.concatenate([np.full(min(m, part.shape[1]), c, np.uint8) for part, c in zip(item, CLASSES)])[None])
+            parts = [select({name: part[:, :m] for name, part in per_class.items()})
+                     for per_class in self.items[(i, protocol)]["features"]]
+            feats.append(np.concatenate(parts, axis=1)[:, None, :])
+            labels.append(np.concatenate([np.full(part.shape[1], c, np.uint8) for part, c in zip(parts, CLASSES)])[None])
         return feats, labels
 
     def fraction(self, indices: tuple[int, ...], protocol: str) -> float:
@@ -209,17 +214,14 @@ def run_split(split: data.Split, scale: float, settings: Settings, backbones: di
         _, mask, small = load_sample(split.train[i], scale, settings.max_size)
         start = time.perf_counter()
         bases = compute_bases(small, backbones, configs, need_filters)
-        features = {s.name: spec_features(s, bases, backbones, configs) for s in specs}
-        if "forest" in settings.methods:
-            features["filters"] = bases["filters"]
         features_seconds += time.perf_counter() - start
         train_images[i] = small
         for protocol in settings.protocols:
             labels = scale_labels(make_labels(mask, protocol, seed=i, style=style), scale)
             train_labels[(i, protocol)] = labels
-            store.add(i, protocol, labels, features, math.ceil(settings.pixels_per_class / fewest[i]))
+            store.add(i, protocol, labels, bases, math.ceil(settings.pixels_per_class / fewest[i]))
         log(f"{split.dataset} x{scale}: train features {k + 1}/{len(fewest)}")
-    del bases, features
+    del bases
 
     scorers: dict[tuple[str, str, int, int], Scorer] = {}
     fractions: dict[tuple[str, int, int], float] = {}
@@ -231,13 +233,14 @@ def run_split(split: data.Split, scale: float, settings: Settings, backbones: di
                                      pixels_per_class=settings.pixels_per_class, seed=seed)
             for spec in specs:
                 start = time.perf_counter()
-                feats, labels = store.take(subset, protocol, spec.name)
+                feats, labels = store.take(subset, protocol,
+                                           lambda b, spec=spec: spec_features(spec, b, backbones, configs))
                 head = fit_head(feats, labels, head_config, ignore=0)
                 fit_seconds.setdefault(spec.name, []).append(time.perf_counter() - start)
                 scorers[(spec.name, protocol, n, seed)] = _head_scorer(head, spec.name)
             if "forest" in settings.methods:
                 start = time.perf_counter()
-                feats, labels = store.take(subset, protocol, "filters")
+                feats, labels = store.take(subset, protocol, lambda b: b["filters"])
                 x = np.concatenate([f[:, 0, :].T for f in feats])
                 forest = fit_forest(x, np.concatenate([lab[0] for lab in labels]), seed, settings.forest_pixels)
                 fit_seconds.setdefault("rf(filters)", []).append(time.perf_counter() - start)
@@ -313,7 +316,8 @@ def measure_speed(backbones: dict[str, Backbone], specs: list[FeatureSpec], sett
     truth = read_labels(sample.mask)[:512, :512] if sample else (image[..., 0] > 0.5).astype(np.uint8)
     truth = np.pad(truth, ((0, 512 - truth.shape[0]), (0, 512 - truth.shape[1])), mode="symmetric")
     labels = make_labels(truth, "scribble", 0)
-    out: dict = {"image": "512x512", "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+    out: dict = {"image": "512x512", "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+                 "load_average_before": round(os.getloadavg()[0], 2)}
     configs = base_configs(specs, backbones)
     for name, backbone in backbones.items():
         start = time.perf_counter()
@@ -374,6 +378,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--sweep-blocks", nargs="+", help="block ranges, e.g. 2-4 5-7 2,5,7")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-speed", action="store_true", help="skip the 512x512 speed figures")
+    parser.add_argument("--speed-only", action="store_true", help="only the 512x512 speed and memory figures")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     settings = Settings()
@@ -403,11 +408,11 @@ def main(argv: list[str] | None = None) -> dict:
     specs = feature_specs(settings, backbones)
     log(f"backbones: {', '.join(backbones)}; head inputs: {', '.join(s.name for s in specs)}")
     records = []
-    for dataset in settings.datasets:
+    for dataset in () if args.speed_only else settings.datasets:
         split = data.load_split(dataset)
         for scale in settings.scales:
             records += run_split(split, scale, settings, backbones, specs)
-    name = args.name or ("quick" if args.quick else "full")
+    name = args.name or ("speed" if args.speed_only else "quick" if args.quick else "full")
     result = {
         "name": name,
         "command": "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),

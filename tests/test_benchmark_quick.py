@@ -46,7 +46,7 @@ def test_pixel_store_keeps_the_budget_fixed_across_shot_counts():
         labels[:3], labels[-3:] = BACKGROUND, FOREGROUND
         feats = {"f": np.arange(200, dtype=np.float16).reshape(2, 10, 10) + i}
         store.add(i, "full", labels, feats, cap=60)
-    feats, labels = store.take((0, 1, 2), "full", "f")
+    feats, labels = store.take((0, 1, 2), "full", lambda b: b["f"])
     assert [f.shape for f in feats] == [(2, 1, 40)] * 3  # 20 per class and image, 60 per class in all
     assert all((lab == BACKGROUND).sum() == (lab == FOREGROUND).sum() == 20 for lab in labels)
     assert store.fraction((0, 1), "full") == pytest.approx(0.6)
