@@ -349,6 +349,21 @@ def measure_speed(backbones: dict[str, Backbone], specs: list[FeatureSpec], sett
     return out
 
 
+def code_version() -> dict:
+    """The commit the run used and the package files that differed from it (features depend on
+    the core's defaults, e.g. the feature tile, so a result is tied to the code that made it)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                                  text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD"), "modified": git("status", "--porcelain", "napari_mdm").splitlines()}
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -428,6 +443,7 @@ def main(argv: list[str] | None = None) -> dict:
         "paper": report.PAPER,
         "speed": {} if args.no_speed else measure_speed(backbones, specs, settings),
         "peak_rss_mib": round(peak_rss_mib(), 1),
+        "code": code_version(),
         "host": {"machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__},
     }
     args.out.mkdir(parents=True, exist_ok=True)
