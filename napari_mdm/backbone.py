@@ -244,5 +244,20 @@ def build_backbone(config: UNetConfig | str) -> UNet:
     return UNet(config)
 
 
+def randomize(model: UNet, seed: int = 0) -> UNet:
+    """Give every layer PyTorch's default random init, undoing the zero-init of residual outputs.
+
+    This is the random-weight control: an untrained network whose decoder features are random
+    multi-scale filters (a zero-initialised network passes only its skip paths through).
+    """
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            module.reset_parameters()
+    torch.random.set_rng_state(gen_state)
+    return model
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

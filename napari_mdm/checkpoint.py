@@ -45,6 +45,19 @@ def shipped_backbones() -> dict[str, Path]:
     return {p.stem: p for p in sorted(shipped_dir().glob("*.safetensors"))}
 
 
+RANDOM_PREFIX = "random-"
+
+
+def random_backbone(preset: str = "tiny", seed: int = 0) -> "Backbone":
+    """The random-weight control (``random-tiny``, ``random-small``): an untrained network with
+    default random init, identical for a given preset and seed."""
+    from .backbone import build_backbone, randomize
+
+    model = randomize(build_backbone(preset), seed).eval().requires_grad_(False)
+    name = f"{RANDOM_PREFIX}{preset}"
+    return Backbone(model, CorruptionConfig(), {"preset": preset, "seed": seed, "steps": 0}, f"{name}-seed{seed}", name)
+
+
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     """A path to an existing checkpoint file, from a path or the name of a shipped backbone."""
     path = Path(name_or_path)
@@ -168,7 +181,16 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: P
 
 
 def load_backbone(name_or_path: str | os.PathLike = "histology", device: str | torch.device = "cpu") -> Backbone:
-    """Load a backbone from a file or a shipped name, in eval mode, float32, on ``device``."""
+    """Load a backbone from a file, a shipped name, or ``random-<preset>`` (the untrained control),
+    in eval mode, float32, on ``device``."""
+    name = str(name_or_path)
+    if name.startswith(RANDOM_PREFIX) and not Path(name).exists():
+        from .backbone import PRESETS
+
+        preset = name[len(RANDOM_PREFIX):]
+        if preset not in PRESETS:
+            raise CheckpointError(f"unknown random backbone {name!r}: use random-{', random-'.join(PRESETS)}")
+        return random_backbone(preset).to(device)
     path = resolve_checkpoint(name_or_path)
     state, meta = read_tensors(path)
     model, corruption = build_from_meta(meta, path)

@@ -135,7 +135,8 @@ def cmd_train_head(args) -> int:
     backbone = _backbone(args)
     images = collect_images(args.images, args.exclude)
     label_paths = _pair_labels(images, args.labels)
-    config = resolve_config(backbone, FeatureConfig(timesteps=args.timesteps, blocks=args.blocks, tile=args.tile))
+    config = resolve_config(backbone, FeatureConfig(timesteps=args.timesteps, blocks=args.blocks, tile=args.tile,
+                                                           scale=args.scale))
     cache = FeatureCache()
     feats, labels = [], []
     bar = _Bar("features")
@@ -282,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labels are full masks in which 0 is a class (background), not 'unlabelled'")
     p.add_argument("--timesteps", type=_ints, default=(50,))
     p.add_argument("--blocks", type=_ints, default=None, help="decoder blocks (default: the backbone's)")
-    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--tile", type=int, default=512, help="tile side in pixels (default: %(default)s)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="resize images by this factor before the backbone (0.5 = half resolution)")
     p.add_argument("--ensemble", type=int, default=10)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)

@@ -28,8 +28,12 @@ class FeatureConfig:
     timesteps: tuple[int, ...] = (50,)
     blocks: tuple[int, ...] | None = None
     """Decoder blocks to read; None picks :func:`default_blocks` of the backbone."""
-    tile: int = 256
+    tile: int = 512
+    """Tile side in image pixels. GroupNorm and attention see the whole tile, so features depend
+    a little on the tile: larger tiles give more context; the head records the tile it used."""
     overlap: float = 0.25
+    scale: float = 1.0
+    """Resize factor applied before the backbone (0.5: half resolution, 4x less compute)."""
     seed: int = 0
     draws: int = 1
     """Mask/noise draws averaged per timestep (test-time averaging)."""
@@ -64,6 +68,8 @@ def resolve_config(backbone: Backbone, config: FeatureConfig | None) -> FeatureC
         raise UserError(f"timesteps must be in 0..{total}, got {config.timesteps}")
     if config.tile < backbone.model.config.divisor or config.tile % backbone.model.config.divisor:
         raise UserError(f"tile must be a multiple of {backbone.model.config.divisor}, got {config.tile}")
+    if not 0.05 <= config.scale <= 4:
+        raise UserError(f"scale must be in [0.05, 4], got {config.scale}")
     if not 0 <= config.overlap < 0.9:
         raise UserError(f"overlap must be in [0, 0.9), got {config.overlap}")
     if config.draws < 1:
@@ -82,14 +88,28 @@ def _pad_to(x: np.ndarray, divisor: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="symmetric") if ph or pw else x
 
 
+def _downscale(x: np.ndarray, scale: float) -> np.ndarray:
+    """Anti-aliased bilinear resize of a (C, h, w) array by ``scale`` (at least 1 px per side)."""
+    if scale == 1:
+        return x
+    size = (max(1, round(x.shape[1] * scale)), max(1, round(x.shape[2] * scale)))
+    t = torch.from_numpy(np.ascontiguousarray(x))[None]
+    return F.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False)[0].numpy()
+
+
 def tile_features(backbone: Backbone, region: np.ndarray, y0: int, x0: int, config: FeatureConfig) -> torch.Tensor:
-    """(C, h, w) float32 features of an (h, w, 3) [0, 1] region whose corner is at (y0, x0)."""
+    """(C, h, w) float32 features of an (h, w, 3) [0, 1] region whose corner is at (y0, x0).
+
+    With ``config.scale`` < 1 the backbone sees the region downscaled (more context per
+    receptive field, fewer pixels to compute) and its features are upsampled back to (h, w)."""
     h, w = region.shape[:2]
-    x = region.transpose(2, 0, 1) * 2 - 1
+    x = _downscale(region.transpose(2, 0, 1) * 2 - 1, config.scale)
+    sh, sw = x.shape[1:]
+    sy, sx = round(y0 * config.scale), round(x0 * config.scale)
     inputs, steps = [], []
     for t in config.timesteps:
         for draw in range(config.draws):
-            corrupted = corrupt_region(x, y0, x0, t, backbone.corruption, config.seed + draw)
+            corrupted = corrupt_region(x, sy, sx, t, backbone.corruption, config.seed + draw)
             inputs.append(_pad_to(corrupted, backbone.model.config.divisor))
             steps.append(t)
     device = backbone.device
@@ -98,7 +118,9 @@ def tile_features(backbone: Backbone, region: np.ndarray, y0: int, x0: int, conf
         acts = backbone.model.decoder_features(batch, torch.tensor(steps, device=device), config.blocks)
         per_block = []
         for b in config.blocks:
-            a = F.interpolate(acts[b].float(), size=batch.shape[-2:], mode="bilinear", align_corners=False)[:, :, :h, :w]
+            a = F.interpolate(acts[b].float(), size=batch.shape[-2:], mode="bilinear", align_corners=False)[:, :, :sh, :sw]
+            if (sh, sw) != (h, w):
+                a = F.interpolate(a, size=(h, w), mode="bilinear", align_corners=False)
             if config.normalize:
                 a = a * (a.shape[1] ** 0.5) / a.norm(dim=1, keepdim=True).clamp_min(1e-6)
             per_block.append(a)

@@ -1,0 +1,116 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_mdm.backbone import build_backbone
+from napari_mdm.checkpoint import Backbone, random_backbone
+from napari_mdm.corruption import CorruptionConfig
+from napari_mdm.features import FeatureCache, FeatureConfig, extract_features, num_channels
+from napari_mdm.jobs import Cancelled, UserError
+
+GLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "glas"
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return random_backbone("tiny")
+
+
+@pytest.fixture(scope="module")
+def image():
+    if (GLAS / "train" / "train_1.png").exists():
+        from napari_mdm.io import read_image
+
+        return read_image(GLAS / "train" / "train_1.png")[100:300, 200:460]
+    rng = np.random.default_rng(0)
+    return rng.random((200, 260, 3), dtype=np.float32)
+
+
+def test_features_have_the_promised_shape_dtype_and_channels(backbone, image):
+    cfg = FeatureConfig(timesteps=(50, 200), blocks=(3, 5, 7))
+    feats = extract_features(backbone, image, cfg)
+    expected = 2 * sum(backbone.model.block_channels[b] for b in (3, 5, 7))
+    assert feats.shape == (expected, *image.shape[:2]) and feats.dtype == np.float16
+    assert num_channels(backbone, cfg) == expected
+    assert np.isfinite(feats).all()
+    # per-pixel L2 normalisation per block: unit RMS over each block's channels (blending of
+    # overlapping tiles averages unit vectors, so overlaps may fall slightly below 1)
+    rms = np.sqrt((feats[: backbone.model.block_channels[3]].astype(np.float32) ** 2).mean(0))
+    assert np.median(np.abs(rms - 1)) < 0.01 and rms.max() < 1.01 and rms.min() > 0.8
+
+
+def test_tiles_blend_without_seams(image):
+    # A network with zero-initialised residual branches (a fresh diffusion U-Net) has no
+    # tile-wide GroupNorm/attention context, so tiled and whole-image features must agree up to
+    # the tiling itself: this checks blending and image-wide corruption, not the network.
+    torch.manual_seed(0)
+    skip_only = Backbone(build_backbone("tiny").eval(), CorruptionConfig(), digest="zero-init")
+    whole = extract_features(skip_only, image, FeatureConfig(tile=512)).astype(np.float32)
+    tiled = extract_features(skip_only, image, FeatureConfig(tile=96, overlap=0.25)).astype(np.float32)
+    rel = np.abs(whole - tiled).mean() / np.abs(whole).mean()
+    assert rel < 0.03
+    assert np.corrcoef(whole.ravel(), tiled.ravel())[0, 1] > 0.99
+    # no seam: the error along tile borders is not much larger than elsewhere
+    err = np.abs(whole - tiled).mean(0)
+    assert err[:, 66:78].mean() < 3 * err.mean() + 1e-3
+
+
+def test_images_smaller_than_a_tile_and_odd_sizes_work(backbone):
+    small = np.random.default_rng(1).random((13, 21, 3), dtype=np.float32)
+    feats = extract_features(backbone, small, FeatureConfig(tile=64))
+    assert feats.shape[1:] == (13, 21)
+
+
+def test_tiled_features_of_a_random_network_stay_close_to_whole_image_ones(backbone, image):
+    whole = extract_features(backbone, image, FeatureConfig(tile=512)).astype(np.float32)
+    tiled = extract_features(backbone, image, FeatureConfig(tile=128, overlap=0.5)).astype(np.float32)
+    assert np.corrcoef(whole.ravel(), tiled.ravel())[0, 1] > 0.9
+
+
+def test_scale_computes_at_lower_resolution_and_returns_full_size(backbone, image):
+    half = extract_features(backbone, image, FeatureConfig(scale=0.5))
+    assert half.shape == (num_channels(backbone, FeatureConfig()), *image.shape[:2]) and np.isfinite(half).all()
+    assert not np.allclose(half, extract_features(backbone, image))
+
+
+def test_draws_average_several_masks(backbone, image):
+    one = extract_features(backbone, image[:64, :64], FeatureConfig(timesteps=(300,), draws=1))
+    avg = extract_features(backbone, image[:64, :64], FeatureConfig(timesteps=(300,), draws=3))
+    assert one.shape == avg.shape and not np.array_equal(one, avg)
+
+
+def test_bad_settings_are_user_errors(backbone, image):
+    with pytest.raises(UserError, match="blocks"):
+        extract_features(backbone, image, FeatureConfig(blocks=(42,)))
+    with pytest.raises(UserError, match="timesteps"):
+        extract_features(backbone, image, FeatureConfig(timesteps=(5000,)))
+    with pytest.raises(UserError, match="tile"):
+        extract_features(backbone, image, FeatureConfig(tile=100))
+
+
+def test_progress_and_cancel(backbone, image):
+    seen = []
+    extract_features(backbone, image, FeatureConfig(tile=96), progress=lambda d, t, i: seen.append((d, t)))
+    assert seen[-1][0] == seen[-1][1] > 1
+    with pytest.raises(Cancelled):
+        extract_features(backbone, image, FeatureConfig(tile=96), should_stop=lambda: True)
+
+
+def test_cache_reuses_only_on_an_identical_signature(backbone, image, tmp_path):
+    cache = FeatureCache(directory=str(tmp_path))
+    crop = image[:64, :64].copy()
+    a = cache.get(crop, backbone, FeatureConfig())
+    assert cache.get(crop, backbone, FeatureConfig()) is a
+    b = cache.get(crop, backbone, FeatureConfig(timesteps=(100,)))
+    assert b is not a and len(cache) == 2
+    changed = crop.copy()
+    changed[0, 0, 0] += 0.5
+    assert cache.get(changed, backbone, FeatureConfig()) is not a
+    other = Backbone(backbone.model, backbone.corruption, digest="another")
+    assert cache.get(crop, other, FeatureConfig()) is not a
+    # a new cache finds the features on disk, signature-checked
+    again = FeatureCache(directory=str(tmp_path)).get(crop, backbone, FeatureConfig())
+    np.testing.assert_array_equal(again, a)
+    assert len(list(tmp_path.glob("*.zarr"))) == 4

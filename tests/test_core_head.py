@@ -1,0 +1,104 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_mdm.checkpoint import Backbone, random_backbone
+from napari_mdm.corruption import CorruptionConfig
+from napari_mdm.features import FeatureConfig, extract_features
+from napari_mdm.head import Head, HeadConfig, fit_head
+from napari_mdm.jobs import UserError
+from napari_mdm.metrics import dice
+
+GLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "glas"
+FAST = HeadConfig(ensemble=3, steps=120, batch_size=512)
+
+
+def _two_textures(seed: int, size: int = 96):
+    """Left/right halves with different stripe orientation and the same mean colour."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    boundary = size // 2 + int(rng.integers(-10, 10))
+    truth = np.where(xx < boundary, 1, 2)
+    stripes = np.where(truth == 1, np.sin(xx * 1.2), np.sin(yy * 1.2))
+    img = 0.5 + 0.3 * stripes[..., None] + 0.05 * rng.standard_normal((size, size, 3))
+    return np.clip(img, 0, 1).astype(np.float32), truth
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return random_backbone("tiny")
+
+
+def test_head_separates_textures_from_sparse_strokes(backbone):
+    img, truth = _two_textures(0)
+    labels = np.zeros_like(truth)
+    labels[10:86:4, 8:20] = 1  # a few strokes per class
+    labels[10:86:4, 76:88] = 2
+    head = fit_head([extract_features(backbone, img)], [labels], FAST)
+    test_img, test_truth = _two_textures(1)
+    pred = head.predict(extract_features(backbone, test_img))
+    assert pred.class_values == [1, 2]
+    assert (pred.labels == test_truth).mean() > 0.85
+    assert pred.probabilities.shape == (2, 96, 96)
+    np.testing.assert_allclose(pred.probabilities.sum(0), 1, atol=1e-4)
+    assert pred.uncertainty.min() >= 0 and pred.uncertainty.max() <= np.log(2) + 1e-6
+
+
+def test_uncertainty_is_higher_where_classes_meet(backbone):
+    img, truth = _two_textures(2)
+    head = fit_head([extract_features(backbone, img)], [truth], FAST)
+    pred = head.predict(extract_features(backbone, img))
+    border = np.abs(np.diff(truth, axis=1, prepend=truth[:, :1])) > 0
+    near = np.zeros_like(border)
+    for shift in range(-3, 4):
+        near |= np.roll(border, shift, axis=1)
+    assert pred.uncertainty[near].mean() > pred.uncertainty[~near].mean()
+
+
+@pytest.mark.skipif(not (GLAS / "train" / "train_1.png").exists(), reason="GlaS not in ../shared/data")
+def test_head_segments_real_glands_above_chance(backbone):
+    from napari_mdm.io import read_image, read_labels
+
+    def load(name):
+        return read_image(GLAS / "train" / f"{name}.png"), read_labels(GLAS / "train" / f"{name}_mask.png")
+
+    (a, ma), (b, mb) = load("train_1"), load("train_2")
+    cfg = FeatureConfig(scale=0.25)
+    head = fit_head([extract_features(backbone, a, cfg)], [ma], HeadConfig(ensemble=3, steps=200), ignore=None)
+    pred = head.predict(extract_features(backbone, b, cfg))
+    chance = dice(np.ones_like(mb), mb)  # everything called gland
+    assert dice(pred.labels, mb) > chance + 0.05
+
+
+def test_save_load_round_trip_predicts_the_same(backbone, tmp_path):
+    img, truth = _two_textures(3)
+    feats = extract_features(backbone, img)
+    head = fit_head([feats], [truth], FAST, context={"features": FeatureConfig().to_dict()})
+    head.save(tmp_path / "head.safetensors")
+    loaded = Head.load(tmp_path / "head.safetensors")
+    assert loaded.class_values == head.class_values
+    assert FeatureConfig.from_dict(loaded.context["features"]) == FeatureConfig()
+    np.testing.assert_allclose(loaded.predict_maps(feats), head.predict_maps(feats), atol=1e-5)
+
+
+def test_label_problems_are_clear_errors(backbone):
+    img, truth = _two_textures(4, size=32)
+    feats = extract_features(backbone, img)
+    with pytest.raises(UserError, match="no labels"):
+        fit_head([feats], [np.zeros((32, 32), int)], FAST)
+    with pytest.raises(UserError, match="only one class"):
+        fit_head([feats], [np.ones((32, 32), int)], FAST)
+    with pytest.raises(UserError, match="shape"):
+        fit_head([feats], [np.ones((30, 32), int)], FAST)
+    head = fit_head([feats], [truth], FAST)
+    with pytest.raises(UserError, match="feature channels"):
+        head.predict(feats[:10])
+
+
+def test_label_values_that_skip_numbers_are_kept(backbone):
+    img, truth = _two_textures(5, size=48)
+    labels = np.where(truth == 1, 3, 7)
+    head = fit_head([extract_features(backbone, img)], [labels], FAST)
+    assert set(np.unique(head.predict(extract_features(backbone, img)).labels)) <= {3, 7}
