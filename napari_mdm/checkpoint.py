@@ -41,19 +41,33 @@ def shipped_dir() -> Path:
 
 
 def shipped_backbones() -> dict[str, Path]:
-    """Shipped backbones by name (``histology`` -> resources/histology.safetensors)."""
-    return {p.stem: p for p in sorted(shipped_dir().glob("*.safetensors"))}
+    """Shipped backbones by name (``histology`` -> resources/histology.safetensors); pretraining
+    state files (``*.state.safetensors``) are not backbones."""
+    return {p.stem: p for p in sorted(shipped_dir().glob("*.safetensors")) if not p.stem.endswith(".state")}
 
 
 RANDOM_PREFIX = "random-"
+SHIPPED_DEFAULT = "histology"
+FALLBACK_DEFAULT = "random-tiny"
+
+
+def default_backbone_name() -> str:
+    """The backbone used when none is named: the shipped histology backbone once one ships, else
+    the untrained ``random-tiny`` control, which no CPU-pretrained checkpoint has beaten yet on
+    the GlaS benchmark (see README)."""
+    return SHIPPED_DEFAULT if SHIPPED_DEFAULT in shipped_backbones() else FALLBACK_DEFAULT
 
 
 def random_backbone(preset: str = "tiny", seed: int = 0) -> "Backbone":
-    """The random-weight control (``random-tiny``, ``random-small``): an untrained network with
-    default random init, identical for a given preset and seed."""
-    from .backbone import build_backbone, randomize
+    """The random-weight control (``random-tiny``, ``random-small``): the untrained network at its
+    standard initialisation, identical for a given preset and seed. Its residual branches start at
+    zero, so its decoder features are random multi-scale linear filters of the (masked) image."""
+    from .backbone import build_backbone
 
-    model = randomize(build_backbone(preset), seed).eval().requires_grad_(False)
+    rng_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = build_backbone(preset).eval().requires_grad_(False)
+    torch.random.set_rng_state(rng_state)
     name = f"{RANDOM_PREFIX}{preset}"
     return Backbone(model, CorruptionConfig(), {"preset": preset, "seed": seed, "steps": 0}, f"{name}-seed{seed}", name)
 
@@ -180,10 +194,10 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: P
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
-def load_backbone(name_or_path: str | os.PathLike = "histology", device: str | torch.device = "cpu") -> Backbone:
+def load_backbone(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Backbone:
     """Load a backbone from a file, a shipped name, or ``random-<preset>`` (the untrained control),
-    in eval mode, float32, on ``device``."""
-    name = str(name_or_path)
+    in eval mode, float32, on ``device``; None means :func:`default_backbone_name`."""
+    name = str(name_or_path) if name_or_path is not None else default_backbone_name()
     if name.startswith(RANDOM_PREFIX) and not Path(name).exists():
         from .backbone import PRESETS
 
@@ -191,9 +205,9 @@ def load_backbone(name_or_path: str | os.PathLike = "histology", device: str | t
         if preset not in PRESETS:
             raise CheckpointError(f"unknown random backbone {name!r}: use random-{', random-'.join(PRESETS)}")
         return random_backbone(preset).to(device)
-    path = resolve_checkpoint(name_or_path)
+    path = resolve_checkpoint(name)
     state, meta = read_tensors(path)
     model, corruption = build_from_meta(meta, path)
     load_state(model, state, path)
     model.eval().requires_grad_(False).to(device)
-    return Backbone(model, corruption, meta.get("provenance", {}), file_digest(path), str(name_or_path))
+    return Backbone(model, corruption, meta.get("provenance", {}), file_digest(path), name)

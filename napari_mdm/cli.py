@@ -12,9 +12,6 @@ from typing import Sequence
 
 from .jobs import Cancelled, UserError
 
-DEFAULT_BACKBONE = "histology"
-
-
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -46,9 +43,14 @@ class _Bar:
 
 
 def _backbone(args):
-    from .checkpoint import load_backbone
+    from .checkpoint import FALLBACK_DEFAULT, default_backbone_name, load_backbone
     from .devices import resolve_device
 
+    if args.backbone is None:
+        args.backbone = default_backbone_name()
+        if args.backbone == FALLBACK_DEFAULT:
+            print(f"napari-mdm: using {FALLBACK_DEFAULT} (the untrained control; no pretrained histology "
+                  "backbone ships yet, see README)", file=sys.stderr)
     return load_backbone(args.backbone, device=resolve_device(args.device))
 
 
@@ -127,8 +129,9 @@ def cmd_reconstruct(args) -> int:
 
 def cmd_train_head(args) -> int:
     from .features import FeatureCache, FeatureConfig, resolve_config
-    from .head import HeadConfig, fit_head
     from .files import refuse_existing
+    from .head import HeadConfig, fit_head
+    from .inference import head_context
     from .io import collect_images, read_image, read_labels
 
     refuse_existing(args.out, args.overwrite)
@@ -136,7 +139,7 @@ def cmd_train_head(args) -> int:
     images = collect_images(args.images, args.exclude)
     label_paths = _pair_labels(images, args.labels)
     config = resolve_config(backbone, FeatureConfig(timesteps=args.timesteps, blocks=args.blocks, tile=args.tile,
-                                                           scale=args.scale))
+                                                    scale=args.scale, filters=not args.no_filters))
     cache = FeatureCache()
     feats, labels = [], []
     bar = _Bar("features")
@@ -152,8 +155,7 @@ def cmd_train_head(args) -> int:
     bar = _Bar("head")
     try:
         head = fit_head(feats, labels, head_cfg, ignore=None if args.dense else 0,
-                        context={"features": config.to_dict(), "backbone": backbone.digest,
-                                 "backbone_name": str(args.backbone)}, progress=bar)
+                        context=head_context(backbone, config), progress=bar)
     finally:
         bar.close()
     head.save(args.out, overwrite=args.overwrite)
@@ -226,6 +228,24 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def has_screen() -> bool:
+    """False on a Linux machine without X or Wayland (a server, CI): napari cannot open there."""
+    return not sys.platform.startswith("linux") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def cmd_gui(args) -> int:
+    if not has_screen():
+        print("napari-mdm: no screen here (DISPLAY is not set), running the headless demo instead", file=sys.stderr)
+        return cmd_demo(argparse.Namespace(out=args.out, backbone=None, device="auto"))
+    import napari
+
+    from ._widgets import populate_viewer
+
+    populate_viewer(napari.Viewer(title="napari-mdm"), args.paths)
+    napari.run()
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -240,9 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-mdm", description="Few-shot segmentation with masked-diffusion features.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add_backbone(p, required=False):
-        p.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                       help="checkpoint file or shipped name (default: %(default)s)")
+    def add_backbone(p):
+        p.add_argument("--backbone", default=None,
+                       help="checkpoint file, shipped name, or random-tiny / random-small (the untrained control); "
+                            "default: the shipped histology backbone, else random-tiny")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
 
     p = sub.add_parser("pretrain", help="pretrain or fine-tune a backbone on images")
@@ -286,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=512, help="tile side in pixels (default: %(default)s)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="resize images by this factor before the backbone (0.5 = half resolution)")
+    p.add_argument("--no-filters", action="store_true",
+                   help="diffusion features only (by default the classic filter bank is appended)")
     p.add_argument("--ensemble", type=int, default=10)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
@@ -310,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", required=True, help="folder of true masks (NAME_mask.* or NAME.*)")
     p.add_argument("--metric", choices=("dice", "iou", "miou", "aji"), default="dice")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("gui", help="napari with the plugin's widgets and the histology sample (or PATHS); "
+                                   "without a screen, the headless demo")
+    p.add_argument("paths", nargs="*", help="images or masks to open instead of the sample")
+    p.add_argument("--out", default="napari-mdm-demo", help="demo output folder when there is no screen")
+    p.set_defaults(func=cmd_gui)
 
     p = sub.add_parser("demo", help="headless end-to-end run on bundled sample data")
     add_backbone(p)

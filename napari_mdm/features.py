@@ -2,7 +2,8 @@
 
 For each tile: corrupt it at each timestep (reproducibly, image-wide: see ``corruption``), run
 the backbone up to the deepest decoder block needed, upsample each chosen block bilinearly to
-pixel resolution, L2-normalise it per pixel, and concatenate. Tiles are blended (``tiling``).
+pixel resolution, L2-normalise it per pixel, and concatenate; optionally append the classic
+filter bank (``filterbank``) of the same tile. Tiles are blended (``tiling``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from .checkpoint import Backbone
 from .corruption import corrupt_region
+from .filterbank import filter_features, num_filter_channels
 from .io import ImageSource
 from .jobs import ProgressFn, StopFn, UserError
 from .tiling import run_tiled
@@ -38,6 +40,10 @@ class FeatureConfig:
     draws: int = 1
     """Mask/noise draws averaged per timestep (test-time averaging)."""
     normalize: bool = True
+    filters: bool = True
+    """Append the ilastik-like filter bank (144 channels, full resolution) to the diffusion
+    features. On GlaS it lifts the untrained control by 1-8 Dice points (benchmarks/README.md);
+    turn it off to measure a backbone on its own."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,6 +51,7 @@ class FeatureConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureConfig":
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values.setdefault("filters", False)  # heads saved before the option existed
         return cls(**values)
 
 
@@ -79,7 +86,8 @@ def resolve_config(backbone: Backbone, config: FeatureConfig | None) -> FeatureC
 
 def num_channels(backbone: Backbone, config: FeatureConfig) -> int:
     config = resolve_config(backbone, config)
-    return len(config.timesteps) * sum(backbone.model.block_channels[b] for b in config.blocks)
+    diffusion = len(config.timesteps) * sum(backbone.model.block_channels[b] for b in config.blocks)
+    return diffusion + (num_filter_channels() if config.filters else 0)
 
 
 def _pad_to(x: np.ndarray, divisor: int) -> np.ndarray:
@@ -125,8 +133,10 @@ def tile_features(backbone: Backbone, region: np.ndarray, y0: int, x0: int, conf
                 a = a * (a.shape[1] ** 0.5) / a.norm(dim=1, keepdim=True).clamp_min(1e-6)
             per_block.append(a)
         feats = torch.cat(per_block, dim=1)  # (T*draws, Cb, h, w)
-        feats = feats.view(len(config.timesteps), config.draws, -1, h, w).mean(1)
-    return feats.reshape(-1, h, w).cpu()
+        feats = feats.view(len(config.timesteps), config.draws, -1, h, w).mean(1).reshape(-1, h, w).cpu()
+    if config.filters:
+        feats = torch.cat([feats, torch.from_numpy(filter_features(region)).float()])
+    return feats
 
 
 def extract_features(

@@ -29,6 +29,12 @@ ZARR_CHUNK = 1024
 """Side of the square chunks in which large images' maps and outputs are written."""
 
 
+def head_context(backbone: Backbone, config: FeatureConfig) -> dict:
+    """What ``fit_head(..., context=...)`` must record so the head can be applied later: the
+    feature settings and the backbone they came from."""
+    return {"features": config.to_dict(), "backbone": backbone.digest, "backbone_name": backbone.name}
+
+
 def head_feature_config(head: Head, backbone: Backbone, draws: int | None = None) -> FeatureConfig:
     """The feature settings the head was trained with; refuses a head trained on another backbone."""
     trained_on = head.context.get("backbone")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .backbone import PRESETS, UNet, UNetConfig, build_backbone
-from .checkpoint import Backbone, CheckpointError, load_state, read_tensors, save_backbone, write_tensors
+from .checkpoint import Backbone, CheckpointError, file_digest, load_state, read_tensors, save_backbone, write_tensors
 from .corruption import CorruptionConfig, corrupt_batch
 from .devices import resolve_device
 from .jobs import Cancelled, ProgressFn, StopFn, UserError, check_stop, report
@@ -212,10 +212,13 @@ def pretrain(
         eval_model.eval().requires_grad_(False)
         wall = round(wall_before + time.perf_counter() - start, 1)
         record.update(steps=step, wall_seconds=wall, final_loss=float(np.mean(losses[-50:])) if losses else None)
-        if out is not None:
-            _save_state(state_path(out), model, ema, opt, step, {**meta, "wall_seconds": wall})
-            save_backbone(out, eval_model, corruption, record)
-        return Backbone(eval_model, corruption, dict(record), name=str(out) if out else "unsaved")
+        if out is None:
+            return Backbone(eval_model, corruption, dict(record))
+        _save_state(state_path(out), model, ema, opt, step, {**meta, "wall_seconds": wall})
+        save_backbone(out, eval_model, corruption, record)
+        # the file holds float16 weights: use exactly those, so a head trained now matches the file
+        load_state(eval_model, read_tensors(out)[0], Path(out))
+        return Backbone(eval_model, corruption, dict(record), digest=file_digest(out), name=str(out))
 
     cancelled = False
     try:

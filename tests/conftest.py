@@ -48,15 +48,10 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 @pytest.fixture
 def tiny_backbone():
-    """An untrained 'tiny' backbone (1.6M parameters), the same on every run."""
-    import torch
+    """The untrained 'tiny' backbone (1.6M parameters, ``random-tiny``), the same on every run."""
+    from napari_mdm.checkpoint import random_backbone
 
-    from napari_mdm.backbone import build_backbone
-    from napari_mdm.checkpoint import Backbone
-    from napari_mdm.corruption import CorruptionConfig
-
-    torch.manual_seed(0)
-    return Backbone(build_backbone("tiny").eval(), CorruptionConfig(), digest="tiny-test", name="tiny-test")
+    return random_backbone("tiny")
 
 
 @pytest.fixture

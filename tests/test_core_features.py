@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_mdm.backbone import build_backbone
+from napari_mdm.backbone import build_backbone, randomize
 from napari_mdm.checkpoint import Backbone, random_backbone
 from napari_mdm.corruption import CorruptionConfig
 from napari_mdm.features import FeatureCache, FeatureConfig, extract_features, num_channels
+from napari_mdm.filterbank import filter_features, num_filter_channels
 from napari_mdm.jobs import Cancelled, UserError
 
 GLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "glas"
@@ -31,7 +32,7 @@ def image():
 def test_features_have_the_promised_shape_dtype_and_channels(backbone, image):
     cfg = FeatureConfig(timesteps=(50, 200), blocks=(3, 5, 7))
     feats = extract_features(backbone, image, cfg)
-    expected = 2 * sum(backbone.model.block_channels[b] for b in (3, 5, 7))
+    expected = 2 * sum(backbone.model.block_channels[b] for b in (3, 5, 7)) + num_filter_channels()
     assert feats.shape == (expected, *image.shape[:2]) and feats.dtype == np.float16
     assert num_channels(backbone, cfg) == expected
     assert np.isfinite(feats).all()
@@ -39,16 +40,19 @@ def test_features_have_the_promised_shape_dtype_and_channels(backbone, image):
     # overlapping tiles averages unit vectors, so overlaps may fall slightly below 1)
     rms = np.sqrt((feats[: backbone.model.block_channels[3]].astype(np.float32) ** 2).mean(0))
     assert np.median(np.abs(rms - 1)) < 0.01 and rms.max() < 1.01 and rms.min() > 0.8
+    # the filter bank comes last, and only when asked for
+    diffusion_only = extract_features(backbone, image, FeatureConfig(timesteps=(50, 200), blocks=(3, 5, 7), filters=False))
+    assert np.array_equal(diffusion_only, feats[: expected - num_filter_channels()])
+    np.testing.assert_allclose(feats[-num_filter_channels():].astype(np.float32), filter_features(image).astype(np.float32),
+                               atol=0.02)
 
 
-def test_tiles_blend_without_seams(image):
-    # A network with zero-initialised residual branches (a fresh diffusion U-Net) has no
-    # tile-wide GroupNorm/attention context, so tiled and whole-image features must agree up to
-    # the tiling itself: this checks blending and image-wide corruption, not the network.
-    torch.manual_seed(0)
-    skip_only = Backbone(build_backbone("tiny").eval(), CorruptionConfig(), digest="zero-init")
-    whole = extract_features(skip_only, image, FeatureConfig(tile=512)).astype(np.float32)
-    tiled = extract_features(skip_only, image, FeatureConfig(tile=96, overlap=0.25)).astype(np.float32)
+def test_tiles_blend_without_seams(backbone, image):
+    # The untrained control has zero-initialised residual branches (a fresh diffusion U-Net), so
+    # no tile-wide GroupNorm/attention context: tiled and whole-image features must agree up to
+    # the tiling itself. This checks blending and image-wide corruption, not the network.
+    whole = extract_features(backbone, image, FeatureConfig(tile=512, filters=False)).astype(np.float32)
+    tiled = extract_features(backbone, image, FeatureConfig(tile=96, overlap=0.25, filters=False)).astype(np.float32)
     rel = np.abs(whole - tiled).mean() / np.abs(whole).mean()
     assert rel < 0.03
     assert np.corrcoef(whole.ravel(), tiled.ravel())[0, 1] > 0.99
@@ -63,7 +67,10 @@ def test_images_smaller_than_a_tile_and_odd_sizes_work(backbone):
     assert feats.shape[1:] == (13, 21)
 
 
-def test_tiled_features_of_a_random_network_stay_close_to_whole_image_ones(backbone, image):
+def test_tiled_features_of_a_random_network_stay_close_to_whole_image_ones(image):
+    # every layer random: GroupNorm and attention now see only their tile
+    torch.manual_seed(0)
+    backbone = Backbone(randomize(build_backbone("tiny")).eval(), CorruptionConfig(), digest="randomized")
     whole = extract_features(backbone, image, FeatureConfig(tile=512)).astype(np.float32)
     tiled = extract_features(backbone, image, FeatureConfig(tile=128, overlap=0.5)).astype(np.float32)
     assert np.corrcoef(whole.ravel(), tiled.ravel())[0, 1] > 0.9

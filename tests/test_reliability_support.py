@@ -22,6 +22,7 @@ from napari_mdm.checkpoint import Backbone, load_backbone, save_backbone
 from napari_mdm.corruption import CorruptionConfig
 from napari_mdm.features import FeatureConfig, extract_features, resolve_config
 from napari_mdm.head import Head, HeadConfig, fit_head
+from napari_mdm.inference import head_context
 
 CLASS_VALUES = [1, 5]
 """Label ids that skip numbers on purpose: outputs must keep 1 and 5, not renumber them 1 and 2."""
@@ -61,7 +62,7 @@ def sparse_labels(h: int = 48, w: int = 48) -> np.ndarray:
 
 def train_head(backbone: Backbone, config: FeatureConfig, image: np.ndarray, labels: np.ndarray) -> Head:
     feats = extract_features(backbone, image, config)
-    return fit_head([feats], [labels], TINY_HEAD, context={"features": config.to_dict(), "backbone": backbone.digest})
+    return fit_head([feats], [labels], TINY_HEAD, context=head_context(backbone, config))
 
 
 _KIT: dict[Path, Kit] = {}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_mdm._widgets.session import session_for
-from napari_mdm.checkpoint import shipped_backbones
+from napari_mdm.checkpoint import file_digest, shipped_backbones
 
 
 @pytest.fixture
@@ -25,10 +25,18 @@ def test_shows_devices_and_explains_a_missing_shipped_backbone(opened):
     _, widget = opened
     assert widget.device.choices == ("auto", *available_devices())
     assert available_devices()[0] in widget.device_note.value
+    assert "random-tiny" in widget.shipped.choices and widget.load_shipped.enabled
     if "histology" in shipped_backbones():
         assert widget.shipped.value == "histology"
     else:
-        assert "no shipped backbone found" in widget.current.value and not widget.load_shipped.enabled
+        assert widget.shipped.value == "random-tiny" and "no pretrained histology backbone" in widget.current.value
+
+
+def test_loads_the_preselected_built_in_backbone(opened, wait_job):
+    viewer, widget = opened
+    widget.load_shipped.clicked.emit()
+    wait_job(widget.jobs)
+    assert session_for(viewer).backbone.name == widget.shipped.value
 
 
 def test_pretrain_plots_loss_saves_and_loads(opened, tmp_path, wait_job, notes):
@@ -44,6 +52,7 @@ def test_pretrain_plots_loss_saves_and_loads(opened, tmp_path, wait_job, notes):
     widget.save.clicked.emit()
     wait_job(widget.jobs)
     assert (tmp_path / "mine.safetensors").is_file() and (tmp_path / "mine.json").is_file()
+    assert session_for(viewer).backbone.digest == file_digest(tmp_path / "mine.safetensors")
     widget.checkpoint.value = tmp_path / "mine.safetensors"
     widget.load_file.clicked.emit()
     wait_job(widget.jobs)

@@ -18,7 +18,6 @@ from .workers import JobPanel, chosen_path, notify_error, notify_info
 if TYPE_CHECKING:
     import napari
 
-DEFAULT_SHIPPED = "histology"
 LAYERS, FOLDER = "open image layers", "folder"
 
 
@@ -27,20 +26,19 @@ class BackboneWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         from ..backbone import PRESETS
-        from ..checkpoint import shipped_backbones
+        from ..checkpoint import RANDOM_PREFIX, default_backbone_name, shipped_backbones
         from ..corruption import MODES
         from ..devices import available_devices
 
         self.viewer = viewer = unwrap(viewer)
         self.session = session_for(viewer)
         devices = available_devices()
-        shipped = list(shipped_backbones())
+        built_in = [*shipped_backbones(), *(f"{RANDOM_PREFIX}{preset}" for preset in PRESETS if preset != "paper")]
         self.current = Label(value="no backbone loaded yet")
         self.device = ComboBox(choices=["auto", *devices], value="auto", label="device")
         self.device_note = Label(value=f"available: {', '.join(devices)} (auto = {devices[0]})")
-        self.shipped = ComboBox(choices=shipped, label="shipped",
-                                value=DEFAULT_SHIPPED if DEFAULT_SHIPPED in shipped else None, nullable=not shipped)
-        self.load_shipped = PushButton(text="Load shipped backbone", enabled=bool(shipped))
+        self.shipped = ComboBox(choices=built_in, value=default_backbone_name(), label="built-in")
+        self.load_shipped = PushButton(text="Load built-in backbone")
         self.checkpoint = FileEdit(mode="r", filter="*.safetensors", label="checkpoint file")
         self.load_file = PushButton(text="Load file")
         self.preset = ComboBox(choices=list(PRESETS), value="tiny", label="preset")
@@ -63,9 +61,9 @@ class BackboneWidget(Container):
             self.save_path, self.save,
         ])
         self.native.layout().insertWidget(self.native.layout().indexOf(self.jobs.native), self.loss_plot)
-        if not shipped:
-            self.current.value = (f"no shipped backbone found (resources/{DEFAULT_SHIPPED}.safetensors): "
-                                  "load a checkpoint file, or pretrain a preset below")
+        if self.shipped.value.startswith(RANDOM_PREFIX):
+            self.current.value = (f"no pretrained histology backbone ships yet: {self.shipped.value} (untrained, "
+                                  "as good as the CPU-pretrained ones on GlaS) is preselected")
         self.load_shipped.changed.connect(lambda: self.load(self.shipped.value))
         self.load_file.changed.connect(self._load_file)
         self.train.changed.connect(self.start_training)
@@ -85,10 +83,7 @@ class BackboneWidget(Container):
         self.save.enabled = True
 
     def load(self, name_or_path) -> None:
-        """Load a shipped name or a checkpoint file in the background."""
-        if not name_or_path:
-            notify_error("no shipped backbone to load: choose a checkpoint file or pretrain a preset")
-            return
+        """Load a built-in name or a checkpoint file in the background."""
         from ..checkpoint import load_backbone
         from ..devices import resolve_device
 
@@ -162,7 +157,7 @@ class BackboneWidget(Container):
                     "Save it with 'Save checkpoint'")
 
     def _save(self) -> None:
-        from ..checkpoint import save_backbone
+        from ..checkpoint import load_backbone, save_backbone
 
         backbone, path = self.session.backbone, chosen_path(self.save_path)
         if backbone is None:
@@ -174,6 +169,13 @@ class BackboneWidget(Container):
         path = path.with_suffix(".safetensors")
 
         def compute(progress, should_stop):
-            return save_backbone(path, backbone.model, backbone.corruption, backbone.provenance)
+            saved = save_backbone(path, backbone.model, backbone.corruption, backbone.provenance)
+            return load_backbone(saved, device=backbone.device)
 
-        self.jobs.start("Saving checkpoint", compute, lambda saved: notify_info(f"backbone saved to {saved}"))
+        def done(saved) -> None:
+            # from now on the backbone is the file (float16 weights, its digest), so heads trained
+            # next name a checkpoint that exists
+            self.use_backbone(saved)
+            notify_info(f"backbone saved to {saved.name}")
+
+        self.jobs.start("Saving checkpoint", compute, done)

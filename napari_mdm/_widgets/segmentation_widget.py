@@ -73,6 +73,7 @@ class SegmentationWidget(Container):
         self.label_layers = layer_select(viewer, Labels, "labels (one per image)")
         self.new_labels = PushButton(text="New labels for the selected images")
         self.timesteps = LineEdit(value="50", label="feature timesteps")
+        self.filters = CheckBox(value=True, text="add the classic filter bank to the diffusion features")
         self.ensemble = SpinBox(value=10, min=1, max=50, label="ensemble size")
         self.steps = SpinBox(value=300, min=10, max=10_000, step=10, label="head steps")
         self.live = CheckBox(value=False, text=f"live: retrain {LIVE_DELAY_MS / 1000:g} s after each stroke "
@@ -83,7 +84,7 @@ class SegmentationWidget(Container):
         self.save_head = PushButton(text="Save head")
         self.load_head = PushButton(text="Load head")
         super().__init__(widgets=[self.backbone_info, self.image_layers, self.label_layers, self.new_labels,
-                                  self.timesteps, self.ensemble, self.steps, self.live, self.train, self.jobs,
+                                  self.timesteps, self.filters, self.ensemble, self.steps, self.live, self.train, self.jobs,
                                   self.head_file, self.save_head, self.load_head])
         self._watched: list[Labels] = []
         self._rerun = False
@@ -166,19 +167,23 @@ class SegmentationWidget(Container):
             else:
                 notify_error(str(err))
             return None
-        compute = self._training_job(backbone, planes, labels, timesteps, live)
+        compute = self._training_job(backbone, planes, labels, self.feature_config(timesteps), live)
         title = "Live training" if live else "Training"
         return self.jobs.start(title, compute, lambda result: self._show(pairs, result), on_finished=self._after_job)
 
-    def _training_job(self, backbone, planes, labels, timesteps, live: bool):
+    def feature_config(self, timesteps: tuple[int, ...]):
         from ..features import FeatureConfig, resolve_config
+
+        return resolve_config(self.session.backbone, FeatureConfig(timesteps=timesteps, filters=self.filters.value))
+
+    def _training_job(self, backbone, planes, labels, config, live: bool):
         from ..head import HeadConfig, fit_head
+        from ..inference import head_context
         from ..io import normalize_image
 
-        config = resolve_config(backbone, FeatureConfig(timesteps=timesteps))
         head_config = HeadConfig(ensemble=LIVE_ENSEMBLE, steps=LIVE_STEPS, batch_size=512) if live else \
             HeadConfig(ensemble=self.ensemble.value, steps=self.steps.value)
-        context = {"features": config.to_dict(), "backbone": backbone.digest, "backbone_name": backbone.name}
+        context = head_context(backbone, config)
         cache = self.session.features
 
         def compute(progress, should_stop):
@@ -242,14 +247,13 @@ class SegmentationWidget(Container):
 
     def prepare_features(self):
         """Compute the selected images' features in the background so the first retrain is quick."""
-        from ..features import FeatureConfig, resolve_config
         from ..io import normalize_image
 
         backbone = self.session.backbone
         if backbone is None or self.jobs.busy or not self.image_layers.value:
             return None
         try:
-            config = resolve_config(backbone, FeatureConfig(timesteps=parse_timesteps(self.timesteps.value)))
+            config = self.feature_config(parse_timesteps(self.timesteps.value))
             planes = [(plane, image.name) for image in self.image_layers.value for plane in image_planes(image)]
         except UserError as err:
             notify_error(str(err))

@@ -96,6 +96,16 @@ class JobPanel(Container):
         self._stage = (0, 0, 0.0)  # (total, done, time) from which the current stage's ETA counts
         self._last_report = 0.0
         self._failed = False
+        self._closed = False
+        self.native.destroyed.connect(self._close)
+
+    def _close(self) -> None:
+        """The dock was closed (or its viewer): stop the job and drop what it would show."""
+        self._closed = True
+        self._stop.set()
+
+    def _unless_closed(self, callback: Callable) -> Callable:
+        return lambda *args: None if self._closed else callback(*args)
 
     @property
     def busy(self) -> bool:
@@ -119,7 +129,8 @@ class JobPanel(Container):
 
         finished = [self._finished] + ([on_finished] if on_finished is not None else [])
         worker = create_worker(run, _start_thread=False,
-                               _connect={"returned": on_done, "errored": self._errored, "finished": finished})
+                               _connect={"returned": self._unless_closed(on_done), "errored": self._errored,
+                                         "finished": [self._unless_closed(f) for f in finished]})
         self.worker = worker
         self._last_report = time.perf_counter()
         self._stage = (0, 0, self._last_report)
@@ -136,7 +147,7 @@ class JobPanel(Container):
             self.status.value = f"{self.title}: cancelling"
 
     def _show_progress(self, done: int, total: int, info: str) -> None:
-        if not self.busy:
+        if not self.busy or self._closed:
             return
         self.bar.max = max(total, 1)
         self.bar.value = min(done, self.bar.max)
