@@ -52,7 +52,9 @@ def base_configs(specs: list[FeatureSpec], backbones: dict[str, Backbone]) -> di
             steps, blocks = wanted.setdefault(spec.backbone, (set(), set()))
             steps.update(spec.timesteps)
             blocks.update(blocks_of(spec, backbones[spec.backbone]))
-    return {name: FeatureConfig(timesteps=tuple(sorted(s)), blocks=tuple(sorted(b))) for name, (s, b) in wanted.items()}
+    # diffusion channels only: the filter bank is computed once, apart, and appended per spec
+    return {name: FeatureConfig(timesteps=tuple(sorted(s)), blocks=tuple(sorted(b)), filters=False)
+            for name, (s, b) in wanted.items()}
 
 
 def compute_bases(image: np.ndarray, backbones: dict[str, Backbone], configs: dict[str, FeatureConfig],
