@@ -15,8 +15,9 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
+from napari_mdm._widgets import WIDGETS
+
 DOCS = Path(__file__).resolve().parent
-WIDGETS = ["Backbone", "Few-shot segmentation", "Reconstructions", "Segment & export"]
 
 
 def settle(seconds: float = 0.5) -> None:

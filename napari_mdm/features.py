@@ -90,6 +90,10 @@ def num_channels(backbone: Backbone, config: FeatureConfig) -> int:
     return diffusion + (num_filter_channels() if config.filters else 0)
 
 
+MARGIN = 16
+"""Mirrored pixels added around each tile (at the backbone's resolution) and cut off again."""
+
+
 def _pad_to(x: np.ndarray, divisor: int) -> np.ndarray:
     h, w = x.shape[-2:]
     ph, pw = -h % divisor, -w % divisor
@@ -118,7 +122,10 @@ def tile_features(backbone: Backbone, region: np.ndarray, y0: int, x0: int, conf
     for t in config.timesteps:
         for draw in range(config.draws):
             corrupted = corrupt_region(x, sy, sx, t, backbone.corruption, config.seed + draw)
-            inputs.append(_pad_to(corrupted, backbone.model.config.divisor))
+            # mirrored context on every side: without it the convolutions' zero padding makes the
+            # outermost pixels look unlike any other (a bright frame in the uncertainty)
+            framed = np.pad(corrupted, ((0, 0), (MARGIN, MARGIN), (MARGIN, MARGIN)), mode="symmetric")
+            inputs.append(_pad_to(framed, backbone.model.config.divisor))
             steps.append(t)
     device = backbone.device
     batch = torch.from_numpy(np.stack(inputs)).to(device)
@@ -126,7 +133,8 @@ def tile_features(backbone: Backbone, region: np.ndarray, y0: int, x0: int, conf
         acts = backbone.model.decoder_features(batch, torch.tensor(steps, device=device), config.blocks)
         per_block = []
         for b in config.blocks:
-            a = F.interpolate(acts[b].float(), size=batch.shape[-2:], mode="bilinear", align_corners=False)[:, :, :sh, :sw]
+            a = F.interpolate(acts[b].float(), size=batch.shape[-2:], mode="bilinear", align_corners=False)
+            a = a[:, :, MARGIN:MARGIN + sh, MARGIN:MARGIN + sw]
             if (sh, sw) != (h, w):
                 a = F.interpolate(a, size=(h, w), mode="bilinear", align_corners=False)
             if config.normalize:

@@ -10,7 +10,7 @@ import pytest
 
 from napari_mdm import cli
 from napari_mdm.demo import demo_scribbles, sample_image, stain_reference
-from napari_mdm.io import read_labels
+from napari_mdm.io import read_array, read_labels
 
 
 def test_demo_reference_and_scribbles_leave_the_right_half_for_evaluation():
@@ -41,6 +41,11 @@ def test_demo_trains_segments_and_writes_everything(demo_run):
     dice = summary["dice_right_half_percent"]
     assert dice["DAB+ epithelium"] > 85 and dice["stroma/lumen"] > 75 and dice["nuclei"] > 50, dice
     assert summary["backbone"] == "random-tiny" and summary["scribbled_percent"] < 2
+    # no frame of high uncertainty along the image border (mirrored context around tiles)
+    uncertainty = read_array(demo_run / "ihc_uncertainty.tif")
+    frame = np.concatenate([uncertainty[:3].ravel(), uncertainty[-3:].ravel(),
+                            uncertainty[:, :3].ravel(), uncertainty[:, -3:].ravel()])
+    assert frame.mean() < 3 * uncertainty.mean()
 
 
 def test_gui_without_a_screen_runs_the_demo(monkeypatch, tmp_path, capsys):
