@@ -35,6 +35,7 @@ class BackboneWidget(Container):
         devices = available_devices()
         built_in = [*shipped_backbones(), *(f"{RANDOM_PREFIX}{preset}" for preset in PRESETS if preset != "paper")]
         self.current = Label(value="no backbone loaded yet")
+        self.current.native.setWordWrap(True)  # long names and notes must not widen the dock
         self.device = ComboBox(choices=["auto", *devices], value="auto", label="device")
         self.device_note = Label(value=f"available: {', '.join(devices)} (auto = {devices[0]})")
         self.shipped = ComboBox(choices=built_in, value=default_backbone_name(), label="built-in")
@@ -62,8 +63,8 @@ class BackboneWidget(Container):
         ])
         self.native.layout().insertWidget(self.native.layout().indexOf(self.jobs.native), self.loss_plot)
         if self.shipped.value.startswith(RANDOM_PREFIX):
-            self.current.value = (f"no pretrained histology backbone ships yet: {self.shipped.value} (untrained, "
-                                  "as good as the CPU-pretrained ones on GlaS) is preselected")
+            self.current.value = (f"no pretrained histology backbone ships yet; {self.shipped.value} (untrained, "
+                                  "better than our CPU-pretrained ones on GlaS) is preselected")
         self.load_shipped.changed.connect(lambda: self.load(self.shipped.value))
         self.load_file.changed.connect(self._load_file)
         self.train.changed.connect(self.start_training)
