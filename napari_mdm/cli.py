@@ -90,14 +90,20 @@ def cmd_pretrain(args) -> int:
         raise UserError(f"--resume: there is no saved training state {state_path(args.out)}")
     for path in (args.out, state_path(args.out)):
         refuse_existing(path, args.overwrite or args.resume)
+    if not 0.05 <= args.scale <= 1:
+        raise UserError(f"--scale must be in [0.05, 1], got {args.scale}")
     paths = collect_images(args.images, args.exclude)
     images = [read_image(p) for p in paths]
+    if args.scale != 1:
+        from skimage.transform import rescale
+
+        images = [rescale(im, args.scale, channel_axis=-1, anti_aliasing=True).astype(np.float32) for im in images]
     corruption = CorruptionConfig(mode=args.mode, mask_shape=args.mask_shape)
     config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
                             loss=args.loss, seed=args.seed, checkpoint_every=args.checkpoint_every)
     init = load_backbone(args.init) if args.init else None
     provenance = {"command": " ".join(["napari-mdm", *sys.argv[1:]]) if sys.argv[0].endswith("napari-mdm") else None,
-                  "preset": None if init else args.preset, "mode": args.mode,
+                  "preset": None if init else args.preset, "mode": args.mode, "scale": args.scale,
                   "data": sorted({str(p.parent) for p in paths})}
     bar = _Bar("pretrain")
     try:
@@ -278,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="downscale the images by this factor first (0.5: crops cover 4x the tissue); "
+                        "extract features with the same --scale")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=200)
