@@ -30,9 +30,8 @@ import torch
 import torch.nn.functional as F
 from skimage.transform import resize
 
-from napari_mdm.backbone import PRESETS, build_backbone, count_parameters
-from napari_mdm.checkpoint import Backbone, load_backbone, shipped_backbones
-from napari_mdm.corruption import CorruptionConfig
+from napari_mdm.backbone import PRESETS, count_parameters
+from napari_mdm.checkpoint import Backbone, load_backbone, random_backbone, shipped_backbones
 from napari_mdm.features import num_channels
 from napari_mdm.head import HeadConfig, fit_head
 from napari_mdm.io import read_image, read_labels
@@ -108,11 +107,7 @@ def load_backbones(pairs: list[str], preset: str, include_shipped: bool) -> dict
     if include_shipped and "histology" in shipped_backbones() and "histology" not in loaded:
         loaded["histology"] = load_backbone("histology")
     config = next(iter(loaded.values())).model.config if loaded else PRESETS[preset]
-    torch.manual_seed(0)
-    random = Backbone(build_backbone(config).eval().requires_grad_(False), CorruptionConfig(),
-                      {"note": "untrained weights, torch seed 0"}, digest=f"random-seed0-{hash(config) & 0xFFFFFF:x}",
-                      name="random")
-    return {"random": random, **loaded}
+    return {"random": random_backbone(config), **loaded}
 
 
 def load_sample(sample: data.Sample, scale: float, max_size: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

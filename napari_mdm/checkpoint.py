@@ -58,7 +58,7 @@ def default_backbone_name() -> str:
     return SHIPPED_DEFAULT if SHIPPED_DEFAULT in shipped_backbones() else FALLBACK_DEFAULT
 
 
-def random_backbone(preset: str = "tiny", seed: int = 0) -> "Backbone":
+def random_backbone(preset: str | UNetConfig = "tiny", seed: int = 0) -> Backbone:
     """The random-weight control (``random-tiny``, ``random-small``): the untrained network at its
     standard initialisation, identical for a given preset and seed. Its residual branches start at
     zero, so its decoder features are random multi-scale linear filters of the (masked) image."""
@@ -68,8 +68,12 @@ def random_backbone(preset: str = "tiny", seed: int = 0) -> "Backbone":
     torch.manual_seed(seed)
     model = build_backbone(preset).eval().requires_grad_(False)
     torch.random.set_rng_state(rng_state)
-    name = f"{RANDOM_PREFIX}{preset}"
-    return Backbone(model, CorruptionConfig(), {"preset": preset, "seed": seed, "steps": 0}, f"{name}-seed{seed}", name)
+    if isinstance(preset, str):
+        name, digest = f"{RANDOM_PREFIX}{preset}", f"{RANDOM_PREFIX}{preset}-seed{seed}"
+    else:  # the architecture of some checkpoint
+        architecture = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        name, digest = "random", f"random-seed{seed}-{architecture}"
+    return Backbone(model, CorruptionConfig(), {"preset": name, "seed": seed, "steps": 0}, digest, name)
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
