@@ -38,7 +38,7 @@ from napari_mdm.io import read_image, read_labels
 from napari_mdm.metrics import dice
 
 from . import data, report
-from .labels import BACKGROUND, FOREGROUND, PROTOCOLS, SCRIBBLE_STYLES, make_labels
+from .labels import FOREGROUND, PROTOCOLS, SCRIBBLE_STYLES, make_labels
 from .methods import (CLASSES, FeatureSpec, base_configs, compute_bases, fit_forest, forest_scores, spec_features,
                       train_supervised_unet, unet_scores)
 

@@ -8,7 +8,7 @@ features can be read from any of them (see :meth:`UNet.decoder_features`).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F

@@ -126,7 +126,7 @@ def run_demo(out: str | os.PathLike, backbone: str | None = None, device: str = 
     write_array(out / "ihc_uncertainty.tif", prediction.uncertainty, overwrite=True)
     head.save(out / "head.safetensors", overwrite=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"Dice against the stain reference on the unscribbled right half: "
+    print("Dice against the stain reference on the unscribbled right half: "
           + ", ".join(f"{k} {v}" for k, v in scores.items()), file=sys.stderr)
     print(f"wrote {out}/: ihc.tif, ihc_{{scribbles,reference,prediction,uncertainty}}.tif, head.safetensors, "
           f"summary.json (look at them: napari-mdm gui {out}/*.tif)", file=sys.stderr)

@@ -4,7 +4,6 @@ as ablations, and noise-prediction MSE where the corruption mode predicts noise.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pytorch_msssim import ssim
 
 from .corruption import Corrupted, CorruptionConfig

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .backbone import PRESETS, UNet, UNetConfig, build_backbone
+from .backbone import UNet, UNetConfig, build_backbone
 from .checkpoint import Backbone, CheckpointError, file_digest, load_state, read_tensors, save_backbone, write_tensors
 from .corruption import CorruptionConfig, corrupt_batch
 from .devices import resolve_device

@@ -61,9 +61,8 @@ class ExportWidget(Container):
         self.folder.visible = source == FOLDER
 
     def start(self):
-        backbone, head = self.session.backbone, self.session.head
+        backbone, head = self.session.backbone_or_notify(), self.session.head
         if backbone is None:
-            notify_error("no backbone: load or pretrain one in the 'Backbone' widget first")
             return None
         if head is None:
             notify_error("no trained head: train one in 'Few-shot segmentation' or load a head file there")

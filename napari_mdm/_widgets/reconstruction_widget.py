@@ -42,9 +42,8 @@ class ReconstructionWidget(Container):
         from ..io import normalize_image
         from ..reconstruction import reconstruct
 
-        backbone, layer = self.session.backbone, self.image.value
+        backbone, layer = self.session.backbone_or_notify(), self.image.value
         if backbone is None:
-            notify_error("no backbone: load or pretrain one in the 'Backbone' widget first")
             return None
         if layer is None:
             notify_error("choose an image layer to reconstruct")

@@ -151,9 +151,8 @@ class SegmentationWidget(Container):
         """Features (cached), head and predictions of the selected images, in the background."""
         from ..head import check_labels
 
-        backbone = self.session.backbone
+        backbone = self.session.backbone_or_notify()
         if backbone is None:
-            notify_error("no backbone: load or pretrain one in the 'Backbone' widget first")
             return None
         try:
             pairs = self.pairs()

@@ -15,6 +15,8 @@ from pathlib import Path
 from magicgui.widgets import Label
 from psygnal import Signal
 
+from .workers import notify_error
+
 FEATURE_CACHE_BYTES = 2 << 30
 FEATURE_CACHE_ENV = "NAPARI_MDM_FEATURE_CACHE"
 
@@ -48,6 +50,12 @@ class Session:
             backbone = replace(backbone, digest=f"unsaved-{uuid.uuid4().hex[:12]}")
         self.backbone = backbone
         self.backbone_changed.emit(backbone)
+
+    def backbone_or_notify(self):
+        """The backbone in use, or None after telling the user where to get one."""
+        if self.backbone is None:
+            notify_error("no backbone: load or pretrain one in the 'Backbone' widget first")
+        return self.backbone
 
     def set_head(self, head) -> None:
         self.head = head
