@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -99,20 +100,25 @@ def cmd_pretrain(args) -> int:
         images = [rescale(im, args.scale, channel_axis=-1, anti_aliasing=True).astype(np.float32) for im in images]
     corruption = CorruptionConfig(mode=args.mode, mask_shape=args.mask_shape)
     config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
-                            loss=args.loss, seed=args.seed, checkpoint_every=args.checkpoint_every)
+                            loss=args.loss, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                            compile=args.compile)
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise UserError(f"--max-minutes must be above 0, got {args.max_minutes}")
+    deadline = None if args.max_minutes is None else time.monotonic() + 60 * args.max_minutes
     init = load_backbone(args.init) if args.init else None
-    provenance = {"command": " ".join(["napari-mdm", *sys.argv[1:]]) if sys.argv[0].endswith("napari-mdm") else None,
+    provenance = {"command": " ".join(["napari-mdm", *map(str, args.argv)]),
                   "preset": None if init else args.preset, "mode": args.mode, "scale": args.scale,
                   "data": sorted({str(p.parent) for p in paths})}
     bar = _Bar("pretrain")
     try:
         result = pretrain(images, args.out, PRESETS[args.preset], corruption, config, args.device, args.resume,
-                          init, provenance, progress=bar)
+                          init, provenance, progress=bar,
+                          should_stop=None if deadline is None else lambda: time.monotonic() > deadline)
     finally:
         bar.close()
     loss = np.mean(result.losses[-50:]) if result.losses else float("nan")
-    print(f"{'stopped' if result.cancelled else 'finished'} at step {result.step}: mean loss of the last steps "
-          f"{loss:.4f}; wrote {args.out}")
+    state = f"stopped after --max-minutes {args.max_minutes} (continue with --resume)" if result.cancelled else "finished"
+    print(f"{state} at step {result.step}: mean loss of the last steps {loss:.4f}; wrote {args.out}")
     return 0
 
 
@@ -291,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved state")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after this many minutes and save (for time-limited machines; --resume goes on)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (long GPU runs)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint (without --resume)")
     p.set_defaults(func=cmd_pretrain)
 
@@ -357,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in checkpoints' provenance
     try:
         return args.func(args)
     except UserError as err:

@@ -79,3 +79,15 @@ def test_quick_mode_end_to_end(tmp_path):
     # the filter bank alone separates glands from stroma on real crops far better than chance
     assert max(r["mean"] for r in rows if r["method"] == "rf(filters)") > 50
     assert saved["summary"] == result["summary"] and saved["peak_rss_mib"] > 0
+
+
+def test_throughput_measures_the_core_training_loop_and_writes_its_table(tmp_path):
+    from benchmarks import throughput
+
+    result = throughput.main(["--presets", "tiny", "--batch-size", "2", "--crop", "32", "--warmup", "1",
+                              "--steps", "2", "--no-compile", "--device", "cpu", "--out", str(tmp_path)])
+    (row,) = result["rows"]  # fp32 only: the core trains in fp32 on a CPU
+    assert row["preset"] == "tiny" and row["precision"] == "fp32" and row["timed_steps"] == 2
+    assert row["images_per_s"] > 0 and row["params_M"] < 2
+    saved = json.loads((tmp_path / "throughput_cpu.json").read_text())
+    assert saved["rows"] == [row] and "| tiny | " in (tmp_path / "throughput_cpu.md").read_text()

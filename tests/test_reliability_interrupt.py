@@ -46,7 +46,7 @@ def _saved_step(path) -> int:
     return int(read_tensors(path)[1]["step"])
 
 
-def test_a_killed_pretraining_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
+def test_a_killed_or_time_limited_pretraining_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     for i in range(2):
@@ -72,6 +72,10 @@ def test_a_killed_pretraining_resumes_to_the_weights_of_an_uninterrupted_run(tmp
 
     refused = run_cli(*_pretrain_args(images, interrupted))  # without --resume it must not start over
     assert_clean_failure(refused, "already exists")
+    # a time-limited machine: stop after a budget, save, and let the next --resume go on
+    paused = run_cli(*_pretrain_args(images, interrupted, "--resume", "--max-minutes", "0.0001"))
+    assert paused.returncode == 0 and "stopped after --max-minutes" in paused.stdout, paused.stderr
+    assert killed_at <= _saved_step(state_path(interrupted)) < STEPS
     resumed = run_cli(*_pretrain_args(images, interrupted, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert f"finished at step {STEPS}" in resumed.stdout

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One GPU session for the shipped histology backbone (issue 7), in one device call.
+#
+#   benchmarks/gpu_session.sh prepare        # here: the images and the wheel the device lacks
+#   benchmarks/gpu_session.sh device [MIN]   # there, through the device tool's run, e.g.
+#       run(command="bash benchmarks/gpu_session.sh device 5.5", carry=["data/pretrain", ".whl"], timeout_s=600)
+#
+# On the device it measures pretraining throughput (small and paper presets, fp32 vs bf16, small
+# with and without torch.compile), then pretrains the `small` preset with the MDM recipe for MIN
+# minutes (default 5.5, so the whole call stays under the 10-minute limit), continuing from
+# resources/histology.safetensors when one is committed (a session's files come back as float16
+# weights only, so sessions chain with --init, not --resume), and leaves the checkpoint, its JSON
+# and the throughput tables in $OUT. Back here: benchmark it against the untrained control
+# (benchmarks/README.md, "Next GPU session") and commit it to resources/ only if it wins.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+prepare)
+    shared=../shared/data/pretrain
+    [ -d "$shared" ] || { echo "no $shared: the pretraining images are not on this machine" >&2; exit 1; }
+    mkdir -p data/pretrain .whl
+    grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >>.git/info/exclude
+    # every training image except the benchmark's held-out MoNuSeg test images
+    "${PYTHON:-python3}" - "$shared" data/pretrain <<'EOF'
+import shutil, sys
+from pathlib import Path
+from benchmarks.data import pretraining_images
+keep = {f"{p.parents[1].name}_{p.stem}" for p in pretraining_images()}  # named glas_train_1.jpg, ...
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+copied = [shutil.copy2(p, dst / p.name) for p in sorted(src.iterdir()) if p.stem in keep]
+print(f"{len(copied)} of {len(keep)} pretraining images copied to {dst}")
+EOF
+    "${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform any -d .whl "pytorch-msssim==1.0.0"
+    du -sh data/pretrain .whl
+    ;;
+device)
+    # DEVICE, BATCH, CROP, PYTHON override the GPU settings (CPU smoke run: DEVICE=cpu BATCH=2 CROP=64)
+    minutes=${2:-5.5} device=${DEVICE:-cuda} batch=${BATCH:-128} crop=${CROP:-256} py=${PYTHON:-python3}
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+    out=${OUT:-/tmp/out}
+    mkdir -p "$out" runs
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+    timeout 120 "$py" -m benchmarks.throughput --presets small --batch-size "$batch" --crop "$crop" --warmup 3 \
+        --steps 10 --device "$device" --name "throughput_${device}_small" --out "$out" || echo "throughput (small) did not finish"
+    timeout 60 "$py" -m benchmarks.throughput --presets paper --batch-size $((batch / 4)) --crop "$crop" --warmup 2 \
+        --steps 5 --no-compile --device "$device" --name "throughput_${device}_paper" --out "$out" \
+        || echo "throughput (paper) did not finish"
+    init=()
+    [ -f resources/histology.safetensors ] && init=(--init resources/histology.safetensors)
+    "$py" -m napari_mdm.cli pretrain --images data/pretrain --out runs/histology.safetensors --overwrite \
+        --preset small --mode mdm --loss ssim --batch-size "$batch" --crop "$crop" --lr 1e-4 --steps 1000000 \
+        --checkpoint-every 250 --device "$device" --max-minutes "$minutes" "${init[@]}"
+    cp runs/histology.safetensors runs/histology.json "$out"/
+    ls -la "$out"
+    ;;
+*)
+    sed -n '2,14p' "$0" >&2
+    exit 2
+    ;;
+esac
