@@ -3,11 +3,12 @@
 #
 #   benchmarks/gpu_session.sh prepare        # here: the images and the wheel the device lacks
 #   benchmarks/gpu_session.sh device [MIN]   # there, through the device tool's run, e.g.
-#       run(command="bash benchmarks/gpu_session.sh device 5.5", carry=["data/pretrain", ".whl"], timeout_s=600)
+#       run(command="bash benchmarks/gpu_session.sh device 5", carry=["data/pretrain", ".whl"], timeout_s=600)
 #
-# On the device it measures pretraining throughput (small and paper presets, fp32 vs bf16, small
-# with and without torch.compile), then pretrains the `small` preset with the MDM recipe for MIN
-# minutes (default 5.5, so the whole call stays under the 10-minute limit), continuing from
+# On the device it runs tests/test_gpu.py, measures pretraining throughput (small and paper
+# presets, fp32 vs bf16, small with and without torch.compile), then pretrains the `small` preset
+# with the MDM recipe for MIN minutes (default 5, so the whole call stays under the 10-minute
+# limit: tests 1.5, throughput 3, data 0.5 at most), continuing from
 # resources/histology.safetensors when one is committed (a session's files come back as float16
 # weights only, so sessions chain with --init, not --resume), and leaves the checkpoint, its JSON
 # and the throughput tables in $OUT. Back here: benchmark it against the untrained control
@@ -37,12 +38,13 @@ EOF
     ;;
 device)
     # DEVICE, BATCH, CROP, PYTHON override the GPU settings (CPU smoke run: DEVICE=cpu BATCH=2 CROP=64)
-    minutes=${2:-5.5} device=${DEVICE:-cuda} batch=${BATCH:-128} crop=${CROP:-256} py=${PYTHON:-python3}
+    minutes=${2:-5} device=${DEVICE:-cuda} batch=${BATCH:-128} crop=${CROP:-256} py=${PYTHON:-python3}
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
     out=${OUT:-/tmp/out}
     mkdir -p "$out" runs
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+    timeout 90 "$py" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.txt" || true
     timeout 120 "$py" -m benchmarks.throughput --presets small --batch-size "$batch" --crop "$crop" --warmup 3 \
         --steps 10 --device "$device" --name "throughput_${device}_small" --out "$out" || echo "throughput (small) did not finish"
     timeout 60 "$py" -m benchmarks.throughput --presets paper --batch-size $((batch / 4)) --crop "$crop" --warmup 2 \
