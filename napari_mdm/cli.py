@@ -92,6 +92,8 @@ def cmd_pretrain(args) -> int:
         refuse_existing(path, args.overwrite or args.resume)
     if not 0.05 <= args.scale <= 1:
         raise UserError(f"--scale must be in [0.05, 1], got {args.scale}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise UserError(f"--max-minutes must be above 0, got {args.max_minutes}")
     paths = collect_images(args.images, args.exclude)
     images = [read_image(p) for p in paths]
     if args.scale != 1:
@@ -102,8 +104,6 @@ def cmd_pretrain(args) -> int:
     config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
                             loss=args.loss, seed=args.seed, checkpoint_every=args.checkpoint_every,
                             compile=args.compile)
-    if args.max_minutes is not None and not args.max_minutes > 0:
-        raise UserError(f"--max-minutes must be above 0, got {args.max_minutes}")
     deadline = None if args.max_minutes is None else time.monotonic() + 60 * args.max_minutes
     init = load_backbone(args.init) if args.init else None
     provenance = {"command": " ".join(["napari-mdm", *map(str, args.argv)]),

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from napari_mdm.checkpoint import random_backbone
-from napari_mdm.corruption import CorruptionConfig, corrupt_batch
+from napari_mdm.corruption import CorruptionConfig
 from napari_mdm.features import FeatureConfig, extract_features
 from napari_mdm.head import HeadConfig, fit_head
 from napari_mdm.inference import head_context, segment
-from napari_mdm.objectives import pretraining_loss
 from napari_mdm.pretrain import PretrainConfig, pretrain
+
+from test_core_pretrain import _fixed_batch_loss, _images
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -30,26 +31,18 @@ def _two_textures(h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray]:
     return image.clip(0, 1), labels
 
 
-def _fixed_batch_loss(model: torch.nn.Module, images: list[np.ndarray]) -> float:
-    corruption = CorruptionConfig()
-    x0 = torch.from_numpy(np.stack([im[:32, :32].transpose(2, 0, 1) for im in images]) * 2 - 1)
-    c = corrupt_batch(x0, corruption, torch.Generator().manual_seed(123))
-    model = model.cpu().float()
-    with torch.no_grad():
-        return pretraining_loss(model(c.x_t, c.t), x0, c, corruption).item()
-
-
 def test_pretraining_on_cuda_runs_in_bf16_and_lowers_the_loss():
-    yy, xx = np.mgrid[:64, :64] / 64
-    images = [np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (f * xx + (c + 1) * yy)) for c in range(3)], -1)
-              .astype(np.float32) for f in (2, 5)]
+    images = _images()
     result = pretrain(images, None, "tiny", config=PretrainConfig(steps=40, batch_size=4, crop=32, lr=2e-3),
                       device="cuda")
     provenance = result.backbone.provenance
     assert provenance["device"].startswith("cuda") and provenance["precision"] == "bf16"
     assert np.isfinite(result.losses).all()
+    corruption = CorruptionConfig()
     untrained = pretrain(images, None, "tiny", config=PretrainConfig(steps=0, crop=32), device="cpu")
-    assert _fixed_batch_loss(result.backbone.model, images) < 0.8 * _fixed_batch_loss(untrained.backbone.model, images)
+    trained = result.backbone.model.cpu().float()
+    assert _fixed_batch_loss(trained, images, corruption) < 0.8 * _fixed_batch_loss(untrained.backbone.model, images,
+                                                                                   corruption)
 
 
 def test_features_and_masks_on_cuda_match_the_cpu():
