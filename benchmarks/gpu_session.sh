@@ -37,12 +37,12 @@ EOF
     du -sh data/pretrain .whl
     ;;
 device)
-    # DEVICE, BATCH, CROP, PYTHON override the GPU settings (CPU smoke run: DEVICE=cpu BATCH=2 CROP=64)
+    # DEVICE, BATCH, CROP, LR, BUDGET_S, PYTHON override the GPU settings (CPU smoke run: DEVICE=cpu BATCH=2 CROP=64)
     minutes=${2:-5} device=${DEVICE:-cuda} batch=${BATCH:-128} crop=${CROP:-256} py=${PYTHON:-python3}
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
     out=${OUT:-/tmp/out}
-    mkdir -p "$out" runs
+    mkdir -p "$out"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
     timeout 90 "$py" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.txt" || true
     timeout 120 "$py" -m benchmarks.throughput --presets small --batch-size "$batch" --crop "$crop" --warmup 3 \
@@ -50,12 +50,18 @@ device)
     timeout 60 "$py" -m benchmarks.throughput --presets paper --batch-size $((batch / 4)) --crop "$crop" --warmup 2 \
         --steps 5 --no-compile --device "$device" --name "throughput_${device}_paper" --out "$out" \
         || echo "throughput (paper) did not finish"
+    # the pretraining gets what is left of BUDGET_S seconds (default 540: the call's 600 less saving
+    # and transfer), at most MIN minutes; it writes straight to $OUT, so the last periodic
+    # checkpoint comes back even if the call is cut off (the 128 MB resume state stays behind)
+    minutes=$("$py" -c "import sys; print(max(0.5, min(float(sys.argv[1]), (float(sys.argv[2]) - float(sys.argv[3])) / 60)))" \
+        "$minutes" "${BUDGET_S:-540}" "$SECONDS")
+    echo "pretraining for $minutes minutes"
     init=()
     [ -f resources/histology.safetensors ] && init=(--init resources/histology.safetensors)
-    "$py" -m napari_mdm.cli pretrain --images data/pretrain --out runs/histology.safetensors --overwrite \
-        --preset small --mode mdm --loss ssim --batch-size "$batch" --crop "$crop" --lr 1e-4 --steps 1000000 \
+    "$py" -m napari_mdm.cli pretrain --images data/pretrain --out "$out/histology.safetensors" --overwrite \
+        --preset small --mode mdm --loss ssim --batch-size "$batch" --crop "$crop" --lr "${LR:-2e-4}" --steps 1000000 \
         --checkpoint-every 250 --device "$device" --max-minutes "$minutes" "${init[@]}"
-    cp runs/histology.safetensors runs/histology.json "$out"/
+    rm -f "$out"/*.state.safetensors  # 115 MB: over the size that comes back
     ls -la "$out"
     ;;
 *)
