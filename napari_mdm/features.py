@@ -44,6 +44,9 @@ class FeatureConfig:
     """Append the ilastik-like filter bank (144 channels, full resolution) to the diffusion
     features. On GlaS it lifts the untrained control by 1-8 Dice points (benchmarks/README.md);
     turn it off to measure a backbone on its own."""
+    diffusion: bool = True
+    """Read the backbone's decoder. Off (filter bank alone) skips the network entirely: on
+    MoNuSeg nuclei the untrained network's features pull the filter bank down by 6 Dice points."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,8 +54,18 @@ class FeatureConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureConfig":
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        values.setdefault("filters", False)  # heads saved before the option existed
+        values.setdefault("filters", False)  # heads saved before the options existed
+        values.setdefault("diffusion", True)
         return cls(**values)
+
+
+FEATURE_SETS = {
+    "diffusion+filters": {"diffusion": True, "filters": True},
+    "diffusion": {"diffusion": True, "filters": False},
+    "filters": {"diffusion": False, "filters": True},
+}
+"""The feature sets a user picks from (CLI ``--features``, the plugin's "features"), as
+:class:`FeatureConfig` settings; the first is the default."""
 
 
 def default_blocks(backbone: Backbone) -> tuple[int, ...]:
@@ -64,11 +77,13 @@ def default_blocks(backbone: Backbone) -> tuple[int, ...]:
 def resolve_config(backbone: Backbone, config: FeatureConfig | None) -> FeatureConfig:
     """Fill in the backbone's default blocks and check the config against it."""
     config = config or FeatureConfig()
+    if not (config.diffusion or config.filters):
+        raise UserError("no features chosen: use the backbone's diffusion features, the filter bank, or both")
     if config.blocks is None:
         config = replace(config, blocks=default_blocks(backbone))
     n = len(backbone.model.output_blocks)
     bad = [b for b in config.blocks if not 0 <= b < n]
-    if bad:
+    if bad and config.diffusion:
         raise UserError(f"decoder blocks {bad} do not exist: this backbone has blocks 0..{n - 1}")
     total = backbone.corruption.num_timesteps
     if any(not 0 <= t <= total for t in config.timesteps) or not config.timesteps:
@@ -87,7 +102,7 @@ def resolve_config(backbone: Backbone, config: FeatureConfig | None) -> FeatureC
 def num_channels(backbone: Backbone, config: FeatureConfig) -> int:
     config = resolve_config(backbone, config)
     diffusion = len(config.timesteps) * sum(backbone.model.block_channels[b] for b in config.blocks)
-    return diffusion + (num_filter_channels() if config.filters else 0)
+    return (diffusion if config.diffusion else 0) + (num_filter_channels() if config.filters else 0)
 
 
 MARGIN = 16
@@ -114,6 +129,8 @@ def tile_features(backbone: Backbone, region: np.ndarray, y0: int, x0: int, conf
 
     With ``config.scale`` < 1 the backbone sees the region downscaled (more context per
     receptive field, fewer pixels to compute) and its features are upsampled back to (h, w)."""
+    if not config.diffusion:
+        return torch.from_numpy(filter_features(region)).float()
     h, w = region.shape[:2]
     x = _downscale(region.transpose(2, 0, 1) * 2 - 1, config.scale)
     sh, sw = x.shape[1:]

@@ -36,11 +36,8 @@ def head_context(backbone: Backbone, config: FeatureConfig) -> dict:
 
 
 def head_feature_config(head: Head, backbone: Backbone, draws: int | None = None) -> FeatureConfig:
-    """The feature settings the head was trained with; refuses a head trained on another backbone."""
-    trained_on = head.context.get("backbone")
-    if trained_on and backbone.digest != "unsaved" and trained_on != backbone.digest:
-        raise UserError(f"this head was trained with backbone {head.context.get('backbone_name', trained_on)!r}, "
-                        f"not {backbone.name!r}: retrain the head or load its backbone")
+    """The feature settings the head was trained with; refuses a head that read another backbone
+    (a filter-bank-only head works with any)."""
     if "features" not in head.context:
         raise UserError("this head does not record the feature settings it was trained with "
                         "(fit_head(..., context={'features': ...})): apply it to features with Head.predict")
@@ -48,6 +45,10 @@ def head_feature_config(head: Head, backbone: Backbone, draws: int | None = None
         config = FeatureConfig.from_dict(head.context["features"])
     except TypeError as err:
         raise UserError(f"this head records feature settings this version does not know ({err})") from None
+    trained_on = head.context.get("backbone")
+    if config.diffusion and trained_on and backbone.digest != "unsaved" and trained_on != backbone.digest:
+        raise UserError(f"this head was trained with backbone {head.context.get('backbone_name', trained_on)!r}, "
+                        f"not {backbone.name!r}: retrain the head or load its backbone")
     return replace(config, draws=draws) if draws is not None else config
 
 

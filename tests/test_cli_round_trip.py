@@ -7,6 +7,8 @@ import numpy as np
 
 from napari_mdm import cli
 from napari_mdm.demo import sample_image, stain_reference
+from napari_mdm.filterbank import num_filter_channels
+from napari_mdm.head import Head
 from napari_mdm.io import read_array, read_labels, write_array, write_labels
 
 CROPS = {"a": np.s_[:160, :160], "b": np.s_[:160, 352:], "c": np.s_[352:, 176:336]}
@@ -41,3 +43,23 @@ def test_pretrain_train_head_segment_evaluate(tmp_path, capsys):
     truth = epithelium[CROPS["c"]]
     chance = 2 * truth.sum() / (truth.sum() + truth.size)  # every pixel called epithelium
     assert score > chance + 0.1, (score, chance)
+
+
+def test_filter_bank_only_head_round_trip(tmp_path):
+    image = sample_image()
+    epithelium = (stain_reference(image) == 3).astype(np.uint8)
+    write_array(tmp_path / "a.png", image[CROPS["a"]])
+    write_labels(tmp_path / "a_mask.png", epithelium[CROPS["a"]])
+    write_array(tmp_path / "c.png", image[CROPS["c"]])
+    head = tmp_path / "head.safetensors"
+    assert cli.main(["train-head", "--images", str(tmp_path / "a.png"), "--labels", str(tmp_path / "a_mask.png"),
+                     "--dense", "--features", "filters", "--ensemble", "2", "--steps", "60", "--out", str(head)]) == 0
+    # the head never read a network, so any backbone applies it
+    assert cli.main(["segment", "--backbone", "random-small", "--head", str(head), "--images", str(tmp_path / "c.png"),
+                     "--out", str(tmp_path / "pred")]) == 0
+    loaded = Head.load(head)
+    assert loaded.in_channels == num_filter_channels() and not loaded.context["features"]["diffusion"]
+    prediction = read_labels(tmp_path / "pred" / "c.tif")
+    truth = epithelium[CROPS["c"]]
+    dice = 2 * (prediction * truth).sum() / (prediction.sum() + truth.sum())
+    assert dice > 0.5, dice

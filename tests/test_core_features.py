@@ -7,7 +7,7 @@ import torch
 from napari_mdm.backbone import build_backbone, randomize
 from napari_mdm.checkpoint import Backbone, random_backbone
 from napari_mdm.corruption import CorruptionConfig
-from napari_mdm.features import FeatureCache, FeatureConfig, extract_features, num_channels
+from napari_mdm.features import FEATURE_SETS, FeatureCache, FeatureConfig, extract_features, num_channels
 from napari_mdm.filterbank import filter_features, num_filter_channels
 from napari_mdm.jobs import Cancelled, UserError
 
@@ -45,6 +45,23 @@ def test_features_have_the_promised_shape_dtype_and_channels(backbone, image):
     assert np.array_equal(diffusion_only, feats[: expected - num_filter_channels()])
     np.testing.assert_allclose(feats[-num_filter_channels():].astype(np.float32), filter_features(image).astype(np.float32),
                                atol=0.02)
+
+
+def test_filter_bank_alone_skips_the_network(image, monkeypatch):
+    backbone = random_backbone("tiny")
+
+    def must_not_run(*args):
+        raise AssertionError("the backbone ran for filter-bank-only features")
+
+    monkeypatch.setattr(backbone.model, "decoder_features", must_not_run)
+    config = FeatureConfig(**FEATURE_SETS["filters"])
+    feats = extract_features(backbone, image, config)
+    assert num_channels(backbone, config) == num_filter_channels() == feats.shape[0]
+    np.testing.assert_allclose(feats.astype(np.float32), filter_features(image).astype(np.float32), atol=0.02)
+    with pytest.raises(UserError, match="no features chosen"):
+        extract_features(backbone, image, FeatureConfig(diffusion=False, filters=False))
+    # heads saved before the choice existed read the backbone
+    assert FeatureConfig.from_dict({"timesteps": [50]}).diffusion
 
 
 def test_tiles_blend_without_seams(backbone, image):

@@ -44,6 +44,18 @@ def test_training_shows_prediction_and_uncertainty_and_leaves_labels_alone(annot
     assert session_for(viewer).head.class_values == [1, 2]
 
 
+def test_filter_bank_alone_is_a_feature_choice(annotated, wait_job):
+    viewer, widget, labels = annotated
+    painted = np.array(labels.data)
+    widget.features.value = "filters"
+    widget.start_training()
+    wait_job(widget.jobs)
+    head = session_for(viewer).head
+    assert head.context["features"]["diffusion"] is False and head.context["features"]["filters"] is True
+    prediction = viewer.layers["ihc prediction"].data
+    assert (prediction[painted > 0] == painted[painted > 0]).mean() > 0.9
+
+
 def test_live_mode_retrains_after_a_stroke(annotated, paint, qtbot):
     viewer, widget, labels = annotated
     widget.live.value = True  # prepares features in the background

@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, FileEdit, LineEdit, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, PushButton, SpinBox
 from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 
+from ..features import FEATURE_SETS
 from ..jobs import UserError
 from .layers import (
     follow_layer_list,
@@ -73,7 +74,9 @@ class SegmentationWidget(Container):
         self.label_layers = layer_select(viewer, Labels, "labels (one per image)")
         self.new_labels = PushButton(text="New labels for the selected images")
         self.timesteps = LineEdit(value="50", label="feature timesteps")
-        self.filters = CheckBox(value=True, text="add the classic filter bank to the diffusion features")
+        self.features = ComboBox(choices=list(FEATURE_SETS), value=next(iter(FEATURE_SETS)), label="features",
+                                 tooltip="diffusion: the backbone's decoder; filters: the classic filter bank "
+                                         "(no network, best on nuclei so far)")
         self.ensemble = SpinBox(value=10, min=1, max=50, label="ensemble size")
         self.steps = SpinBox(value=300, min=10, max=10_000, step=10, label="head steps")
         self.live = CheckBox(value=False, text=f"live: retrain {LIVE_DELAY_MS / 1000:g} s after each stroke "
@@ -84,7 +87,7 @@ class SegmentationWidget(Container):
         self.save_head = PushButton(text="Save head")
         self.load_head = PushButton(text="Load head")
         super().__init__(widgets=[self.backbone_info, self.image_layers, self.label_layers, self.new_labels,
-                                  self.timesteps, self.filters, self.ensemble, self.steps, self.live, self.train, self.jobs,
+                                  self.timesteps, self.features, self.ensemble, self.steps, self.live, self.train, self.jobs,
                                   self.head_file, self.save_head, self.load_head])
         self._watched: list[Labels] = []
         self._rerun = False
@@ -173,7 +176,8 @@ class SegmentationWidget(Container):
     def feature_config(self, timesteps: tuple[int, ...]):
         from ..features import FeatureConfig, resolve_config
 
-        return resolve_config(self.session.backbone, FeatureConfig(timesteps=timesteps, filters=self.filters.value))
+        return resolve_config(self.session.backbone,
+                              FeatureConfig(timesteps=timesteps, **FEATURE_SETS[self.features.value]))
 
     def _training_job(self, backbone, planes, labels, config, live: bool):
         from ..head import HeadConfig, fit_head
