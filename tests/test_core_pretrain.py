@@ -50,7 +50,7 @@ def test_other_modes_train(mode):
 def test_resume_continues_with_the_same_weights_as_an_uninterrupted_run(tmp_path):
     images = _images()
     cfg = PretrainConfig(steps=12, batch_size=2, crop=32, lr=1e-3, checkpoint_every=5)
-    straight = pretrain(images, tmp_path / "a.safetensors", "tiny", None, cfg, device="cpu")
+    pretrain(images, tmp_path / "a.safetensors", "tiny", None, cfg, device="cpu")
 
     calls = {"n": 0}
 
