@@ -159,17 +159,19 @@ def test_head_saves_and_loads(annotated, tmp_path, wait_job, notes):
     widget.start_training()
     wait_job(widget.jobs)
     trained = session_for(viewer).head
-    widget.head_file.value = tmp_path / "head"
+    widget.save_head_file.value = tmp_path / "head"
     widget.save_head.clicked.emit()
     wait_job(widget.jobs)
     assert (tmp_path / "head.safetensors").is_file()
     session_for(viewer).set_head(None)
-    widget.head_file.value = tmp_path / "head.safetensors"
+    # loading browses existing files (a save dialog would ask to replace the file)
+    assert widget.load_head_file.mode.value == "r" and widget.save_head_file.mode.value == "w"
+    widget.load_head_file.value = tmp_path / "head.safetensors"
     widget.load_head.clicked.emit()
     wait_job(widget.jobs)
     assert session_for(viewer).head.class_values == trained.class_values
     (tmp_path / "broken.safetensors").write_bytes(b"not a checkpoint")
-    widget.head_file.value = tmp_path / "broken.safetensors"
+    widget.load_head_file.value = tmp_path / "broken.safetensors"
     widget.load_head.clicked.emit()
     wait_job(widget.jobs)
     assert "not a valid safetensors file" in notes()[-1]

@@ -83,12 +83,14 @@ class SegmentationWidget(Container):
                                                f"(quick preview: ensemble {LIVE_ENSEMBLE}, {LIVE_STEPS} steps)")
         self.train = PushButton(text="Train && predict")
         self.jobs = JobPanel()
-        self.head_file = FileEdit(mode="w", filter="*.safetensors", label="head file")
+        # one field per direction: a save dialog asks "replace?" of the file a user wants to load
+        self.save_head_file = FileEdit(mode="w", filter="*.safetensors", label="save head to")
         self.save_head = PushButton(text="Save head")
+        self.load_head_file = FileEdit(mode="r", filter="*.safetensors", label="load head from")
         self.load_head = PushButton(text="Load head")
         super().__init__(widgets=[self.backbone_info, self.image_layers, self.label_layers, self.new_labels,
                                   self.timesteps, self.features, self.ensemble, self.steps, self.live, self.train, self.jobs,
-                                  self.head_file, self.save_head, self.load_head])
+                                  self.save_head_file, self.save_head, self.load_head_file, self.load_head])
         self._watched: list[Labels] = []
         self._rerun = False
         self.debounce = QTimer()
@@ -272,7 +274,7 @@ class SegmentationWidget(Container):
 
     # -- head files --------------------------------------------------------------------------
     def _save_head(self) -> None:
-        path = chosen_path(self.head_file)
+        path = chosen_path(self.save_head_file)
         if self.session.head is None:
             notify_error("no trained head yet: paint labels and press 'Train & predict'")
         elif path is None:
@@ -286,7 +288,7 @@ class SegmentationWidget(Container):
     def _load_head(self) -> None:
         from ..head import Head
 
-        path = chosen_path(self.head_file)
+        path = chosen_path(self.load_head_file)
         if path is None:
             notify_error("choose a head file (.safetensors) to load")
             return
