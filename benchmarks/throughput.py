@@ -47,12 +47,16 @@ class _StepClock:
         return time.perf_counter() - self.started
 
 
+def _millions(model: torch.nn.Module) -> float:
+    return round(count_parameters(model) / 1e6, 2)
+
+
 def measure(preset: str, bf16: bool, compiled: bool, batch: int, crop: int, warmup: int, steps: int,
             device: str) -> dict:
     """Images/s (and peak GPU memory) of ``steps`` training steps after ``warmup`` steps."""
     dev = resolve_device(device)
-    row = {"preset": preset, "params_M": round(count_parameters(build_backbone(preset)) / 1e6, 2),
-           "precision": "bf16" if bf16 else "fp32", "compile": compiled, "batch": batch, "crop": crop}
+    row = {"preset": preset, "params_M": None, "precision": "bf16" if bf16 else "fp32", "compile": compiled,
+           "batch": batch, "crop": crop}
     images = [np.random.default_rng(i).random((crop + 32, crop + 32, 3), dtype=np.float32) for i in range(4)]
     config = PretrainConfig(steps=warmup + steps, batch_size=batch, crop=crop, amp=bf16, compile=compiled,
                             checkpoint_every=10**9)
@@ -61,11 +65,11 @@ def measure(preset: str, bf16: bool, compiled: bool, batch: int, crop: int, warm
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     try:
-        pretrain(images, None, preset, config=config, device=str(dev), progress=clock)
+        result = pretrain(images, None, preset, config=config, device=str(dev), progress=clock)
     except torch.cuda.OutOfMemoryError:
-        return {**row, "images_per_s": None, "note": "out of GPU memory"}
+        return {**row, "params_M": _millions(build_backbone(preset)), "images_per_s": None, "note": "out of GPU memory"}
     seconds = clock.seconds()
-    row.update(images_per_s=round(clock.timed * batch / seconds, 1), timed_steps=clock.timed,
+    row.update(params_M=_millions(result.backbone.model), images_per_s=round(clock.timed * batch / seconds, 1), timed_steps=clock.timed,
                seconds=round(seconds, 2))
     if dev.type == "cuda":
         row["peak_gpu_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
