@@ -212,14 +212,17 @@ def pretrain(
         "torch": torch.__version__,
         "host": platform.node(),
         "init": init.name if init else None,
+        # fine-tuning runs chain (one GPU session after another): keep the whole history
+        "init_provenance": init.provenance if init else None,
     }
+    steps_before = int((init.provenance.get("total_steps") or init.provenance.get("steps") or 0) if init else 0)
 
     def save() -> Backbone:
         eval_model = UNet(model.config)
         ema.copy_to(eval_model)
         eval_model.eval().requires_grad_(False)
         wall = round(wall_before + time.perf_counter() - start, 1)
-        record.update(steps=step, wall_seconds=wall, final_loss=float(np.mean(losses[-50:])) if losses else None)
+        record.update(steps=step, total_steps=steps_before + step, wall_seconds=wall, final_loss=float(np.mean(losses[-50:])) if losses else None)
         if out is None:
             return Backbone(eval_model, corruption, dict(record))
         _save_state(state_path(out), model, ema, opt, step, {**meta, "wall_seconds": wall})

@@ -87,6 +87,11 @@ def test_progress_reports_every_step_and_fine_tuning_starts_from_init():
                      progress=lambda d, t, info: seen.append((d, t, info)))
     for key, value in base.backbone.model.state_dict().items():
         torch.testing.assert_close(tuned.backbone.model.state_dict()[key], value)
+    # chained runs keep their history: total steps and the provenance of what they started from
+    again = pretrain(_images(1), None, "tiny", None, PretrainConfig(steps=1, batch_size=2, crop=32), device="cpu",
+                     init=tuned.backbone).backbone.provenance
+    assert again["steps"] == 1 and again["total_steps"] == 3
+    assert again["init_provenance"]["init_provenance"] == base.backbone.provenance
     pretrain(_images(1), None, "tiny", None, PretrainConfig(steps=3, batch_size=2, crop=32), device="cpu",
              progress=lambda d, t, info: seen.append((d, t, info)))
     assert [s[0] for s in seen] == [1, 2, 3] and all("loss=" in s[2] and "eta=" in s[2] for s in seen)
