@@ -94,7 +94,7 @@ def test_missing_head_or_output_is_a_notification(make_napari_viewer, tiny_backb
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-mdm", "Segment & export")
     widget.start()
-    assert "no backbone" in notes()[-1]
+    assert "using the default backbone" in notes()[0] and "no trained head" in notes()[-1]
     session_for(viewer).set_backbone(tiny_backbone)
     widget.start()
     assert "no trained head" in notes()[-1]

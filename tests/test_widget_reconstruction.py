@@ -11,8 +11,9 @@ def test_reconstructions_stack_timesteps(make_napari_viewer, tiny_backbone, wait
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).random((48, 40)), name="grey")
     _, widget = viewer.window.add_plugin_dock_widget("napari-mdm", "Reconstructions")
-    widget.start()
-    assert "no backbone" in notes()[-1]
+    widget.start()  # no backbone chosen: the default loads and is announced
+    wait_job(widget.jobs)
+    assert "using the default backbone" in notes()[0] and session_for(viewer).backbone is not None
     session_for(viewer).set_backbone(tiny_backbone)
     widget.timesteps.value = "100, 500, 900"
     widget.start()

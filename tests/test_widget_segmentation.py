@@ -121,8 +121,11 @@ def test_bad_inputs_become_notifications(annotated, make_napari_viewer, notes, w
     bare = make_napari_viewer()
     bare.add_image(np.zeros((32, 32)))
     _, other = bare.window.add_plugin_dock_widget("napari-mdm", "Few-shot segmentation")
-    other.start_training()
-    assert "no backbone" in notes()[-1]
+    other.start_training()  # no backbone chosen: the default loads, then the missing labels are reported
+    from napari_mdm.checkpoint import default_backbone_name
+
+    assert session_for(bare).backbone.name == default_backbone_name()
+    assert any("using the default backbone" in m for m in notes()) and "no labels" in notes()[-1]
 
 
 def test_cancel_keeps_previous_state(annotated, notes, qtbot):

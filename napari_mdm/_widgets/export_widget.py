@@ -61,7 +61,7 @@ class ExportWidget(Container):
         self.folder.visible = source == FOLDER
 
     def start(self):
-        backbone, head = self.session.backbone_or_notify(), self.session.head
+        backbone, head = self.session.backbone_or_default(), self.session.head
         if backbone is None:
             return None
         if head is None:

@@ -42,7 +42,7 @@ class ReconstructionWidget(Container):
         from ..io import normalize_image
         from ..reconstruction import reconstruct
 
-        backbone, layer = self.session.backbone_or_notify(), self.image.value
+        backbone, layer = self.session.backbone_or_default(), self.image.value
         if backbone is None:
             return None
         if layer is None:

@@ -156,7 +156,7 @@ class SegmentationWidget(Container):
         """Features (cached), head and predictions of the selected images, in the background."""
         from ..head import check_labels
 
-        backbone = self.session.backbone_or_notify()
+        backbone = self.session.backbone_or_default()
         if backbone is None:
             return None
         try:
@@ -254,8 +254,10 @@ class SegmentationWidget(Container):
         """Compute the selected images' features in the background so the first retrain is quick."""
         from ..io import normalize_image
 
-        backbone = self.session.backbone
-        if backbone is None or self.jobs.busy or not self.image_layers.value:
+        if self.jobs.busy or not self.image_layers.value:
+            return None
+        backbone = self.session.backbone_or_default()
+        if backbone is None:
             return None
         try:
             config = self.feature_config(parse_timesteps(self.timesteps.value))

@@ -15,7 +15,7 @@ from pathlib import Path
 from magicgui.widgets import Label
 from psygnal import Signal
 
-from .workers import notify_error
+from .workers import notify_error, notify_info
 
 FEATURE_CACHE_BYTES = 2 << 30
 FEATURE_CACHE_ENV = "NAPARI_MDM_FEATURE_CACHE"
@@ -51,10 +51,23 @@ class Session:
         self.backbone = backbone
         self.backbone_changed.emit(backbone)
 
-    def backbone_or_notify(self):
-        """The backbone in use, or None after telling the user where to get one."""
+    def backbone_or_default(self):
+        """The backbone in use; without one, the default backbone (the one the Backbone widget
+        preselects) is loaded and announced, so painting and training need no detour. None, after
+        a message, only when even that fails."""
         if self.backbone is None:
-            notify_error("no backbone: load or pretrain one in the 'Backbone' widget first")
+            from ..checkpoint import default_backbone_name, load_backbone
+            from ..devices import resolve_device
+            from ..jobs import UserError
+
+            name = default_backbone_name()
+            try:
+                self.set_backbone(load_backbone(name, device=resolve_device("auto")))
+            except UserError as err:
+                notify_error(f"the default backbone {name!r} could not be loaded ({err}): "
+                             "load one in the 'Backbone' widget")
+                return None
+            notify_info(f"using the default backbone {name!r} (choose another in the 'Backbone' widget)")
         return self.backbone
 
     def set_head(self, head) -> None:
@@ -65,7 +78,7 @@ class Session:
 def describe(backbone) -> str:
     """One line about a backbone: name, size, corruption and the device it runs on."""
     if backbone is None:
-        return "no backbone yet: load or pretrain one in the 'Backbone' widget"
+        return "no backbone chosen: the default loads when first needed (or pick one in 'Backbone')"
     params = sum(p.numel() for p in backbone.model.parameters()) / 1e6
     name = "trained here, not saved yet" if backbone.name == "unsaved" else Path(backbone.name).name
     return f"backbone {name}: {params:.1f}M params, {backbone.corruption.mode}, on {backbone.device}"
