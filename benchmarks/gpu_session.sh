@@ -3,16 +3,17 @@
 #
 #   benchmarks/gpu_session.sh prepare        # here: the images and the wheel the device lacks
 #   benchmarks/gpu_session.sh device [MIN]   # there, through the device tool's run, e.g.
-#       run(command="bash benchmarks/gpu_session.sh device 5", carry=["data/pretrain", ".whl"], timeout_s=600)
+#       run(command="bash benchmarks/gpu_session.sh device 8", carry=["data/pretrain", ".whl"], timeout_s=600)
 #
-# On the device it runs tests/test_gpu.py, measures pretraining throughput (small and paper
-# presets, fp32 vs bf16, small with and without torch.compile), then pretrains the `small` preset
-# with the MDM recipe for MIN minutes (default 5, so the whole call stays under the 10-minute
-# limit: tests 1.5, throughput 3, data 0.5 at most), continuing from
-# resources/histology.safetensors when one is committed (a session's files come back as float16
-# weights only, so sessions chain with --init, not --resume), and leaves the checkpoint, its JSON
-# and the throughput tables in $OUT. Back here: benchmark it against the untrained control
-# (benchmarks/README.md, "Next GPU session") and commit it to resources/ only if it wins.
+# On the device it runs tests/test_gpu.py (25 s), with THROUGHPUT=1 measures pretraining
+# throughput (small and paper presets, fp32 vs bf16, small with and without torch.compile; about
+# 3 minutes, done once on 27 Nov 2026), then pretrains the `small` preset with the MDM recipe for
+# what is left of BUDGET_S (540) seconds, at most MIN minutes, continuing from
+# benchmarks/pretraining/histology.safetensors (the committed result of the last GPU session) or
+# resources/histology.safetensors (a session's files come back as float16 weights only, so
+# sessions chain with --init, not --resume). The checkpoint and its JSON are written straight to
+# $OUT. Back here: benchmark it against the untrained control (benchmarks/README.md, "Next GPU
+# session"), commit it to benchmarks/pretraining/, and to resources/ only if it wins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +38,7 @@ EOF
     du -sh data/pretrain .whl
     ;;
 device)
-    # DEVICE, BATCH, CROP, LR, BUDGET_S, PYTHON override the GPU settings (CPU smoke run: DEVICE=cpu BATCH=2 CROP=64)
+    # DEVICE, BATCH, CROP, LR, BUDGET_S, PYTHON, THROUGHPUT=1 override the GPU settings (CPU smoke run: DEVICE=cpu BATCH=2 CROP=64)
     minutes=${2:-5} device=${DEVICE:-cuda} batch=${BATCH:-128} crop=${CROP:-256} py=${PYTHON:-python3}
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -45,19 +46,25 @@ device)
     mkdir -p "$out"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
     timeout 90 "$py" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.txt" || true
+    if [ "${THROUGHPUT:-0}" = 1 ]; then  # measured on 27 Nov 2026 (results/throughput_cuda_*): off by default
     timeout 120 "$py" -m benchmarks.throughput --presets small --batch-size "$batch" --crop "$crop" --warmup 3 \
         --steps 10 --device "$device" --name "throughput_${device}_small" --out "$out" || echo "throughput (small) did not finish"
     timeout 60 "$py" -m benchmarks.throughput --presets paper --batch-size $((batch / 4)) --crop "$crop" --warmup 2 \
         --steps 5 --no-compile --device "$device" --name "throughput_${device}_paper" --out "$out" \
         || echo "throughput (paper) did not finish"
+    fi
     # the pretraining gets what is left of BUDGET_S seconds (default 540: the call's 600 less saving
     # and transfer), at most MIN minutes; it writes straight to $OUT, so the last periodic
     # checkpoint comes back even if the call is cut off (the 128 MB resume state stays behind)
     minutes=$("$py" -c "import sys; print(max(0.5, min(float(sys.argv[1]), (float(sys.argv[2]) - float(sys.argv[3])) / 60)))" \
         "$minutes" "${BUDGET_S:-540}" "$SECONDS")
     echo "pretraining for $minutes minutes"
+    # continue the committed GPU run (benchmarks/pretraining: every session's result, winning or
+    # not), else the shipped backbone, else start fresh
     init=()
-    [ -f resources/histology.safetensors ] && init=(--init resources/histology.safetensors)
+    for ckpt in benchmarks/pretraining/histology.safetensors resources/histology.safetensors; do
+        [ -f "$ckpt" ] && { init=(--init "$ckpt"); break; }
+    done
     "$py" -m napari_mdm.cli pretrain --images data/pretrain --out "$out/histology.safetensors" --overwrite \
         --preset small --mode mdm --loss ssim --batch-size "$batch" --crop "$crop" --lr "${LR:-2e-4}" --steps 1000000 \
         --checkpoint-every 250 --device "$device" --max-minutes "$minutes" "${init[@]}"
