@@ -52,9 +52,9 @@ FALLBACK_DEFAULT = "random-tiny"
 
 
 def default_backbone_name() -> str:
-    """The backbone used when none is named: the shipped histology backbone once one ships, else
-    the untrained ``random-tiny`` control, which no CPU-pretrained checkpoint has beaten yet on
-    the GlaS benchmark (see README)."""
+    """The backbone used when none is named: the shipped histology backbone (GPU-pretrained; it
+    beats the untrained control on the GlaS benchmark, see README), else, in an installation
+    without it, the untrained ``random-tiny`` control."""
     return SHIPPED_DEFAULT if SHIPPED_DEFAULT in shipped_backbones() else FALLBACK_DEFAULT
 
 

@@ -49,8 +49,8 @@ def _backbone(args):
     if args.backbone is None:
         args.backbone = default_backbone_name()
         if args.backbone == FALLBACK_DEFAULT:
-            print(f"napari-mdm: using {FALLBACK_DEFAULT} (the untrained control; no pretrained histology "
-                  "backbone ships yet, see README)", file=sys.stderr)
+            print(f"napari-mdm: using {FALLBACK_DEFAULT} (the untrained control: the shipped histology "
+                  "backbone, resources/histology.safetensors, is missing from this installation)", file=sys.stderr)
     return load_backbone(args.backbone, device=resolve_device(args.device))
 
 
@@ -139,7 +139,8 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_train_head(args) -> int:
-    from .features import FEATURE_SETS, FeatureCache, FeatureConfig, resolve_config
+    from .feature_sets import FEATURE_SETS
+    from .features import FeatureCache, FeatureConfig, resolve_config
     from .files import refuse_existing
     from .head import HeadConfig, fit_head
     from .inference import head_context
@@ -266,7 +267,7 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .backbone import PRESETS
     from .corruption import MASK_SHAPES, MODES
-    from .features import FEATURE_SETS
+    from .feature_sets import FEATURE_SETS
     from .objectives import LOSSES
 
     parser = argparse.ArgumentParser(prog="napari-mdm", description="Few-shot segmentation with masked-diffusion features.")
@@ -327,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize images by this factor before the backbone (0.5 = half resolution)")
     p.add_argument("--features", choices=FEATURE_SETS, default=next(iter(FEATURE_SETS)),
                    help="the backbone's diffusion features, the classic filter bank, or both (default: "
-                        "%(default)s; 'filters' skips the network, best on nuclei so far)")
+                        "%(default)s; 'filters' runs no network)")
     p.add_argument("--ensemble", type=int, default=10)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)

@@ -59,15 +59,6 @@ class FeatureConfig:
         return cls(**values)
 
 
-FEATURE_SETS = {
-    "diffusion+filters": {"diffusion": True, "filters": True},
-    "diffusion": {"diffusion": True, "filters": False},
-    "filters": {"diffusion": False, "filters": True},
-}
-"""The feature sets a user picks from (CLI ``--features``, the plugin's "features"), as
-:class:`FeatureConfig` settings; the first is the default."""
-
-
 def default_blocks(backbone: Backbone) -> tuple[int, ...]:
     """The decoder's second half up to full resolution (the MDM paper read blocks 8-12 of 18)."""
     n = len(backbone.model.output_blocks)

@@ -7,7 +7,8 @@ import torch
 from napari_mdm.backbone import build_backbone, randomize
 from napari_mdm.checkpoint import Backbone, random_backbone
 from napari_mdm.corruption import CorruptionConfig
-from napari_mdm.features import FEATURE_SETS, FeatureCache, FeatureConfig, extract_features, num_channels
+from napari_mdm.feature_sets import FEATURE_SETS
+from napari_mdm.features import FeatureCache, FeatureConfig, extract_features, num_channels
 from napari_mdm.filterbank import filter_features, num_filter_channels
 from napari_mdm.jobs import Cancelled, UserError
 

@@ -63,8 +63,8 @@ class BackboneWidget(Container):
         ])
         self.native.layout().insertWidget(self.native.layout().indexOf(self.jobs.native), self.loss_plot)
         if self.shipped.value.startswith(RANDOM_PREFIX):
-            self.current.value = (f"no pretrained histology backbone ships yet; {self.shipped.value} (untrained, "
-                                  "better than our CPU-pretrained ones on GlaS) is preselected")
+            self.current.value = (f"the shipped histology backbone is missing from this installation; "
+                                  f"{self.shipped.value} (untrained) is preselected")
         self.load_shipped.changed.connect(lambda: self.load(self.shipped.value))
         self.load_file.changed.connect(self._load_file)
         self.train.changed.connect(self.start_training)

@@ -10,7 +10,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, 
 from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 
-from ..features import FEATURE_SETS
+from ..feature_sets import FEATURE_SETS
 from ..jobs import UserError
 from .layers import (
     follow_layer_list,
@@ -76,7 +76,7 @@ class SegmentationWidget(Container):
         self.timesteps = LineEdit(value="50", label="feature timesteps")
         self.features = ComboBox(choices=list(FEATURE_SETS), value=next(iter(FEATURE_SETS)), label="features",
                                  tooltip="diffusion: the backbone's decoder; filters: the classic filter bank "
-                                         "(no network, best on nuclei so far)")
+                                         "(no network runs)")
         self.ensemble = SpinBox(value=10, min=1, max=50, label="ensemble size")
         self.steps = SpinBox(value=300, min=10, max=10_000, step=10, label="head steps")
         self.live = CheckBox(value=False, text=f"live: retrain {LIVE_DELAY_MS / 1000:g} s after each stroke "
