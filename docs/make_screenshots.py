@@ -1,7 +1,8 @@
 """Drive each napari-mdm dock widget in a real napari window and save docs/*.png.
 
 Run under an X display (e.g. ``Xvfb :99 & DISPLAY=:99 python docs/make_screenshots.py``); it
-pretrains a tiny backbone for a few steps on the sample, so it takes a few minutes on a CPU.
+pretrains a tiny backbone for a few steps on the sample for the Backbone screenshot, then loads
+the shipped ``histology`` backbone for the others; a few minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def main(steps: int) -> None:
     backbone.start_training()
     wait(backbone.jobs)
     shoot(viewer, "backbone")
+    backbone.load("histology")  # the rest shows what a user gets: the shipped backbone
+    wait(backbone.jobs)
 
     seg = widgets["Few-shot segmentation"]
     show_only(viewer, docks, "Few-shot segmentation")
