@@ -52,3 +52,25 @@ def test_config_round_trips_through_dict():
     assert UNetConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown backbone settings"):
         UNetConfig.from_dict({**cfg.to_dict(), "wings": 2})
+
+
+def test_the_shipped_backbone_is_the_default_and_says_how_it_was_made():
+    import json
+
+    from napari_mdm import cli
+    from napari_mdm.checkpoint import default_backbone_name, load_backbone, shipped_backbones
+
+    path = shipped_backbones()["histology"]
+    assert default_backbone_name() == "histology"
+    assert path.stat().st_size <= 16 * 2**20  # float16, within the size a release may carry
+    backbone = load_backbone()
+    made = backbone.provenance
+    assert made["preset"] == "small" and backbone.corruption.mode == "mdm"
+    for key in ("total_steps", "batch_size", "crop", "data", "device", "wall_seconds", "command", "benchmark"):
+        assert made[key], key
+    assert json.loads(path.with_suffix(".json").read_text())["provenance"] == made
+    # the CLI's --backbone accepts it by name, and omitting --backbone gives the same weights
+    args = cli.build_parser().parse_args(["reconstruct", "--backbone", "histology", "--image", "x.png",
+                                          "--out", "y.tif", "--device", "cpu"])
+    named = cli._backbone(args)
+    assert named.digest == backbone.digest
