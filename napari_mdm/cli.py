@@ -267,7 +267,7 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .backbone import PRESETS
     from .corruption import MASK_SHAPES, MODES
-    from .feature_sets import FEATURE_SETS
+    from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
     from .objectives import LOSSES
 
     parser = argparse.ArgumentParser(prog="napari-mdm", description="Few-shot segmentation with masked-diffusion features.")
@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=512, help="tile side in pixels (default: %(default)s)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="resize images by this factor before the backbone (0.5 = half resolution)")
-    p.add_argument("--features", choices=FEATURE_SETS, default=next(iter(FEATURE_SETS)),
+    p.add_argument("--features", choices=FEATURE_SETS, default=DEFAULT_FEATURE_SET,
                    help="the backbone's diffusion features, the classic filter bank, or both (default: "
                         "%(default)s; 'filters' runs no network)")
     p.add_argument("--ensemble", type=int, default=10)

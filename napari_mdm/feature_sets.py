@@ -6,4 +6,6 @@ FEATURE_SETS = {
     "filters": {"diffusion": False, "filters": True},
 }
 """The feature sets a user picks from (CLI ``--features``, the plugin's "features"), as
-:class:`~napari_mdm.features.FeatureConfig` settings; the first is the default."""
+:class:`~napari_mdm.features.FeatureConfig` settings."""
+
+DEFAULT_FEATURE_SET = "diffusion+filters"

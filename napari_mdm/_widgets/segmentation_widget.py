@@ -10,7 +10,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, 
 from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 
-from ..feature_sets import FEATURE_SETS
+from ..feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
 from ..jobs import UserError
 from .layers import (
     follow_layer_list,
@@ -74,7 +74,7 @@ class SegmentationWidget(Container):
         self.label_layers = layer_select(viewer, Labels, "labels (one per image)")
         self.new_labels = PushButton(text="New labels for the selected images")
         self.timesteps = LineEdit(value="50", label="feature timesteps")
-        self.features = ComboBox(choices=list(FEATURE_SETS), value=next(iter(FEATURE_SETS)), label="features",
+        self.features = ComboBox(choices=list(FEATURE_SETS), value=DEFAULT_FEATURE_SET, label="features",
                                  tooltip="diffusion: the backbone's decoder; filters: the classic filter bank "
                                          "(no network runs)")
         self.ensemble = SpinBox(value=10, min=1, max=50, label="ensemble size")
