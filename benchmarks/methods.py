@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from sklearn.ensemble import RandomForestClassifier
 
 from napari_mdm.backbone import UNet, UNetConfig
-from napari_mdm.checkpoint import Backbone
+from napari_mdm.backbone import Backbone
 from napari_mdm.features import FeatureConfig, default_blocks, extract_features
 from napari_mdm.filterbank import filter_features
 

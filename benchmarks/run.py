@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from skimage.transform import resize
 
 from napari_mdm.backbone import PRESETS, count_parameters
-from napari_mdm.checkpoint import Backbone, load_backbone, random_backbone, shipped_backbones
+from napari_mdm.backbone import Backbone
+from napari_mdm.checkpoint import load_backbone, random_backbone, shipped_backbones
 from napari_mdm.features import num_channels
-from napari_mdm.head import HeadConfig, fit_head
+from napari_mdm.head import HeadConfig, class_scores, fit_head
 from napari_mdm.io import read_image, read_labels
 from napari_mdm.metrics import dice
 
@@ -277,9 +278,7 @@ def _head_scorer(head, name: str) -> Scorer:
     """Class scores whose argmax is the head's own rule: majority vote, ties by mean probability."""
 
     def score(features: dict[str, np.ndarray], image: np.ndarray) -> np.ndarray:
-        maps = head.predict_maps(features[name])
-        k = len(head.class_values)
-        return maps[k : 2 * k] + 1e-3 * maps[:k]
+        return class_scores(head.predict_maps(features[name]), len(head.class_values))
 
     return score
 

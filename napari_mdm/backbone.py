@@ -8,11 +8,13 @@ features can be read from any of them (see :meth:`UNet.decoder_features`).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .corruption import CorruptionConfig
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ PRESETS: dict[str, UNetConfig] = {
         base_channels=192, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attention_at=(8, 16, 32), head_channels=64
     ),
 }
+DEFAULT_PRESET = "tiny"
+"""What a fresh pretraining run builds when no preset is named: it trains on a laptop CPU."""
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -233,6 +237,25 @@ class UNet(nn.Module):
                 if len(found) == len(wanted):
                     break
         return found
+
+
+@dataclass
+class Backbone:
+    """A frozen backbone ready for features and reconstructions."""
+
+    model: UNet
+    corruption: CorruptionConfig
+    provenance: dict = field(default_factory=dict)
+    digest: str = "unsaved"
+    name: str = "unsaved"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> "Backbone":
+        self.model.to(device)
+        return self
 
 
 def build_backbone(config: UNetConfig | str) -> UNet:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .backbone import UNet, UNetConfig
+from .backbone import Backbone, UNet, UNetConfig
 from .corruption import CorruptionConfig
 from .files import atomic_output
 from .jobs import UserError
@@ -138,25 +137,6 @@ def file_digest(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
-
-
-@dataclass
-class Backbone:
-    """A frozen backbone ready for features and reconstructions."""
-
-    model: UNet
-    corruption: CorruptionConfig
-    provenance: dict = field(default_factory=dict)
-    digest: str = "unsaved"
-    name: str = "unsaved"
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device: torch.device | str) -> "Backbone":
-        self.model.to(device)
-        return self
 
 
 def backbone_meta(model: UNet, corruption: CorruptionConfig, provenance: dict) -> dict:

@@ -12,11 +12,15 @@ from typing import Sequence
 
 from .jobs import Cancelled, UserError
 
+
 def _ints(text: str) -> tuple[int, ...]:
+    """argparse type for lists of integers (commas or spaces), by the same rule as the widgets."""
+    from .parsing import parse_ints
+
     try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        return parse_ints(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 class _Bar:
@@ -111,8 +115,8 @@ def cmd_pretrain(args) -> int:
                   "data": sorted({str(p.parent) for p in paths})}
     bar = _Bar("pretrain")
     try:
-        result = pretrain(images, args.out, PRESETS[args.preset], corruption, config, args.device, args.resume,
-                          init, provenance, progress=bar,
+        result = pretrain(images, out=args.out, unet=PRESETS[args.preset], corruption=corruption, config=config,
+                          device=args.device, resume=args.resume, init=init, provenance=provenance, progress=bar,
                           should_stop=None if deadline is None else lambda: time.monotonic() > deadline)
     finally:
         bar.close()
@@ -140,34 +144,23 @@ def cmd_reconstruct(args) -> int:
 
 def cmd_train_head(args) -> int:
     from .feature_sets import FEATURE_SETS
-    from .features import FeatureCache, FeatureConfig, resolve_config
+    from .features import FeatureConfig
     from .files import refuse_existing
-    from .head import HeadConfig, fit_head
-    from .inference import head_context
+    from .head import HeadConfig
     from .io import collect_images, read_image, read_labels
+    from .pipeline import train_head
 
     refuse_existing(args.out, args.overwrite)
     backbone = _backbone(args)
     images = collect_images(args.images, args.exclude)
     label_paths = _pair_labels(images, args.labels)
-    config = resolve_config(backbone, FeatureConfig(timesteps=args.timesteps, blocks=args.blocks, tile=args.tile,
-                                                    scale=args.scale, **FEATURE_SETS[args.features]))
-    cache = FeatureCache()
-    feats, labels = [], []
-    bar = _Bar("features")
-    try:
-        for i, (img_path, lab_path) in enumerate(zip(images, label_paths)):
-            image = read_image(img_path)
-            feats.append(cache.get(image, backbone, config))
-            labels.append(read_labels(lab_path))
-            bar(i + 1, len(images), img_path.name)
-    finally:
-        bar.close()
+    config = FeatureConfig(timesteps=args.timesteps, blocks=args.blocks, tile=args.tile, scale=args.scale,
+                           **FEATURE_SETS[args.features])
     head_cfg = HeadConfig(ensemble=args.ensemble, steps=args.steps, seed=args.seed)
-    bar = _Bar("head")
+    bar = _Bar("train-head")
     try:
-        head = fit_head(feats, labels, head_cfg, ignore=None if args.dense else 0,
-                        context=head_context(backbone, config), progress=bar)
+        head = train_head(backbone, [read_image(p) for p in images], [read_labels(p) for p in label_paths], config,
+                          head_cfg, ignore=None if args.dense else 0, progress=bar)
     finally:
         bar.close()
     head.save(args.out, overwrite=args.overwrite)
@@ -186,8 +179,8 @@ def cmd_segment(args) -> int:
     paths = collect_images(args.images, args.exclude)
     bar = _Bar("segment")
     try:
-        written = segment_files(backbone, head, paths, args.out, args.format, args.uncertainty, args.overwrite,
-                                args.draws, progress=bar)
+        written = segment_files(backbone, head, paths, args.out, fmt=args.format, uncertainty=args.uncertainty,
+                                overwrite=args.overwrite, draws=args.draws, progress=bar)
     finally:
         bar.close()
     print(f"wrote {len(written)} masks to {args.out}")
@@ -264,39 +257,38 @@ def cmd_demo(args) -> int:
     return run_demo(args.out, backbone=args.backbone, device=args.device)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .backbone import PRESETS
-    from .corruption import MASK_SHAPES, MODES
-    from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
+def _add_backbone_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default=None,
+                   help="checkpoint file, shipped name, or random-tiny / random-small (the untrained control); "
+                        "default: the shipped histology backbone, else random-tiny")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
+
+
+def _add_pretrain(sub) -> None:
+    from .backbone import DEFAULT_PRESET, PRESETS
+    from .corruption import MASK_SHAPES, MODES, CorruptionConfig
     from .objectives import LOSSES
+    from .pretrain import PretrainConfig
 
-    parser = argparse.ArgumentParser(prog="napari-mdm", description="Few-shot segmentation with masked-diffusion features.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def add_backbone(p):
-        p.add_argument("--backbone", default=None,
-                       help="checkpoint file, shipped name, or random-tiny / random-small (the untrained control); "
-                            "default: the shipped histology backbone, else random-tiny")
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
-
+    defaults, corruption = PretrainConfig(), CorruptionConfig()
     p = sub.add_parser("pretrain", help="pretrain or fine-tune a backbone on images")
     p.add_argument("--images", nargs="+", required=True, help="image files or folders")
     p.add_argument("--exclude", nargs="*", default=["*_mask.*", "*_inst.*"], help="glob patterns to skip")
     p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
     p.add_argument("--init", help="start from this backbone (fine-tuning) instead of a fresh preset")
-    p.add_argument("--mode", choices=MODES, default="mdm")
-    p.add_argument("--mask-shape", choices=MASK_SHAPES, default="patch")
-    p.add_argument("--loss", choices=LOSSES, default="ssim")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--mode", choices=MODES, default=corruption.mode)
+    p.add_argument("--mask-shape", choices=MASK_SHAPES, default=corruption.mask_shape)
+    p.add_argument("--loss", choices=LOSSES, default=defaults.loss)
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--crop", type=int, default=defaults.crop)
     p.add_argument("--scale", type=float, default=1.0,
                    help="downscale the images by this factor first (0.5: crops cover 4x the tissue); "
                         "extract features with the same --scale")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved state")
     p.add_argument("--max-minutes", type=float, default=None,
@@ -305,8 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint (without --resume)")
     p.set_defaults(func=cmd_pretrain)
 
+
+def _add_reconstruct(sub) -> None:
     p = sub.add_parser("reconstruct", help="masked inputs and reconstructions per timestep")
-    add_backbone(p)
+    _add_backbone_options(p)
     p.add_argument("--image", required=True)
     p.add_argument("--timesteps", type=_ints, default=(100, 500, 900))
     p.add_argument("--seed", type=int, default=0)
@@ -314,30 +308,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_reconstruct)
 
+
+def _add_train_head(sub) -> None:
+    from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
+    from .features import FeatureConfig
+    from .head import HeadConfig
+
+    features, head = FeatureConfig(), HeadConfig()
     p = sub.add_parser("train-head", help="train the few-shot head on labelled images")
-    add_backbone(p)
+    _add_backbone_options(p)
     p.add_argument("--images", nargs="+", required=True)
     p.add_argument("--exclude", nargs="*", default=["*_mask.*", "*_inst.*", "*_labels.*"])
     p.add_argument("--labels", nargs="+", required=True, help="label files (one per image) or a folder")
     p.add_argument("--dense", action="store_true",
                    help="labels are full masks in which 0 is a class (background), not 'unlabelled'")
-    p.add_argument("--timesteps", type=_ints, default=(50,))
-    p.add_argument("--blocks", type=_ints, default=None, help="decoder blocks (default: the backbone's)")
-    p.add_argument("--tile", type=int, default=512, help="tile side in pixels (default: %(default)s)")
-    p.add_argument("--scale", type=float, default=1.0,
+    p.add_argument("--timesteps", type=_ints, default=features.timesteps)
+    p.add_argument("--blocks", type=_ints, default=features.blocks, help="decoder blocks (default: the backbone's)")
+    p.add_argument("--tile", type=int, default=features.tile, help="tile side in pixels (default: %(default)s)")
+    p.add_argument("--scale", type=float, default=features.scale,
                    help="resize images by this factor before the backbone (0.5 = half resolution)")
     p.add_argument("--features", choices=FEATURE_SETS, default=DEFAULT_FEATURE_SET,
                    help="the backbone's diffusion features, the classic filter bank, or both (default: "
                         "%(default)s; 'filters' runs no network)")
-    p.add_argument("--ensemble", type=int, default=10)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ensemble", type=int, default=head.ensemble)
+    p.add_argument("--steps", type=int, default=head.steps)
+    p.add_argument("--seed", type=int, default=head.seed)
     p.add_argument("--out", required=True, help="head file to write (.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing head file")
     p.set_defaults(func=cmd_train_head)
 
+
+def _add_segment(sub) -> None:
     p = sub.add_parser("segment", help="segment images with a trained head")
-    add_backbone(p)
+    _add_backbone_options(p)
     p.add_argument("--head", required=True)
     p.add_argument("--images", nargs="+", required=True)
     p.add_argument("--exclude", nargs="*", default=["*_mask.*", "*_inst.*", "*_labels.*"])
@@ -348,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_segment)
 
+
+def _add_evaluate_gui_demo(sub) -> None:
     p = sub.add_parser("evaluate", help="score predicted masks against ground truth")
     p.add_argument("--pred", required=True, help="folder of predicted masks")
     p.add_argument("--truth", required=True, help="folder of true masks (NAME_mask.* or NAME.*)")
@@ -361,9 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_gui)
 
     p = sub.add_parser("demo", help="headless end-to-end run on bundled sample data")
-    add_backbone(p)
+    _add_backbone_options(p)
     p.add_argument("--out", default="napari-mdm-demo")
     p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-mdm", description="Few-shot segmentation with masked-diffusion features.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_pretrain, _add_reconstruct, _add_train_head, _add_segment, _add_evaluate_gui_demo):
+        add(sub)
     return parser
 
 

@@ -63,6 +63,28 @@ def demo_scribbles(reference: np.ndarray, seed: int = 0) -> np.ndarray:
     return labels
 
 
+def _timed(timings: dict[str, float], label: str, work):
+    """Run ``work()``, record and print how long it took."""
+    start = time.perf_counter()
+    result = work()
+    timings[label] = round(time.perf_counter() - start, 2)
+    print(f"  {label:<22} {timings[label]:6.1f} s", file=sys.stderr)
+    return result
+
+
+def _write_outputs(out: Path, image: np.ndarray, layers: dict[str, np.ndarray], uncertainty: np.ndarray,
+                   head, summary: dict) -> None:
+    """The files a user opens afterwards, named so napari shows them as layers."""
+    from .io import write_array, write_labels
+
+    write_array(out / "ihc.tif", image, overwrite=True)
+    for kind, labels in layers.items():
+        write_labels(out / f"ihc_{kind}.tif", labels, overwrite=True)
+    write_array(out / "ihc_uncertainty.tif", uncertainty, overwrite=True)
+    head.save(out / "head.safetensors", overwrite=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def run_demo(out: str | os.PathLike, backbone: str | None = None, device: str = "auto") -> int:
     """Scribble, train, segment and export on the ``ihc`` sample; print what happened.
 
@@ -71,42 +93,27 @@ def run_demo(out: str | os.PathLike, backbone: str | None = None, device: str = 
     """
     from .checkpoint import default_backbone_name, load_backbone
     from .devices import resolve_device
-    from .features import FeatureConfig, extract_features, resolve_config
-    from .head import HeadConfig, fit_head, maps_to_prediction
-    from .inference import head_context
-    from .io import normalize_image, write_array, write_labels
+    from .features import FeatureCache, FeatureConfig, resolve_config
+    from .io import normalize_image
     from .metrics import dice
+    from .pipeline import train_head
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = backbone or default_backbone_name()
     timings: dict[str, float] = {}
-
-    def stage(label: str, start: float) -> None:
-        timings[label] = round(time.perf_counter() - start, 2)
-        print(f"  {label:<22} {timings[label]:6.1f} s", file=sys.stderr)
-
     print(f"napari-mdm demo: ihc sample, backbone {name}, device {resolve_device(device)}", file=sys.stderr)
-    t = time.perf_counter()
-    image = sample_image()
-    reference = stain_reference(image)
-    scribbles = demo_scribbles(reference)
-    loaded = load_backbone(name, device=resolve_device(device))
-    stage("sample and backbone", t)
 
-    t = time.perf_counter()
-    config = resolve_config(loaded, FeatureConfig())
-    features = extract_features(loaded, normalize_image(image), config)
-    stage("features", t)
+    def prepare():
+        image = sample_image()
+        reference = stain_reference(image)
+        return image, reference, demo_scribbles(reference), load_backbone(name, device=resolve_device(device))
 
-    t = time.perf_counter()
-    head = fit_head([features], [scribbles], HeadConfig(),
-                    context=head_context(loaded, config))
-    stage("head training", t)
-
-    t = time.perf_counter()
-    prediction = maps_to_prediction(head.predict_maps(features), head.class_values)  # features are cached
-    stage("prediction", t)
+    image, reference, scribbles, loaded = _timed(timings, "sample and backbone", prepare)
+    config, cache, normalized = resolve_config(loaded, FeatureConfig()), FeatureCache(), normalize_image(image)
+    features = _timed(timings, "features", lambda: cache.get(normalized, loaded, config))
+    head = _timed(timings, "head training", lambda: train_head(loaded, [normalized], [scribbles], config, cache=cache))
+    prediction = _timed(timings, "prediction", lambda: head.predict(features))
 
     right = np.s_[:, image.shape[1] // 2:]
     scores = {CLASS_NAMES[c]: round(100 * dice(prediction.labels[right] == c, reference[right] == c), 1)
@@ -120,12 +127,8 @@ def run_demo(out: str | os.PathLike, backbone: str | None = None, device: str = 
         "dice_right_half_percent": scores,
         "seconds": timings,
     }
-    write_array(out / "ihc.tif", image, overwrite=True)
-    for kind, labels in (("scribbles", scribbles), ("reference", reference), ("prediction", prediction.labels)):
-        write_labels(out / f"ihc_{kind}.tif", labels, overwrite=True)
-    write_array(out / "ihc_uncertainty.tif", prediction.uncertainty, overwrite=True)
-    head.save(out / "head.safetensors", overwrite=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    layers = {"scribbles": scribbles, "reference": reference, "prediction": prediction.labels}
+    _write_outputs(out, image, layers, prediction.uncertainty, head, summary)
     print("Dice against the stain reference on the unscribbled right half: "
           + ", ".join(f"{k} {v}" for k, v in scores.items()), file=sys.stderr)
     print(f"wrote {out}/: ihc.tif, ihc_{{scribbles,reference,prediction,uncertainty}}.tif, head.safetensors, "

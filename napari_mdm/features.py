@@ -17,12 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import Backbone
+from .backbone import Backbone
 from .corruption import corrupt_region
 from .filterbank import filter_features, num_filter_channels
 from .io import ImageSource
 from .jobs import ProgressFn, StopFn, UserError
-from .tiling import run_tiled
+from .tiling import pad_to, run_tiled
 
 
 @dataclass(frozen=True)
@@ -100,12 +100,6 @@ MARGIN = 16
 """Mirrored pixels added around each tile (at the backbone's resolution) and cut off again."""
 
 
-def _pad_to(x: np.ndarray, divisor: int) -> np.ndarray:
-    h, w = x.shape[-2:]
-    ph, pw = -h % divisor, -w % divisor
-    return np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="symmetric") if ph or pw else x
-
-
 def _downscale(x: np.ndarray, scale: float) -> np.ndarray:
     """Anti-aliased bilinear resize of a (C, h, w) array by ``scale`` (at least 1 px per side)."""
     if scale == 1:
@@ -133,7 +127,7 @@ def tile_features(backbone: Backbone, region: np.ndarray, y0: int, x0: int, conf
             # mirrored context on every side: without it the convolutions' zero padding makes the
             # outermost pixels look unlike any other (a bright frame in the uncertainty)
             framed = np.pad(corrupted, ((0, 0), (MARGIN, MARGIN), (MARGIN, MARGIN)), mode="symmetric")
-            inputs.append(_pad_to(framed, backbone.model.config.divisor))
+            inputs.append(pad_to(framed, backbone.model.config.divisor))
             steps.append(t)
     device = backbone.device
     batch = torch.from_numpy(np.stack(inputs)).to(device)
@@ -175,9 +169,13 @@ def extract_features(
     return out
 
 
+FEATURES_VERSION = 2
+"""Bumped whenever the code changes what a feature map holds, so caches from older code are not reused."""
+
+
 def feature_signature(image: np.ndarray, backbone: Backbone, config: FeatureConfig) -> str:
-    """Key of a feature map: image content + backbone weights + every setting that changes it."""
-    h = hashlib.sha256()
+    """Key of a feature map: code version + image content + backbone weights + every setting that changes it."""
+    h = hashlib.sha256(f"napari-mdm-features/{FEATURES_VERSION}".encode())
     arr = np.ascontiguousarray(image)
     h.update(str((arr.shape, arr.dtype.str)).encode())
     h.update(arr.tobytes())

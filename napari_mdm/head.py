@@ -9,16 +9,20 @@ uncertainty: Jensen-Shannon divergence of the members (entropy of the mean minus
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, read_tensors, write_tensors
+from .checkpoint import CheckpointError, load_state, read_tensors, write_tensors
+from .features import FeatureConfig
 from .jobs import ProgressFn, StopFn, UserError, check_stop, report
+
+if TYPE_CHECKING:
+    from .backbone import Backbone
 
 HEAD_FORMAT = "napari-mdm-head/1"
 
@@ -40,6 +44,43 @@ class HeadConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "HeadConfig":
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class HeadContext:
+    """What a head needs to be applied safely later: the features it read, the backbone they came
+    from, and what its classes mean. Saved in the head file."""
+
+    features: FeatureConfig | None = None
+    """Feature settings; None for a head fitted on bare feature arrays (apply it with :meth:`Head.predict`)."""
+    backbone_digest: str | None = None
+    backbone_name: str | None = None
+    class_names: dict[int, str] = field(default_factory=dict)
+    """Names of (some of) the class values, e.g. {1: "background", 2: "gland"}."""
+    pixels: int = 0
+    """Labelled pixels the head was trained on."""
+
+    @classmethod
+    def for_backbone(cls, backbone: Backbone, features: FeatureConfig,
+                     class_names: dict[int, str] | None = None) -> "HeadContext":
+        return cls(features, backbone.digest, backbone.name, dict(class_names or {}))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["features"] = self.features.to_dict() if self.features else None
+        data["class_names"] = {str(k): v for k, v in self.class_names.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HeadContext":
+        """Read a saved context, also the free-form one of heads saved before it was typed."""
+        features = data.get("features")
+        names = data.get("class_names") or {}
+        return cls(features=FeatureConfig.from_dict(features) if features else None,
+                   backbone_digest=data.get("backbone_digest", data.get("backbone")),
+                   backbone_name=data.get("backbone_name"),
+                   class_names={int(k): str(v) for k, v in names.items()},
+                   pixels=int(data.get("pixels", 0)))
 
 
 class EnsembleMLP(nn.Module):
@@ -116,14 +157,13 @@ class Head:
     standardisation, and the feature settings and backbone it was trained with."""
 
     def __init__(self, net: EnsembleMLP, class_values: list[int], mean: torch.Tensor, std: torch.Tensor,
-                 config: HeadConfig, context: dict | None = None):
+                 config: HeadConfig, context: HeadContext | None = None):
         self.net = net.eval()
         self._layers = net.folded()
         self.class_values = class_values
         self.mean, self.std = mean, std
         self.config = config
-        self.context = context or {}
-        """Feature settings, backbone digest and channel count recorded at training time."""
+        self.context = context or HeadContext()
 
     @property
     def in_channels(self) -> int:
@@ -167,7 +207,7 @@ class Head:
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         tensors.update({"input.mean": self.mean, "input.std": self.std})
         meta = {"format": HEAD_FORMAT, "config": self.config.to_dict(), "class_values": self.class_values,
-                "context": self.context}
+                "context": self.context.to_dict()}
         write_tensors(path, tensors, meta, overwrite=overwrite)
 
     @classmethod
@@ -179,24 +219,30 @@ class Head:
             config = HeadConfig.from_dict(meta["config"])
             mean, std = tensors["input.mean"], tensors["input.std"]
             net = EnsembleMLP(config.ensemble, mean.numel(), config.hidden, len(meta["class_values"]))
-        except (KeyError, TypeError, ValueError) as err:
+            context = HeadContext.from_dict(meta.get("context") or {})
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise CheckpointError(f"{path} is an incomplete or newer napari-mdm head "
                                   f"({type(err).__name__}: {err})") from None
-        from .checkpoint import load_state
-
         load_state(net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, path)
-        return cls(net, list(meta["class_values"]), mean, std, config, meta.get("context", {}))
+        return cls(net, list(meta["class_values"]), mean, std, config, context)
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
 
 
+def class_scores(maps: np.ndarray, classes: int) -> np.ndarray:
+    """(K, H, W) scores whose argmax is the head's decision: majority vote, ties broken by mean
+    probability, from :meth:`Head.predict_maps` output."""
+    return maps[classes : 2 * classes] + 1e-3 * maps[:classes]
+
+
 def maps_to_prediction(maps: np.ndarray, class_values: Sequence[int]) -> Prediction:
-    """Labels by majority vote (ties broken by mean probability) from :meth:`Head.predict_maps` output."""
+    """Labels by the head's rule (:func:`class_scores`), probabilities and uncertainty from
+    :meth:`Head.predict_maps` output."""
     k = len(class_values)
-    probs, votes, js = maps[:k], maps[k : 2 * k], maps[2 * k]
-    winner = np.argmax(votes + 1e-3 * probs, axis=0)
+    probs, js = maps[:k], maps[2 * k]
+    winner = np.argmax(class_scores(maps, k), axis=0)
     values = np.asarray(class_values)
     dtype = np.uint8 if values.max() < 256 else np.int32
     return Prediction(values[winner].astype(dtype), probs.astype(np.float32), np.maximum(js, 0).astype(np.float32),
@@ -238,7 +284,7 @@ def fit_head(
     labels: Sequence[np.ndarray],
     config: HeadConfig | None = None,
     ignore: int | None = 0,
-    context: dict | None = None,
+    context: HeadContext | None = None,
     device: str | torch.device = "cpu",
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
@@ -280,5 +326,5 @@ def fit_head(
         opt.step()
         if (step + 1) % 10 == 0 or step + 1 == config.steps:
             report(progress, step + 1, config.steps, f"loss={loss.item():.4f}")
-    context = {**(context or {}), "channels": int(x.shape[1]), "pixels": int(len(y))}
+    context = replace(context or HeadContext(), pixels=int(len(y)))
     return Head(net.cpu(), class_values, mean.cpu(), std.cpu(), config, context)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .checkpoint import Backbone
+from .backbone import Backbone
 from .features import FeatureConfig, extract_features, num_channels, tile_features
 from .files import atomic_output
 from .head import Head, Prediction, maps_to_prediction
@@ -29,25 +29,15 @@ ZARR_CHUNK = 1024
 """Side of the square chunks in which large images' maps and outputs are written."""
 
 
-def head_context(backbone: Backbone, config: FeatureConfig) -> dict:
-    """What ``fit_head(..., context=...)`` must record so the head can be applied later: the
-    feature settings and the backbone they came from."""
-    return {"features": config.to_dict(), "backbone": backbone.digest, "backbone_name": backbone.name}
-
-
 def head_feature_config(head: Head, backbone: Backbone, draws: int | None = None) -> FeatureConfig:
     """The feature settings the head was trained with; refuses a head that read another backbone
     (a filter-bank-only head works with any)."""
-    if "features" not in head.context:
+    config, trained_on = head.context.features, head.context.backbone_digest
+    if config is None:
         raise UserError("this head does not record the feature settings it was trained with "
-                        "(fit_head(..., context={'features': ...})): apply it to features with Head.predict")
-    try:
-        config = FeatureConfig.from_dict(head.context["features"])
-    except TypeError as err:
-        raise UserError(f"this head records feature settings this version does not know ({err})") from None
-    trained_on = head.context.get("backbone")
+                        "(train it with napari_mdm.pipeline.train_head): apply it to features with Head.predict")
     if config.diffusion and trained_on and backbone.digest != "unsaved" and trained_on != backbone.digest:
-        raise UserError(f"this head was trained with backbone {head.context.get('backbone_name', trained_on)!r}, "
+        raise UserError(f"this head was trained with backbone {head.context.backbone_name or trained_on!r}, "
                         f"not {backbone.name!r}: retrain the head or load its backbone")
     return replace(config, draws=draws) if draws is not None else config
 

@@ -32,3 +32,10 @@ def check_stop(should_stop: Optional[StopFn]) -> None:
     """Raise :class:`Cancelled` when the caller asked to stop."""
     if should_stop is not None and should_stop():
         raise Cancelled("cancelled by the user")
+
+
+def staged(progress: Optional[ProgressFn], stage: str) -> Optional[ProgressFn]:
+    """A progress callback that prefixes each message with the stage of the job (None stays None)."""
+    if progress is None:
+        return None
+    return lambda done, total, info="": progress(done, total, f"{stage} {info}".strip())

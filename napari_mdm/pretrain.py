@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .backbone import UNet, UNetConfig, build_backbone
-from .checkpoint import Backbone, CheckpointError, file_digest, load_state, read_tensors, save_backbone, write_tensors
+from .backbone import Backbone, UNet, UNetConfig, build_backbone
+from .checkpoint import CheckpointError, file_digest, load_state, read_tensors, save_backbone, write_tensors
 from .corruption import CorruptionConfig, corrupt_batch
 from .devices import resolve_device
 from .jobs import Cancelled, ProgressFn, StopFn, UserError, check_stop, report
@@ -42,9 +42,11 @@ class PretrainConfig:
     """bf16 autocast on CUDA devices that support it; CPU always runs float32."""
     compile: bool = False
     """``torch.compile`` the training forward pass (worth it for long GPU runs; compiling takes a minute)."""
+    log_every: int = 10
+    """On a GPU the loss is read back (a device sync) every this many steps; a CPU reads it every step."""
 
 
-RUN_SETTINGS = ("steps", "compile")
+RUN_SETTINGS = ("steps", "compile", "log_every")
 """Settings a resumed run may change: they do not alter what one training step computes."""
 
 
@@ -63,7 +65,11 @@ def state_path(out: str | os.PathLike) -> Path:
 
 
 class EMA:
-    """Exponential moving average of weights, with the usual warm-up so short runs are not stuck at init."""
+    """Exponential moving average of weights, with the usual warm-up so short runs are not stuck at init.
+
+    Past the warm-up it is ``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``
+    (tests/test_core_pretrain.py checks that); the warm-up needs the step, which this class takes
+    from Python instead of a device counter, so no step waits for the GPU."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
@@ -150,6 +156,143 @@ def _load_state(path: Path, model: UNet, ema: EMA, opt: torch.optim.Optimizer, m
     return saved
 
 
+def _build_model(unet: UNetConfig | str, init: Backbone | None, dev: torch.device) -> UNet:
+    """A fresh preset, or a trainable copy of ``init`` to fine-tune, on ``dev`` in train mode."""
+    if init is not None:
+        model = UNet(init.model.config)
+        model.load_state_dict(init.model.state_dict())
+    else:
+        model = build_backbone(unet)
+    return model.to(dev).train()
+
+
+def _check_config(config: PretrainConfig, model: UNet) -> None:
+    divisor = model.config.divisor
+    if config.crop < divisor or config.crop % divisor:
+        raise UserError(f"crop {config.crop} must be a positive multiple of {divisor} for this backbone")
+    if config.batch_size < 1 or config.checkpoint_every < 1 or config.log_every < 1 or not config.lr > 0:
+        raise UserError(f"batch size ({config.batch_size}), checkpoint interval ({config.checkpoint_every}) and "
+                        f"log interval ({config.log_every}) must be at least 1 and the learning rate ({config.lr}) above 0")
+
+
+class _Trainer:
+    """One optimisation step at a time: crops, corruption, forward (bf16 on CUDA), loss, clipped
+    AdamW step, EMA. Each step's randomness comes from (seed, step), so resumes are exact."""
+
+    def __init__(self, model: UNet, data: list[np.ndarray], corruption: CorruptionConfig, config: PretrainConfig,
+                 dev: torch.device):
+        self.model, self.data, self.corruption, self.config, self.dev = model, data, corruption, config, dev
+        self.ema = EMA(model, config.ema_decay)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.bf16 = config.amp and dev.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.forward = torch.compile(model) if config.compile else model
+
+    def step(self, step: int) -> torch.Tensor:
+        """Train on the batch of ``step``; returns the loss as a device tensor (no sync)."""
+        config = self.config
+        rng = np.random.default_rng([config.seed, step])
+        gen = torch.Generator(self.dev).manual_seed(config.seed * 1_000_003 + step)
+        x0 = torch.from_numpy(_crop_batch(self.data, config.crop, config.batch_size, rng)).to(self.dev)
+        c = corrupt_batch(x0, self.corruption, gen)
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
+            pred = self.forward(c.x_t, c.t)
+        loss = pretraining_loss(pred.float(), x0, c, self.corruption, config.loss)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.opt.step()
+        self.ema.update(self.model, step + 1)
+        return loss.detach()
+
+
+class _LossLog:
+    """Losses kept on the device and read back in groups, so GPU steps do not wait on ``.item()``."""
+
+    def __init__(self, every: int):
+        self.every, self.pending, self.values = every, [], []
+
+    def add(self, loss: torch.Tensor, step: int, last: bool) -> bool:
+        """Record a loss; True when the values were read back (and the loss is worth reporting)."""
+        self.pending.append(loss)
+        if loss.device.type != "cpu" and step % self.every and not last:
+            return False
+        values = torch.stack(self.pending).tolist()
+        self.pending.clear()
+        if not all(np.isfinite(values)):
+            raise UserError(f"loss became {values[-1]} near step {step}; lower the learning rate")
+        self.values.extend(values)
+        return True
+
+
+class _Checkpointer:
+    """Writes the EMA weights (float16 safetensors + JSON) and the resumable state; without ``out``
+    it only hands back the EMA backbone."""
+
+    def __init__(self, out, trainer: _Trainer, meta: dict, record: dict, steps_before: int, wall_before: float):
+        self.out, self.trainer, self.meta, self.record = out, trainer, meta, record
+        self.steps_before, self.wall_before, self.start = steps_before, wall_before, time.perf_counter()
+
+    def save(self, step: int, losses: list[float]) -> Backbone:
+        trainer = self.trainer
+        eval_model = UNet(trainer.model.config)
+        trainer.ema.copy_to(eval_model)
+        eval_model.eval().requires_grad_(False)
+        wall = round(self.wall_before + time.perf_counter() - self.start, 1)
+        self.record.update(steps=step, total_steps=self.steps_before + step, wall_seconds=wall,
+                           final_loss=float(np.mean(losses[-50:])) if losses else None)
+        if self.out is None:
+            return Backbone(eval_model, trainer.corruption, dict(self.record))
+        _save_state(state_path(self.out), trainer.model, trainer.ema, trainer.opt, step,
+                    {**self.meta, "wall_seconds": wall})
+        save_backbone(self.out, eval_model, trainer.corruption, self.record)
+        # the file holds float16 weights: use exactly those, so a head trained now matches the file
+        load_state(eval_model, read_tensors(self.out)[0], Path(self.out))
+        return Backbone(eval_model, trainer.corruption, dict(self.record), digest=file_digest(self.out),
+                        name=str(self.out))
+
+
+def _provenance(provenance: dict | None, trainer: _Trainer, init: Backbone | None) -> dict:
+    config = trainer.config
+    return {
+        **(provenance or {}),
+        "images": len(trainer.data),
+        "batch_size": config.batch_size,
+        "crop": config.crop,
+        "loss": config.loss,
+        "device": str(trainer.dev),
+        "precision": "bf16" if trainer.bf16 else "fp32",
+        "compiled": config.compile,
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "init": init.name if init else None,
+        # fine-tuning runs chain (one GPU session after another): keep the whole history
+        "init_provenance": init.provenance if init else None,
+    }
+
+
+def _train_loop(trainer: _Trainer, checkpointer: _Checkpointer, step: int, progress: ProgressFn | None,
+                should_stop: StopFn | None) -> tuple[int, list[float], bool]:
+    """Steps until the configured count or a cancel; returns (step reached, losses, cancelled)."""
+    config, log = trainer.config, _LossLog(trainer.config.log_every)
+    start, start_step = time.perf_counter(), step
+    try:
+        while step < config.steps:
+            check_stop(should_stop)
+            loss = trainer.step(step)
+            step += 1
+            if log.add(loss, step, last=step == config.steps):
+                rate = (step - start_step) / max(time.perf_counter() - start, 1e-9)
+                eta = (config.steps - step) / max(rate, 1e-9)
+                report(progress, step, config.steps,
+                       f"loss={log.values[-1]:.4f} img/s={rate * config.batch_size:.1f} eta={eta:.0f}s")
+            if checkpointer.out is not None and step % config.checkpoint_every == 0 and step < config.steps:
+                checkpointer.save(step, log.values)
+    except Cancelled:
+        return step, log.values, True
+    return step, log.values, False
+
+
 def pretrain(
     images: Sequence[np.ndarray],
     out: str | os.PathLike | None = None,
@@ -173,93 +316,16 @@ def pretrain(
     corruption = corruption or (init.corruption if init else CorruptionConfig())
     dev = resolve_device(device)
     torch.manual_seed(config.seed)
-    if init is not None:
-        model = UNet(init.model.config)
-        model.load_state_dict(init.model.state_dict())
-    else:
-        model = build_backbone(unet if isinstance(unet, UNetConfig) else unet)
-    model.to(dev).train()
-    crop = config.crop
-    if crop < model.config.divisor or crop % model.config.divisor:
-        raise UserError(f"crop {crop} must be a positive multiple of {model.config.divisor} for this backbone")
-    if config.batch_size < 1 or config.checkpoint_every < 1 or not config.lr > 0:
-        raise UserError(f"batch size ({config.batch_size}) and checkpoint interval ({config.checkpoint_every}) "
-                        f"must be at least 1 and the learning rate ({config.lr}) above 0")
-    data = prepare_images(images, crop)
-
-    ema = EMA(model, config.ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    model = _build_model(unet, init, dev)
+    _check_config(config, model)
+    trainer = _Trainer(model, prepare_images(images, config.crop), corruption, config, dev)
     meta = json.loads(json.dumps({"unet": model.config.to_dict(), "corruption": corruption.to_dict(),
                                   "train": asdict(config)}))  # tuples as JSON lists, as saved
     step, wall_before = 0, 0.0
     if resume and out is not None and state_path(out).exists():
-        saved = _load_state(state_path(out), model, ema, opt, meta)
+        saved = _load_state(state_path(out), model, trainer.ema, trainer.opt, meta)
         step, wall_before = int(saved["step"]), float(saved.get("wall_seconds", 0.0))
-    use_bf16 = config.amp and dev.type == "cuda" and torch.cuda.is_bf16_supported()
-    forward = torch.compile(model) if config.compile else model
-
-    losses: list[float] = []
-    start, start_step = time.perf_counter(), step
-    record = {
-        **(provenance or {}),
-        "images": len(data),
-        "batch_size": config.batch_size,
-        "crop": crop,
-        "loss": config.loss,
-        "device": str(dev),
-        "precision": "bf16" if use_bf16 else "fp32",
-        "compiled": config.compile,
-        "torch": torch.__version__,
-        "host": platform.node(),
-        "init": init.name if init else None,
-        # fine-tuning runs chain (one GPU session after another): keep the whole history
-        "init_provenance": init.provenance if init else None,
-    }
     steps_before = int((init.provenance.get("total_steps") or init.provenance.get("steps") or 0) if init else 0)
-
-    def save() -> Backbone:
-        eval_model = UNet(model.config)
-        ema.copy_to(eval_model)
-        eval_model.eval().requires_grad_(False)
-        wall = round(wall_before + time.perf_counter() - start, 1)
-        record.update(steps=step, total_steps=steps_before + step, wall_seconds=wall, final_loss=float(np.mean(losses[-50:])) if losses else None)
-        if out is None:
-            return Backbone(eval_model, corruption, dict(record))
-        _save_state(state_path(out), model, ema, opt, step, {**meta, "wall_seconds": wall})
-        save_backbone(out, eval_model, corruption, record)
-        # the file holds float16 weights: use exactly those, so a head trained now matches the file
-        load_state(eval_model, read_tensors(out)[0], Path(out))
-        return Backbone(eval_model, corruption, dict(record), digest=file_digest(out), name=str(out))
-
-    cancelled = False
-    try:
-        while step < config.steps:
-            check_stop(should_stop)
-            rng = np.random.default_rng([config.seed, step])
-            gen = torch.Generator(dev).manual_seed(config.seed * 1_000_003 + step)
-            x0 = torch.from_numpy(_crop_batch(data, crop, config.batch_size, rng)).to(dev)
-            c = corrupt_batch(x0, corruption, gen)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-                pred = forward(c.x_t, c.t)
-            loss = pretraining_loss(pred.float(), x0, c, corruption, config.loss)
-            if not torch.isfinite(loss):
-                raise UserError(f"loss became {loss.item()} at step {step}; lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            step += 1
-            ema.update(model, step)
-            losses.append(loss.item())
-            elapsed = time.perf_counter() - start
-            rate = (step - start_step) / max(elapsed, 1e-9)
-            eta = (config.steps - step) / max(rate, 1e-9)
-            report(progress, step, config.steps,
-                   f"loss={losses[-1]:.4f} img/s={rate * config.batch_size:.1f} eta={eta:.0f}s")
-            if out is not None and step % config.checkpoint_every == 0 and step < config.steps:
-                save()
-    except Cancelled:
-        cancelled = True
-    backbone = save()
-    return PretrainResult(backbone, step, losses, cancelled)
+    checkpointer = _Checkpointer(out, trainer, meta, _provenance(provenance, trainer, init), steps_before, wall_before)
+    step, losses, cancelled = _train_loop(trainer, checkpointer, step, progress, should_stop)
+    return PretrainResult(checkpointer.save(step, losses), step, losses, cancelled)

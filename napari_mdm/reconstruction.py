@@ -7,12 +7,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .checkpoint import Backbone
+from .backbone import Backbone
 from .corruption import Corrupted, corrupt_region, estimate_x0, hashed_patch_mask
-from .features import _pad_to
 from .io import ImageSource
 from .jobs import ProgressFn, StopFn, UserError
-from .tiling import run_tiled
+from .tiling import pad_to, run_tiled
 
 
 def reconstruct(backbone: Backbone, image, timesteps: Sequence[int], seed: int = 0, tile: int = 256,
@@ -35,11 +34,11 @@ def reconstruct(backbone: Backbone, image, timesteps: Sequence[int], seed: int =
             masks = np.stack([hashed_patch_mask(y0, x0, h, w, t / total, cfg.patch_size, seed) for t in timesteps])
         else:
             masks = np.zeros((len(timesteps), h, w), np.float32)
-        batch = torch.from_numpy(np.stack([_pad_to(c, divisor) for c in corrupted])).to(backbone.device)
+        batch = torch.from_numpy(np.stack([pad_to(c, divisor) for c in corrupted])).to(backbone.device)
         t = torch.tensor(timesteps, device=backbone.device)
         with torch.inference_mode():
             pred = backbone.model(batch, t).float()
-            mask = torch.from_numpy(np.stack([_pad_to(m[None], divisor) for m in masks])).to(pred.device)
+            mask = torch.from_numpy(np.stack([pad_to(m[None], divisor) for m in masks])).to(pred.device)
             x0_hat = estimate_x0(pred, Corrupted(batch, t, mask, None), cfg)[:, :, :h, :w].cpu().numpy()
         return np.concatenate([corrupted, x0_hat], axis=1).reshape(-1, h, w)
 

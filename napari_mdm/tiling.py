@@ -36,6 +36,14 @@ def tile_grid(shape: tuple[int, int], tile: int, overlap: float) -> list[tuple[i
     return [(y, y + th, x, x + tw) for y in tile_starts(h, th, overlap) for x in tile_starts(w, tw, overlap)]
 
 
+def pad_to(x: np.ndarray, divisor: int) -> np.ndarray:
+    """Mirror-pad the last two axes of ``x`` up to multiples of ``divisor`` (what a U-Net needs)."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % divisor, -w % divisor
+    pads = [(0, 0)] * (x.ndim - 2) + [(0, ph), (0, pw)]
+    return np.pad(x, pads, mode="symmetric") if ph or pw else x
+
+
 @lru_cache(maxsize=16)
 def gaussian_window(h: int, w: int) -> np.ndarray:
     """Separable Gaussian (sigma = size / 4), floored so tile borders still count a little."""

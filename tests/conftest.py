@@ -1,49 +1,32 @@
 """Shared fixtures. Qt runs headless (offscreen); napari's canvas needs OpenGL, which the
-offscreen platform gets from an X display: when viewer tests are collected, none is set and Xvfb
-is installed, one is started for the session; without any display those tests are skipped."""
+offscreen platform gets from an X display: pytest-xvfb starts a virtual one when Xvfb is
+installed; without any display the viewer tests are skipped with a reason."""
 
 from __future__ import annotations
 
-import ctypes
 import os
-import shutil
-import signal
-import subprocess
-import time
 
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-def _die_with_parent() -> None:
-    """Have the kernel stop Xvfb when pytest exits, after Qt has closed its connection."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _start_xvfb() -> bool:
-    """Start a private Xvfb display for this test session; True when a display is available."""
-    if os.environ.get("DISPLAY") or not shutil.which("Xvfb"):
-        return bool(os.environ.get("DISPLAY"))
-    display = f":{100 + os.getpid() % 400}"
-    command = ["Xvfb", display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"]
-    # preexec_fn is safe here: collection runs before any thread is started
-    subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     preexec_fn=_die_with_parent)  # noqa: PLW1509
-    for _ in range(50):
-        if os.path.exists(f"/tmp/.X11-unix/X{display[1:]}"):
-            os.environ["DISPLAY"] = display
-            return True
-        time.sleep(0.1)
-    return False
-
 
 def pytest_collection_modifyitems(config, items) -> None:
-    viewer_tests = [item for item in items if "make_napari_viewer" in getattr(item, "fixturenames", ())]
-    if not viewer_tests or _start_xvfb():
+    if os.environ.get("DISPLAY"):
         return
     skip = pytest.mark.skip(reason="napari's canvas needs OpenGL: set DISPLAY or install Xvfb")
-    for item in viewer_tests:
-        item.add_marker(skip)
+    for item in items:
+        if "make_napari_viewer" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def kit(tmp_path_factory):
+    """A saved tiny backbone, a second one with other weights, and a head trained on the first
+    (``test_reliability_support.Kit``), built once per session."""
+    from test_reliability_support import build_kit
+
+    return build_kit(tmp_path_factory.mktemp("reliability_kit"))
 
 
 @pytest.fixture

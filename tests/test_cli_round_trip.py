@@ -58,7 +58,7 @@ def test_filter_bank_only_head_round_trip(tmp_path):
     assert cli.main(["segment", "--backbone", "random-small", "--head", str(head), "--images", str(tmp_path / "c.png"),
                      "--out", str(tmp_path / "pred")]) == 0
     loaded = Head.load(head)
-    assert loaded.in_channels == num_filter_channels() and not loaded.context["features"]["diffusion"]
+    assert loaded.in_channels == num_filter_channels() and not loaded.context.features.diffusion
     prediction = read_labels(tmp_path / "pred" / "c.tif")
     truth = epithelium[CROPS["c"]]
     dice = 2 * (prediction * truth).sum() / (prediction.sum() + truth.sum())

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from napari_mdm.backbone import build_backbone, randomize
-from napari_mdm.checkpoint import Backbone, random_backbone
+from napari_mdm.backbone import Backbone
+from napari_mdm.checkpoint import random_backbone
 from napari_mdm.corruption import CorruptionConfig
 from napari_mdm.feature_sets import FEATURE_SETS
 from napari_mdm.features import FeatureCache, FeatureConfig, extract_features, num_channels

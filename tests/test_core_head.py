@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from napari_mdm.backbone import build_backbone, randomize
-from napari_mdm.checkpoint import Backbone, random_backbone
+from napari_mdm.backbone import Backbone
+from napari_mdm.checkpoint import random_backbone
 from napari_mdm.corruption import CorruptionConfig
 from napari_mdm.features import FeatureConfig, extract_features
-from napari_mdm.head import Head, HeadConfig, fit_head
+from napari_mdm.head import Head, HeadConfig, HeadContext, fit_head
 from napari_mdm.jobs import UserError
 from napari_mdm.metrics import dice
 
@@ -83,11 +84,12 @@ def test_head_segments_real_glands_above_chance(backbone):
 def test_save_load_round_trip_predicts_the_same(backbone, tmp_path):
     img, truth = _two_textures(3)
     feats = extract_features(backbone, img)
-    head = fit_head([feats], [truth], FAST, context={"features": FeatureConfig().to_dict()})
+    head = fit_head([feats], [truth], FAST, context=HeadContext(features=FeatureConfig(), class_names={1: "a"}))
     head.save(tmp_path / "head.safetensors")
     loaded = Head.load(tmp_path / "head.safetensors")
     assert loaded.class_values == head.class_values
-    assert FeatureConfig.from_dict(loaded.context["features"]) == FeatureConfig()
+    assert loaded.context.features == FeatureConfig()
+    assert loaded.context.class_names == {1: "a"} and loaded.context.pixels == head.context.pixels > 0
     np.testing.assert_allclose(loaded.predict_maps(feats), head.predict_maps(feats), atol=1e-5)
 
 

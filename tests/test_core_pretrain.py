@@ -95,3 +95,24 @@ def test_progress_reports_every_step_and_fine_tuning_starts_from_init():
     pretrain(_images(1), None, "tiny", None, PretrainConfig(steps=3, batch_size=2, crop=32), device="cpu",
              progress=lambda d, t, info: seen.append((d, t, info)))
     assert [s[0] for s in seen] == [1, 2, 3] and all("loss=" in s[2] and "eta=" in s[2] for s in seen)
+
+
+def test_ema_past_its_warm_up_is_torchs_averaged_model():
+    """Our EMA (warm-up from the Python step, no device counter) equals torch's EMA once warmed up."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from napari_mdm.pretrain import EMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GroupNorm(2, 8), torch.nn.Linear(8, 2))
+    ours = EMA(model, decay=0.9)
+    theirs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    theirs.update_parameters(model)  # torch's first update copies the weights
+    for step in range(100, 105):  # past the warm-up, (1 + step) / (10 + step) > 0.9
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ours.update(model, step)
+        theirs.update_parameters(model)
+    for name, value in theirs.module.state_dict().items():
+        torch.testing.assert_close(ours.shadow[name], value)

@@ -12,7 +12,8 @@ from napari_mdm.checkpoint import random_backbone
 from napari_mdm.corruption import CorruptionConfig
 from napari_mdm.features import FeatureConfig, extract_features
 from napari_mdm.head import HeadConfig, fit_head
-from napari_mdm.inference import head_context, segment
+from napari_mdm.head import HeadContext
+from napari_mdm.inference import segment
 from napari_mdm.pretrain import PretrainConfig, pretrain
 
 from test_core_pretrain import _fixed_batch_loss, _images
@@ -56,7 +57,7 @@ def test_features_and_masks_on_cuda_match_the_cpu():
     np.testing.assert_allclose(on_gpu, on_cpu, atol=2e-2 * float(np.abs(on_cpu).max()))
 
     head = fit_head([on_cpu.astype(np.float16)], [labels], HeadConfig(ensemble=2, steps=100),
-                    context=head_context(cpu_backbone, config))
+                    context=HeadContext.for_backbone(cpu_backbone, config))
     cpu_labels = segment(cpu_backbone, head, image).labels
     gpu_labels = segment(gpu_backbone, head, image).labels
     assert set(np.unique(cpu_labels)) == {1, 2}

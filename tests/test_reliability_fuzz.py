@@ -12,8 +12,6 @@ from napari_mdm.features import extract_features
 from napari_mdm.io import normalize_image
 from napari_mdm.jobs import UserError
 
-from test_reliability_support import kit  # noqa: F401  (a fixture)
-
 DTYPES = ["uint8", "uint16", "int16", "int32", "float16", "float32", "float64", "bool"]
 LAYOUTS = ["grey", "grey1", "grey+alpha", "rgb", "rgba", "stack", "5-d"]
 

@@ -17,7 +17,8 @@ import torch
 import zarr
 
 from napari_mdm import inference
-from napari_mdm.checkpoint import (Backbone, CheckpointError, load_backbone, read_tensors, save_backbone,
+from napari_mdm.backbone import Backbone
+from napari_mdm.checkpoint import (CheckpointError, load_backbone, read_tensors, save_backbone,
                                    write_tensors)
 from napari_mdm.backbone import build_backbone
 from napari_mdm.corruption import CorruptionConfig
@@ -28,10 +29,9 @@ from napari_mdm.io import (collect_images, normalize_image, open_image, read_ima
 from napari_mdm.jobs import UserError
 from napari_mdm.pretrain import PretrainConfig, pretrain
 
-from test_reliability_support import (  # noqa: F401  (kit is a fixture)
+from test_reliability_support import (
     CLASS_VALUES,
     assert_clean_failure,
-    kit,
     leftovers,
     run_cli,
     snapshot,
@@ -446,10 +446,11 @@ def test_incomplete_or_newer_head_files_are_clear_errors(kit, tmp_path):
         write_tensors(tmp_path / "head.safetensors", data, settings)
         with pytest.raises(CheckpointError, match="incomplete or newer|does not match|not a napari-mdm"):
             Head.load(tmp_path / "head.safetensors")
-    newer = Head.load(kit.head_path)
-    newer.context["features"] = {**newer.context["features"], "future": 2}
-    with pytest.raises(UserError, match="feature settings this version does not know"):
-        segment(kit.backbone, newer, kit.image)
+    tensors, meta = read_tensors(kit.head_path)
+    context = {**meta["context"], "features": {**meta["context"]["features"], "future": 2}}
+    write_tensors(tmp_path / "newer.safetensors", tensors, {**meta, "context": context})
+    with pytest.raises(CheckpointError, match="incomplete or newer"):
+        Head.load(tmp_path / "newer.safetensors")
 
 
 def test_a_checkpoint_of_another_architecture_is_a_clear_error(kit, tmp_path):
@@ -472,7 +473,7 @@ def test_a_head_applied_with_another_backbone_is_a_clear_error(kit):
 
 
 def test_a_head_without_recorded_feature_settings_is_a_clear_error(kit):
-    bare = Head(kit.head.net, kit.head.class_values, kit.head.mean, kit.head.std, kit.head.config, context={})
+    bare = Head(kit.head.net, kit.head.class_values, kit.head.mean, kit.head.std, kit.head.config)
     with pytest.raises(UserError, match="feature settings"):
         segment(kit.backbone, bare, kit.image)
 

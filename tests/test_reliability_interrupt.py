@@ -22,12 +22,11 @@ from napari_mdm.io import read_image, read_labels, write_labels
 from napari_mdm.jobs import Cancelled, UserError
 from napari_mdm.pretrain import PretrainConfig, pretrain, state_path
 
-from test_reliability_support import (  # noqa: F401  (kit is a fixture)
+from test_reliability_support import (
     CLASS_VALUES,
     assert_clean_failure,
     cli_command,
     cli_env,
-    kit,
     leftovers,
     run_cli,
     snapshot,

@@ -1,7 +1,7 @@
 """Shared pieces of the reliability suite (no tests here): a tiny saved backbone and head, a CLI
 runner and a folder snapshot, so every bad-input test can check "clear error, nothing changed".
 
-The other ``test_reliability_*`` modules import the fixtures from here.
+The other ``test_reliability_*`` modules import the helpers from here; the ``kit`` fixture is in conftest.py.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from napari_mdm.backbone import build_backbone
-from napari_mdm.checkpoint import Backbone, load_backbone, save_backbone
+from napari_mdm.backbone import Backbone
+from napari_mdm.checkpoint import load_backbone, save_backbone
 from napari_mdm.corruption import CorruptionConfig
 from napari_mdm.features import FeatureConfig, extract_features, resolve_config
-from napari_mdm.head import Head, HeadConfig, fit_head
-from napari_mdm.inference import head_context
+from napari_mdm.head import Head, HeadConfig, HeadContext, fit_head
 
 CLASS_VALUES = [1, 5]
 """Label ids that skip numbers on purpose: outputs must keep 1 and 5, not renumber them 1 and 2."""
@@ -62,19 +61,12 @@ def sparse_labels(h: int = 48, w: int = 48) -> np.ndarray:
 
 def train_head(backbone: Backbone, config: FeatureConfig, image: np.ndarray, labels: np.ndarray) -> Head:
     feats = extract_features(backbone, image, config)
-    return fit_head([feats], [labels], TINY_HEAD, context=head_context(backbone, config))
+    return fit_head([feats], [labels], TINY_HEAD, context=HeadContext.for_backbone(backbone, config))
 
 
-_KIT: dict[Path, Kit] = {}
-
-
-@pytest.fixture(scope="session")
-def kit(tmp_path_factory) -> Kit:
-    """Built once per session (the modules that import this fixture share it)."""
-    if _KIT:
-        return next(iter(_KIT.values()))
+def build_kit(root: Path) -> Kit:
+    """The saved backbones and head in ``root`` (the ``kit`` fixture of conftest.py builds it once per session)."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("reliability_kit")
     torch.manual_seed(0)
     backbone_path = save_backbone(root / "tiny.safetensors", build_backbone("tiny").eval(), CorruptionConfig())
     torch.manual_seed(1)
@@ -85,8 +77,7 @@ def kit(tmp_path_factory) -> Kit:
     head = train_head(backbone, features, image, labels)
     head_path = root / "head.safetensors"
     head.save(head_path)
-    _KIT[root] = Kit(root, backbone_path, backbone, other_path, head_path, head, features, image, labels)
-    return _KIT[root]
+    return Kit(root, backbone_path, backbone, other_path, head_path, head, features, image, labels)
 
 
 def cli_env() -> dict[str, str]:

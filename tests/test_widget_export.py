@@ -9,7 +9,7 @@ from napari.layers import Labels
 from napari_mdm._reader import get_reader
 from napari_mdm._widgets.session import session_for
 from napari_mdm.features import FeatureConfig, extract_features
-from napari_mdm.head import HeadConfig, fit_head
+from napari_mdm.head import HeadConfig, HeadContext, fit_head
 from napari_mdm.io import write_array
 
 
@@ -30,7 +30,7 @@ def ready(make_napari_viewer, tiny_backbone):
     config = FeatureConfig()
     feats = extract_features(tiny_backbone, image, config)
     head = fit_head([feats], [labels], HeadConfig(ensemble=2, steps=30),
-                    context={"features": config.to_dict(), "backbone": tiny_backbone.digest})
+                    context=HeadContext.for_backbone(tiny_backbone, config))
     viewer = make_napari_viewer()
     session_for(viewer).set_backbone(tiny_backbone)
     session_for(viewer).set_head(head)

@@ -51,7 +51,7 @@ def test_filter_bank_alone_is_a_feature_choice(annotated, wait_job):
     widget.start_training()
     wait_job(widget.jobs)
     head = session_for(viewer).head
-    assert head.context["features"]["diffusion"] is False and head.context["features"]["filters"] is True
+    assert head.context.features.diffusion is False and head.context.features.filters is True
     prediction = viewer.layers["ihc prediction"].data
     assert (prediction[painted > 0] == painted[painted > 0]).mean() > 0.9
 

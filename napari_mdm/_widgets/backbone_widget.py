@@ -25,10 +25,13 @@ class BackboneWidget(Container):
     """Choose, train and save the backbone every other napari-mdm widget of this viewer uses."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        from ..backbone import PRESETS
+        from ..backbone import DEFAULT_PRESET, PRESETS
         from ..checkpoint import RANDOM_PREFIX, default_backbone_name, shipped_backbones
-        from ..corruption import MODES
+        from ..corruption import MODES, CorruptionConfig
         from ..devices import available_devices
+        from ..pretrain import PretrainConfig
+
+        defaults = PretrainConfig()
 
         self.viewer = viewer = unwrap(viewer)
         self.session = session_for(viewer)
@@ -42,11 +45,11 @@ class BackboneWidget(Container):
         self.load_shipped = PushButton(text="Load built-in backbone")
         self.checkpoint = FileEdit(mode="r", filter="*.safetensors", label="checkpoint file")
         self.load_file = PushButton(text="Load file")
-        self.preset = ComboBox(choices=list(PRESETS), value="tiny", label="preset")
-        self.mode = ComboBox(choices=list(MODES), value="mdm", label="corruption")
-        self.steps = SpinBox(value=200, min=1, max=1_000_000, label="steps")
-        self.batch = SpinBox(value=8, min=1, max=256, label="batch size")
-        self.crop = SpinBox(value=128, min=16, max=1024, step=16, label="crop")
+        self.preset = ComboBox(choices=list(PRESETS), value=DEFAULT_PRESET, label="preset")
+        self.mode = ComboBox(choices=list(MODES), value=CorruptionConfig().mode, label="corruption")
+        self.steps = SpinBox(value=defaults.steps, min=1, max=1_000_000, label="steps")
+        self.batch = SpinBox(value=defaults.batch_size, min=1, max=256, label="batch size")
+        self.crop = SpinBox(value=defaults.crop, min=16, max=1024, step=16, label="crop")
         self.data = ComboBox(choices=[LAYERS, FOLDER], value=LAYERS, label="train on")
         self.folder = FileEdit(mode="d", label="image folder")
         self.fine_tune = CheckBox(value=False, text="fine-tune the current backbone (else start from the preset)")

@@ -8,8 +8,8 @@ from magicgui.widgets import Container, LineEdit, PushButton
 from napari.layers import Image
 
 from ..jobs import UserError
+from ..parsing import parse_ints
 from .layers import follow_layer_list, image_planes, layer_combo, show_result
-from .segmentation_widget import parse_timesteps
 from .session import session_for, unwrap
 from .workers import JobPanel, notify_error
 
@@ -49,7 +49,7 @@ class ReconstructionWidget(Container):
             notify_error("choose an image layer to reconstruct")
             return None
         try:
-            timesteps = parse_timesteps(self.timesteps.value)
+            timesteps = parse_ints(self.timesteps.value, "timesteps")
             plane = self._current_plane(layer)
         except UserError as err:
             notify_error(str(err))

@@ -11,7 +11,8 @@ from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 
 from ..feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
-from ..jobs import UserError
+from ..jobs import UserError, staged
+from ..parsing import parse_ints
 from .layers import (
     follow_layer_list,
     image_planes,
@@ -34,17 +35,6 @@ LIVE_ENSEMBLE, LIVE_STEPS = 3, 50
 (with a half-resolution preview of the prediction; 'Train & predict' gives the full one)."""
 
 
-def parse_timesteps(text: str) -> tuple[int, ...]:
-    """'50, 150' -> (50, 150), or a UserError that says what is expected."""
-    try:
-        steps = tuple(int(part) for part in text.replace(",", " ").split())
-    except ValueError:
-        raise UserError(f"timesteps must be whole numbers separated by commas, got {text!r}") from None
-    if not steps:
-        raise UserError("give at least one timestep, e.g. 50")
-    return steps
-
-
 def preview(head, features: np.ndarray):
     """Live mode's prediction: every second pixel, repeated; a quarter of the work, the same picture."""
     from ..head import Prediction
@@ -58,27 +48,26 @@ def preview(head, features: np.ndarray):
     return Prediction(full(coarse.labels), full(coarse.probabilities), full(coarse.uncertainty), coarse.class_values)
 
 
-def staged(progress, stage: str):
-    """A progress callback that prefixes each message with the stage of the job."""
-    return lambda done, total, info="": progress(done, total, f"{stage} {info}".strip())
-
-
 class SegmentationWidget(Container):
     """Train the few-shot head on painted labels and show what it predicts."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        from ..features import FeatureConfig
+        from ..head import HeadConfig
+
+        features, head = FeatureConfig(), HeadConfig()
         self.viewer = viewer = unwrap(viewer)
         self.session = session_for(viewer)
         self.backbone_info = BackboneLabel(self.session)
         self.image_layers = layer_select(viewer, Image, "images")
         self.label_layers = layer_select(viewer, Labels, "labels (one per image)")
         self.new_labels = PushButton(text="New labels for the selected images")
-        self.timesteps = LineEdit(value="50", label="feature timesteps")
+        self.timesteps = LineEdit(value=", ".join(map(str, features.timesteps)), label="feature timesteps")
         self.features = ComboBox(choices=list(FEATURE_SETS), value=DEFAULT_FEATURE_SET, label="features",
                                  tooltip="diffusion: the backbone's decoder; filters: the classic filter bank "
                                          "(no network runs)")
-        self.ensemble = SpinBox(value=10, min=1, max=50, label="ensemble size")
-        self.steps = SpinBox(value=300, min=10, max=10_000, step=10, label="head steps")
+        self.ensemble = SpinBox(value=head.ensemble, min=1, max=50, label="ensemble size")
+        self.steps = SpinBox(value=head.steps, min=10, max=10_000, step=10, label="head steps")
         self.live = CheckBox(value=False, text=f"live: retrain {LIVE_DELAY_MS / 1000:g} s after each stroke "
                                                f"(quick preview: ensemble {LIVE_ENSEMBLE}, {LIVE_STEPS} steps)")
         self.train = PushButton(text="Train && predict")
@@ -164,7 +153,7 @@ class SegmentationWidget(Container):
             planes = [(plane, image.name) for image, _ in pairs for plane in image_planes(image)]
             labels = [plane for image, lab in pairs for plane in label_planes(lab, image)]
             check_labels(labels, [lab.shape for lab in labels], ignore=0)
-            timesteps = parse_timesteps(self.timesteps.value)
+            timesteps = parse_ints(self.timesteps.value, "timesteps")
         except UserError as err:
             if live:  # strokes in progress: say it quietly, retry on the next stroke
                 self.jobs.status.value = f"live: {err}"
@@ -182,26 +171,23 @@ class SegmentationWidget(Container):
                               FeatureConfig(timesteps=timesteps, **FEATURE_SETS[self.features.value]))
 
     def _training_job(self, backbone, planes, labels, config, live: bool):
-        from ..head import HeadConfig, fit_head
-        from ..inference import head_context
+        from ..head import HeadConfig
         from ..io import normalize_image
+        from ..pipeline import train_head
 
         head_config = HeadConfig(ensemble=LIVE_ENSEMBLE, steps=LIVE_STEPS, batch_size=512) if live else \
             HeadConfig(ensemble=self.ensemble.value, steps=self.steps.value)
-        context = head_context(backbone, config)
         cache = self.session.features
 
         def compute(progress, should_stop):
-            features = []
-            for i, (plane, name) in enumerate(planes):
-                stage = staged(progress, f"features {i + 1}/{len(planes)}")
-                features.append(cache.get(normalize_image(plane, name), backbone, config, stage, should_stop))
-            head = fit_head(features, labels, head_config, ignore=0, context=context, device=backbone.device,
-                            progress=staged(progress, "head"), should_stop=should_stop)
+            images = [normalize_image(plane, name) for plane, name in planes]
+            head = train_head(backbone, images, labels, config, head_config, cache=cache, progress=progress,
+                              should_stop=should_stop)
             predictions = []
-            for i, feats in enumerate(features):
+            for i, image in enumerate(images):
+                feats = cache.get(image, backbone, config)  # computed for training, so a cache hit
                 predictions.append(preview(head, feats) if live else head.predict(feats))
-                progress(i + 1, len(features), "predicting")
+                progress(i + 1, len(images), "predicting")
             return head, predictions
 
         return compute
@@ -260,7 +246,7 @@ class SegmentationWidget(Container):
         if backbone is None:
             return None
         try:
-            config = self.feature_config(parse_timesteps(self.timesteps.value))
+            config = self.feature_config(parse_ints(self.timesteps.value, "timesteps"))
             planes = [(plane, image.name) for image in self.image_layers.value for plane in image_planes(image)]
         except UserError as err:
             notify_error(str(err))
