@@ -48,6 +48,8 @@ def get_reader(path):
     """npe2 reader contribution: a reader for one of our masks, else None."""
     if isinstance(path, list) or not str(path).lower().endswith(MASK_SUFFIXES):
         return None
+    if is_label_image(Path(path)):
+        return read_label_image
     kind = _kind(Path(path))
     return (lambda p: read_mask(p, kind)) if kind else None
 
@@ -64,3 +66,26 @@ def read_mask(path, kind: str = "labels") -> list[tuple]:
     if kind == "image":
         return [(data, {"name": name, "colormap": "inferno"}, "image")]
     return [(data, {"name": name}, "labels")]
+
+
+def is_label_image(path: Path) -> bool:
+    """An OME-Zarr label image (``image-label`` + ``multiscales``), as ``segment-slide`` writes."""
+    if path.suffix.lower() != ".zarr" or not path.is_dir():
+        return False
+    try:
+        import zarr
+
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:  # noqa: BLE001 (not a zarr group: not ours)
+        return False
+    return "image-label" in attrs and "multiscales" in attrs
+
+
+def read_label_image(path) -> list[tuple]:
+    """The label pyramid as one lazily read multiscale Labels layer (napari reads only what it shows)."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    levels = [group[d["path"]] for d in group.attrs["multiscales"][0]["datasets"]]
+    name = Path(path).name.removesuffix(".zarr").removesuffix(".ome")
+    return [(levels, {"name": name, "multiscale": len(levels) > 1}, "labels")]

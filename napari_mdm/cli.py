@@ -187,6 +187,23 @@ def cmd_segment(args) -> int:
     return 0
 
 
+def cmd_segment_slide(args) -> int:
+    from .checkpoint import default_backbone_name
+    from .slide_segmentation import segment_slide
+
+    bar = _Bar("segment-slide")
+    try:
+        result = segment_slide(args.backbone or default_backbone_name(), args.head, args.slide, args.out,
+                               level=args.level, mpp=args.mpp, chunk=args.chunk, tissue=not args.all_tiles,
+                               uncertainty=args.uncertainty, scheduler=args.scheduler, workers=args.workers,
+                               device=args.device, overwrite=args.overwrite, progress=bar)
+    finally:
+        bar.close()
+    print(f"wrote {result.out}: {result.computed} chunks segmented, {result.resumed} done by an earlier run, "
+          f"{result.no_tissue} without tissue skipped, in {result.seconds:.0f} s")
+    return 0
+
+
 def _truth_for(pred: Path, truth_dir: Path) -> Path | None:
     from .io import IMAGE_SUFFIXES
 
@@ -352,6 +369,25 @@ def _add_segment(sub) -> None:
     p.set_defaults(func=cmd_segment)
 
 
+def _add_segment_slide(sub) -> None:
+    p = sub.add_parser("segment-slide", help="segment a whole slide (pyramidal TIFF/SVS/OME-TIFF, OME-Zarr, zarr) "
+                                             "into an OME-Zarr label image, on dask")
+    _add_backbone_options(p)
+    p.add_argument("--head", required=True)
+    p.add_argument("--slide", required=True)
+    p.add_argument("--out", required=True, help="output OME-Zarr label image (NAME.ome.zarr)")
+    p.add_argument("--level", type=int, default=None, help="pyramid level (0 = full resolution)")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="microns per pixel to segment at (the nearest level; default: the head's, else level 0)")
+    p.add_argument("--chunk", type=int, default=1024, help="output chunk side: one dask task each")
+    p.add_argument("--all-tiles", action="store_true", help="segment blank background too (no tissue detection)")
+    p.add_argument("--uncertainty", action="store_true", help="also write the uncertainty (uncertainty/0)")
+    p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (default: local threads)")
+    p.add_argument("--workers", type=int, default=1, help="local worker threads (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an output of another job (same job: resumes)")
+    p.set_defaults(func=cmd_segment_slide)
+
+
 def _add_evaluate_gui_demo(sub) -> None:
     p = sub.add_parser("evaluate", help="score predicted masks against ground truth")
     p.add_argument("--pred", required=True, help="folder of predicted masks")
@@ -374,7 +410,8 @@ def _add_evaluate_gui_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-mdm", description="Few-shot segmentation with masked-diffusion features.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_pretrain, _add_reconstruct, _add_train_head, _add_segment, _add_evaluate_gui_demo):
+    for add in (_add_pretrain, _add_reconstruct, _add_train_head, _add_segment, _add_segment_slide,
+                _add_evaluate_gui_demo):
         add(sub)
     return parser
 

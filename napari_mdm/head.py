@@ -59,11 +59,13 @@ class HeadContext:
     """Names of (some of) the class values, e.g. {1: "background", 2: "gland"}."""
     pixels: int = 0
     """Labelled pixels the head was trained on."""
+    mpp: float | None = None
+    """Microns per pixel of the training images, when known: slides are segmented at the level nearest it."""
 
     @classmethod
-    def for_backbone(cls, backbone: Backbone, features: FeatureConfig,
-                     class_names: dict[int, str] | None = None) -> "HeadContext":
-        return cls(features, backbone.digest, backbone.name, dict(class_names or {}))
+    def for_backbone(cls, backbone: Backbone, features: FeatureConfig, class_names: dict[int, str] | None = None,
+                     mpp: float | None = None) -> "HeadContext":
+        return cls(features, backbone.digest, backbone.name, dict(class_names or {}), mpp=mpp)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -80,7 +82,8 @@ class HeadContext:
                    backbone_digest=data.get("backbone_digest", data.get("backbone")),
                    backbone_name=data.get("backbone_name"),
                    class_names={int(k): str(v) for k, v in names.items()},
-                   pixels=int(data.get("pixels", 0)))
+                   pixels=int(data.get("pixels", 0)),
+                   mpp=None if data.get("mpp") is None else float(data["mpp"]))
 
 
 class EnsembleMLP(nn.Module):

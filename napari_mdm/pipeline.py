@@ -23,11 +23,13 @@ def train_head(
     cache: FeatureCache | None = None,
     ignore: int | None = 0,
     class_names: dict[int, str] | None = None,
+    mpp: float | None = None,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> Head:
     """Train a head on (H, W, 3) [0, 1] images (as :func:`napari_mdm.io.read_image` gives) and their
-    (H, W) labels; label ``ignore`` means unlabelled (None: every value is a class).
+    (H, W) labels; label ``ignore`` means unlabelled (None: every value is a class). ``mpp``
+    (microns per pixel of the images) lets whole slides be segmented at the matching level.
 
     Labels are checked before any feature is computed; features come from ``cache`` (computed
     and kept there on a miss), so a retrain after one more stroke costs only the head.
@@ -39,5 +41,5 @@ def train_head(
     cache = cache if cache is not None else FeatureCache()
     feats = [cache.get(image, backbone, config, staged(progress, f"features {i + 1}/{len(images)}"), should_stop)
              for i, image in enumerate(images)]
-    return fit_head(feats, labels, head, ignore=ignore, context=HeadContext.for_backbone(backbone, config, class_names),
+    return fit_head(feats, labels, head, ignore=ignore, context=HeadContext.for_backbone(backbone, config, class_names, mpp),
                     device=backbone.device, progress=staged(progress, "head"), should_stop=should_stop)

@@ -1,0 +1,305 @@
+"""Whole-slide segmentation as a dask graph: one task per output chunk (its region read with a
+halo so chunk borders see real context), run by dask's local scheduler or a dask.distributed
+cluster, written into an OME-Zarr label image (NGFF 0.4 ``image-label`` with a multiscale
+pyramid) that napari opens lazily as Labels.
+
+Nothing is lost at scale: each finished chunk leaves a marker, so a killed or cancelled job
+started again with the same settings skips what is done; tiles with no tissue (white glass) are
+never computed and stay 0. Workers load the backbone and head once per process, by reference
+(a checkpoint path or shipped name, and a head file), so the graph itself is small.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .jobs import Cancelled, ProgressFn, StopFn, UserError, check_stop, report
+
+NGFF_VERSION = "0.4"
+DONE_DIR = ".napari-mdm-done"
+TISSUE_OPTICAL_DENSITY = 0.15
+"""A pixel is tissue when its darkest channel's optical density (-log10 of the [0, 1] intensity)
+exceeds this: bare glass is near 0.05, pale stroma 0.2 and more."""
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """Everything a worker needs for a chunk, by value (the graph is sent to other processes)."""
+
+    slide: str
+    level: int
+    backbone: str
+    head: str
+    device: str
+    out: str
+    chunk: int
+    halo: int
+    uncertainty: bool
+
+    def signature(self) -> dict:
+        """What must match for a restarted job to reuse finished chunks."""
+        from .checkpoint import RANDOM_PREFIX, file_digest, resolve_checkpoint
+
+        built_in = self.backbone.startswith(RANDOM_PREFIX) and not Path(self.backbone).exists()
+        return {"slide": str(Path(self.slide).resolve()), "level": self.level, "chunk": self.chunk,
+                "halo": self.halo, "head": file_digest(self.head), "uncertainty": self.uncertainty,
+                "backbone": self.backbone if built_in else file_digest(resolve_checkpoint(self.backbone))}
+
+
+@dataclass
+class SlideResult:
+    out: Path
+    chunks: int
+    computed: int
+    resumed: int
+    """Chunks finished by an earlier run and skipped."""
+    no_tissue: int
+    seconds: float
+
+
+@lru_cache(maxsize=4)
+def _level(slide: str, level: int):
+    """A worker's open slide level (the file stays open for its next chunks)."""
+    from .slides import open_slide
+
+    return open_slide(slide, level=level)[0]
+
+
+@lru_cache(maxsize=4)
+def _models(backbone: str, head: str, device: str):
+    """The backbone and head of a worker process, loaded on its first chunk only."""
+    from .checkpoint import load_backbone
+    from .devices import resolve_device
+    from .head import Head
+
+    return load_backbone(backbone, device=resolve_device(device)), Head.load(head)
+
+
+def chunk_grid(shape: tuple[int, int], chunk: int) -> list[tuple[int, int]]:
+    """Top-left corners of the output chunks covering ``shape``."""
+    return [(y, x) for y in range(0, shape[0], chunk) for x in range(0, shape[1], chunk)]
+
+
+def _marker(out: Path, y: int, x: int) -> Path:
+    return out / DONE_DIR / f"{y}_{x}"
+
+
+def segment_chunk(job: SlideJob, y: int, x: int) -> tuple[int, int]:
+    """Segment the output chunk at (y, x): its region plus a halo, cropped back and written."""
+    import zarr
+
+    from .inference import segment
+
+    backbone, head = _models(job.backbone, job.head, job.device)
+    source = _level(job.slide, job.level)
+    h, w = source.shape
+    y1, x1 = min(y + job.chunk, h), min(x + job.chunk, w)
+    ry0, rx0 = max(0, y - job.halo), max(0, x - job.halo)
+    ry1, rx1 = min(h, y1 + job.halo), min(w, x1 + job.halo)
+    prediction = segment(backbone, head, source.region(ry0, ry1, rx0, rx1))
+    crop = np.s_[y - ry0 : y1 - ry0, x - rx0 : x1 - rx0]
+    group = zarr.open_group(job.out, mode="r+")
+    group["0"][y:y1, x:x1] = prediction.labels[crop]
+    if job.uncertainty:
+        group["uncertainty"]["0"][y:y1, x:x1] = prediction.uncertainty[crop]
+    _marker(Path(job.out), y, x).touch()
+    return y, x
+
+
+def tissue_chunks(slide: str, level: int, chunk: int) -> set[tuple[int, int]]:
+    """Chunks of ``level`` that hold any tissue, judged on the slide's smallest level."""
+    from .slides import open_slide, slide_levels
+
+    levels = slide_levels(slide)
+    thumb_level = levels[-1]
+    thumb, _ = open_slide(slide, level=thumb_level.index)
+    pixels = thumb.read()
+    density = -np.log10(np.clip(pixels, 1e-3, 1)).max(axis=-1)
+    ty, tx = np.nonzero(density > TISSUE_OPTICAL_DENSITY)
+    target = levels[level]
+    sy = target.shape[0] / thumb_level.shape[0]
+    sx = target.shape[1] / thumb_level.shape[1]
+    found = set()
+    for dy in (0, 1):  # a thumbnail pixel covers up to two chunks per axis at its edges
+        for dx in (0, 1):
+            cy = np.minimum(((ty + dy) * sy).astype(int), target.shape[0] - 1) // chunk
+            cx = np.minimum(((tx + dx) * sx).astype(int), target.shape[1] - 1) // chunk
+            found.update(zip((cy * chunk).tolist(), (cx * chunk).tolist(), strict=True))
+    return found
+
+
+def _ngff_attrs(levels: int, name: str, source: str) -> dict:
+    return {
+        "multiscales": [{
+            "version": NGFF_VERSION,
+            "name": name,
+            "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+            "datasets": [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [2.0**i] * 2}]}
+                         for i in range(levels)],
+        }],
+        "image-label": {"version": NGFF_VERSION, "source": {"image": source}},
+    }
+
+
+def pyramid_shapes(shape: tuple[int, int], smallest: int = 256) -> list[tuple[int, int]]:
+    """Level shapes halving until the longer side is at most ``smallest``."""
+    shapes = [shape]
+    while max(shapes[-1]) > smallest:
+        h, w = shapes[-1]
+        shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+def _prepare_output(job: SlideJob, shape: tuple[int, int], dtype: np.dtype, overwrite: bool) -> None:
+    """Create the OME-Zarr label image, or check that an existing one is this job's (to resume)."""
+    import zarr
+
+    out, signature = Path(job.out), job.signature()
+    if out.exists():
+        try:
+            theirs = dict(zarr.open_group(str(out), mode="r").attrs).get("napari-mdm", {}).get("job")
+        except Exception:  # not a zarr group at all
+            theirs = None
+        if theirs == json.loads(json.dumps(signature)):
+            return
+        if not overwrite:
+            raise UserError(f"{out} exists and holds another job's output; pass --overwrite to replace it")
+        import shutil
+
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    group = zarr.open_group(str(out), mode="w", zarr_format=2)
+    shapes = pyramid_shapes(shape)
+    for i, level_shape in enumerate(shapes):
+        group.create_array(str(i), shape=level_shape, chunks=(job.chunk, job.chunk), dtype=dtype, fill_value=0)
+    if job.uncertainty:
+        group.create_group("uncertainty").create_array("0", shape=shape, chunks=(job.chunk, job.chunk),
+                                                       dtype="float32", fill_value=0.0)
+    group.attrs.update({**_ngff_attrs(len(shapes), Path(job.out).name, job.slide),
+                        "napari-mdm": {"job": signature, "complete": False}})
+    (out / DONE_DIR).mkdir()
+
+
+def build_pyramid(out: str | os.PathLike, should_stop: StopFn | None = None) -> None:
+    """Fill levels 1.. of the label image from level 0 (every second pixel: labels are not averaged)."""
+    import zarr
+
+    group = zarr.open_group(str(out), mode="r+")
+    paths = [d["path"] for d in group.attrs["multiscales"][0]["datasets"]]
+    for finer, coarser in zip(paths[:-1], paths[1:], strict=True):
+        src, dst = group[finer], group[coarser]
+        step = src.chunks[0] * 2
+        for y in range(0, src.shape[0], step):
+            check_stop(should_stop)
+            dst[y // 2 : (y + step) // 2] = src[y : y + step : 2, ::2]
+
+
+def _run_local(tasks: list, workers: int, progress: ProgressFn | None, should_stop: StopFn | None) -> None:
+    """dask's threaded scheduler, with progress per finished chunk and cancel between chunks."""
+    import dask
+    import torch
+    from dask.callbacks import Callback
+
+    done = [0]
+
+    class Progress(Callback):
+        def _posttask(self, key, result, dsk, state, id):  # noqa: A002  (dask's signature)
+            if isinstance(result, tuple) and len(result) == 2:
+                done[0] += 1
+                report(progress, done[0], len(tasks), f"chunk {done[0]}/{len(tasks)}")
+
+        def _pretask(self, key, dsk, state):
+            check_stop(should_stop)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))  # the workers share the cores
+    try:
+        with Progress():
+            dask.compute(*tasks, scheduler="threads", num_workers=workers)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_distributed(tasks: list, scheduler, progress: ProgressFn | None, should_stop: StopFn | None) -> None:
+    """The same graph on a dask.distributed cluster (an address or a Client)."""
+    from distributed import Client, as_completed
+
+    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+    try:
+        futures = client.compute(tasks)
+        for i, future in enumerate(as_completed(futures), 1):
+            future.result()  # a failed chunk raises here
+            report(progress, i, len(futures), f"chunk {i}/{len(futures)}")
+            if should_stop is not None and should_stop():
+                client.cancel(futures)
+                raise Cancelled("cancelled by the user")
+    finally:
+        if client is not scheduler:
+            client.close()
+
+
+def segment_slide(
+    backbone: str,
+    head: str | os.PathLike,
+    slide: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    level: int | None = None,
+    mpp: float | None = None,
+    chunk: int = 1024,
+    halo: int = 64,
+    tissue: bool = True,
+    uncertainty: bool = False,
+    scheduler=None,
+    workers: int = 1,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> SlideResult:
+    """Segment one level of a slide into the OME-Zarr label image ``out``.
+
+    ``backbone`` is a checkpoint path or shipped name and ``head`` a head file, so each worker
+    loads them itself. The level is ``level``, else the one nearest ``mpp`` microns per pixel,
+    else the head's recorded mpp, else full resolution. ``scheduler``: None runs dask's local
+    threaded scheduler with ``workers`` threads; an address or a ``distributed.Client`` runs the
+    graph on that cluster. Started again after a kill or cancel, it skips the finished chunks.
+    """
+    import dask
+
+    from .head import Head
+    from .io import _label_dtype
+    from .slides import pick_level, slide_levels
+
+    if chunk < 64 or halo < 0 or workers < 1:
+        raise UserError(f"chunk must be at least 64 (got {chunk}), halo at least 0 ({halo}), workers at least 1")
+    start = time.perf_counter()
+    trained = Head.load(head)
+    chosen = pick_level(slide_levels(slide), level, mpp if mpp is not None or level is not None else trained.context.mpp)
+    job = SlideJob(str(slide), chosen.index, str(backbone), str(head), device, str(out), chunk, halo, uncertainty)
+    _prepare_output(job, chosen.shape, _label_dtype(np.asarray(trained.class_values)), overwrite)
+    grid = chunk_grid(chosen.shape, chunk)
+    wanted = tissue_chunks(job.slide, job.level, chunk) if tissue else set(grid)
+    todo = [(y, x) for y, x in grid if (y, x) in wanted and not _marker(Path(out), y, x).exists()]
+    resumed = sum((y, x) in wanted for y, x in grid) - len(todo)
+    tasks = [dask.delayed(segment_chunk, pure=False)(job, y, x) for y, x in todo]
+    if scheduler is None:
+        _run_local(tasks, workers, progress, should_stop)
+    else:
+        _run_distributed(tasks, scheduler, progress, should_stop)
+    build_pyramid(out, should_stop)
+    _mark_complete(out)
+    return SlideResult(Path(out), len(grid), len(todo), resumed, len(grid) - len(wanted), time.perf_counter() - start)
+
+
+def _mark_complete(out: str | os.PathLike) -> None:
+    import zarr
+
+    group = zarr.open_group(str(out), mode="r+")
+    group.attrs["napari-mdm"] = {**group.attrs["napari-mdm"], "complete": True}

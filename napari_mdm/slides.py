@@ -1,0 +1,140 @@
+"""Whole-slide images read lazily, level by level: pyramidal TIFF / SVS / OME-TIFF (through
+tifffile's zarr store, no openslide binary), OME-Zarr and plain zarr.
+
+A slide is a list of :class:`SlideLevel` (full resolution first); :func:`open_slide` returns one
+level as an :class:`~napari_mdm.io.ImageSource`, chosen by index or by the microns per pixel
+(mpp) a head was trained at. Nothing reads more than the regions asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io import ImageSource
+from .jobs import UserError
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".btf")
+
+
+@dataclass(frozen=True)
+class SlideLevel:
+    index: int
+    shape: tuple[int, int]
+    downsample: float
+    """Full-resolution pixels per pixel of this level (1 for level 0)."""
+    mpp: float | None
+    """Microns per pixel at this level, when the file records it."""
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in TIFF_SUFFIXES
+
+
+def _tiff_mpp(tif) -> float | None:
+    """Level-0 microns per pixel: OME PhysicalSizeX, an SVS 'MPP = x' description, or the TIFF resolution tags."""
+    if tif.is_ome:
+        match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata or "")
+        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata or "")
+        if match and (unit is None or unit.group(1) in ("µm", "um", "micron")):
+            return float(match.group(1))
+    page = tif.pages.first
+    match = re.search(r"MPP\s*=\s*([0-9.]+)", page.description or "")
+    if match:
+        return float(match.group(1))
+    resolution, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
+    if resolution and unit and unit.value in (2, 3):  # inch, centimetre
+        numerator, denominator = resolution.value
+        if numerator > 0 and denominator > 0 and numerator / denominator > 1:
+            return (25400.0 if unit.value == 2 else 10000.0) / (numerator / denominator)
+    return None
+
+
+def _tiff_levels(path: Path):
+    """(zarr arrays per level, level-0 mpp) of a TIFF; the file stays open while the arrays are used."""
+    import tifffile
+    import zarr
+
+    tif = tifffile.TiffFile(str(path))
+    series = tif.series[0]
+    arrays = [zarr.open(series.aszarr(level=i), mode="r") for i in range(len(series.levels))]
+    return arrays, _tiff_mpp(tif)
+
+
+def _ome_zarr_levels(path: Path):
+    """(arrays per level, level-0 mpp) of an OME-Zarr image (NGFF 0.4 or 0.5) or a plain zarr array."""
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if hasattr(node, "shape"):
+        return [node], None
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if not multiscales:
+        raise UserError(f"{path} is a zarr group without OME-Zarr 'multiscales' metadata: open one of its arrays")
+    datasets = multiscales[0]["datasets"]
+    arrays = [node[d["path"]] for d in datasets]
+    scale = next((t["scale"] for t in datasets[0].get("coordinateTransformations", []) if t["type"] == "scale"), None)
+    units = [a.get("unit") for a in multiscales[0].get("axes", []) if isinstance(a, dict)]
+    mpp = float(scale[-1]) if scale and units and units[-1] in ("micrometer", "micron") else None
+    return arrays, mpp
+
+
+def _yx(shape: tuple[int, ...], path: Path) -> tuple[int, int]:
+    """The (height, width) of a level: 2-D grey, (H, W, C) or (C, H, W)."""
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    if len(shape) == 3:
+        return (shape[0], shape[1]) if shape[-1] <= 4 else (shape[1], shape[2])
+    raise UserError(f"{path} has {len(shape)}-D levels {shape}: only 2-D grey or colour slides are supported")
+
+
+def _levels_and_arrays(path: str | os.PathLike):
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    try:
+        arrays, mpp = _tiff_levels(path) if _is_tiff(path) else _ome_zarr_levels(path)
+    except UserError:
+        raise
+    except Exception as err:  # corrupt or foreign files surface as many exception types
+        raise UserError(f"cannot open {path} as a slide: {type(err).__name__}: {err}") from None
+    full = _yx(tuple(arrays[0].shape), path)
+    levels = []
+    for i, arr in enumerate(arrays):
+        shape = _yx(tuple(arr.shape), path)
+        down = full[1] / shape[1]
+        levels.append(SlideLevel(i, shape, round(down, 4), None if mpp is None else mpp * down))
+    return levels, arrays
+
+
+def slide_levels(path: str | os.PathLike) -> list[SlideLevel]:
+    """The levels of a slide, full resolution first."""
+    return _levels_and_arrays(path)[0]
+
+
+def pick_level(levels: list[SlideLevel], level: int | None = None, mpp: float | None = None) -> SlideLevel:
+    """Level ``level``, or the one whose mpp is nearest ``mpp`` (by ratio), or level 0."""
+    if level is not None:
+        if not 0 <= level < len(levels):
+            raise UserError(f"the slide has levels 0..{len(levels) - 1}, not {level}")
+        return levels[level]
+    if mpp is None:
+        return levels[0]
+    if not mpp > 0:
+        raise UserError(f"microns per pixel must be above 0, got {mpp}")
+    if levels[0].mpp is None:
+        raise UserError("the slide does not record its microns per pixel: choose a level instead")
+    return min(levels, key=lambda lv: abs(np.log(lv.mpp / mpp)))
+
+
+def open_slide(path: str | os.PathLike, level: int | None = None, mpp: float | None = None
+               ) -> tuple[ImageSource, SlideLevel]:
+    """One level of a slide as a lazily read image (see :func:`pick_level`)."""
+    levels, arrays = _levels_and_arrays(path)
+    chosen = pick_level(levels, level, mpp)
+    return ImageSource.from_array(arrays[chosen.index], name=f"{path} level {chosen.index}"), chosen

@@ -1,0 +1,132 @@
+"""Whole slides (issue 17): pyramidal TIFF and OME-Zarr read lazily by level, segmented as a dask
+graph into an OME-Zarr label pyramid, glass skipped, resumable, the same on a 2-worker cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_mdm._reader import get_reader, is_label_image
+from napari_mdm.checkpoint import random_backbone
+from napari_mdm.cli import main
+from napari_mdm.features import FeatureConfig
+from napari_mdm.head import HeadConfig
+from napari_mdm.jobs import Cancelled, UserError
+from napari_mdm.pipeline import train_head
+from napari_mdm.slide_segmentation import segment_slide
+from napari_mdm.slides import open_slide, pick_level, slide_levels
+
+H, W, CHUNK = 256, 384, 128
+
+
+def _tissue(seed: int = 0) -> np.ndarray:
+    """Glass on the left third, pale tissue with one dark region on the rest."""
+    rng = np.random.default_rng(seed)
+    img = np.full((H, W, 3), 245, np.uint8)
+    img[:, 128:] = 140
+    img[96:192, 224:320] = 50
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+def _write_tiff(path, img: np.ndarray) -> None:
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(img, subifds=1, tile=(64, 64), photometric="rgb",
+                  metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        tif.write(img[::2, ::2], subfiletype=1, tile=(64, 64), photometric="rgb")
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    """A small pyramidal OME-TIFF slide and a head trained on strokes of its level 0."""
+    root = tmp_path_factory.mktemp("slide")
+    img = _tissue()
+    _write_tiff(root / "slide.ome.tif", img)
+    labels = np.zeros((H, W), np.uint8)
+    labels[10:60, 140:200], labels[110:170, 240:300] = 1, 2
+    head = train_head(random_backbone("tiny"), [img.astype(np.float32) / 255], [labels], FeatureConfig(tile=128),
+                      HeadConfig(ensemble=2, steps=40, batch_size=128), mpp=0.5)
+    head.save(root / "head.safetensors")
+    return root
+
+
+def _segment(slide, out, **kwargs):
+    return segment_slide("random-tiny", slide / "head.safetensors", slide / "slide.ome.tif", out, chunk=CHUNK,
+                         halo=16, **kwargs)
+
+
+def test_pyramidal_tiff_levels_are_read_lazily_by_index_or_mpp(slide):
+    levels = slide_levels(slide / "slide.ome.tif")
+    assert [lv.shape for lv in levels] == [(H, W), (H // 2, W // 2)]
+    assert [lv.mpp for lv in levels] == [0.5, 1.0] and levels[1].downsample == 2
+    assert pick_level(levels, mpp=0.9).index == 1 and pick_level(levels, mpp=0.3).index == 0
+    source, level = open_slide(slide / "slide.ome.tif", mpp=1.0)
+    expected = _tissue()[::2, ::2][10:20, 30:50].astype(np.float32) / 255
+    np.testing.assert_allclose(source.region(10, 20, 30, 50), expected, atol=1e-6)
+    with pytest.raises(UserError, match="levels 0..1"):
+        open_slide(slide / "slide.ome.tif", level=5)
+
+
+def test_ome_zarr_images_are_slides_too(tmp_path):
+    group = zarr.open_group(str(tmp_path / "image.ome.zarr"), mode="w", zarr_format=2)
+    img = _tissue()
+    for i, data in enumerate((img, img[::2, ::2])):
+        group.create_array(str(i), shape=data.shape, chunks=(64, 64, 3), dtype=data.dtype)[...] = data
+    group.attrs["multiscales"] = [{
+        "version": "0.4", "axes": [{"name": n, "type": "space", "unit": "micrometer"} for n in "yx"] + [
+            {"name": "c", "type": "channel"}],
+        "datasets": [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [s, s, 1]}]}
+                     for i, s in enumerate((0.25, 0.5))]}]
+    levels = slide_levels(tmp_path / "image.ome.zarr")
+    assert [lv.shape for lv in levels] == [(H, W), (H // 2, W // 2)]
+    # the unit is on the last axis here (channels): no mpp claimed rather than a wrong one
+    assert open_slide(tmp_path / "image.ome.zarr", level=1)[0].shape == (H // 2, W // 2)
+
+
+def test_a_slide_becomes_an_ngff_label_pyramid_with_glass_skipped(slide, tmp_path):
+    result = _segment(slide, tmp_path / "labels.ome.zarr", uncertainty=True)
+    assert (result.chunks, result.no_tissue, result.computed, result.resumed) == (6, 2, 4, 0)
+    group = zarr.open_group(str(tmp_path / "labels.ome.zarr"), mode="r")
+    attrs = dict(group.attrs)
+    assert "image-label" in attrs and attrs["napari-mdm"]["complete"] is True
+    assert [group[d["path"]].shape for d in attrs["multiscales"][0]["datasets"]] == [(H, W), (H // 2, W // 2)]
+    labels = group["0"][:]
+    assert (labels[:, :128] == 0).all()  # glass: never computed
+    assert (labels[100:190, 230:310] == 2).mean() > 0.9 and (labels[:, 140:220] == 1).mean() > 0.9
+    np.testing.assert_array_equal(group["1"][:], labels[::2, ::2])
+    assert group["uncertainty"]["0"][:, 128:].max() > 0
+    assert is_label_image(tmp_path / "labels.ome.zarr")
+    [(levels, meta, kind)] = get_reader(str(tmp_path / "labels.ome.zarr"))(str(tmp_path / "labels.ome.zarr"))
+    assert kind == "labels" and meta["multiscale"] and levels[1].shape == (H // 2, W // 2)
+
+
+def test_a_cancelled_slide_job_resumes_and_ends_as_an_uninterrupted_one(slide, tmp_path):
+    whole = _segment(slide, tmp_path / "whole.ome.zarr")
+    progressed = []
+    with pytest.raises(Cancelled):
+        _segment(slide, tmp_path / "cut.ome.zarr", progress=lambda done, total, info: progressed.append(done),
+                 should_stop=lambda: len(progressed) >= 2)
+    again = _segment(slide, tmp_path / "cut.ome.zarr")
+    assert again.resumed >= 2 and again.resumed + again.computed == whole.computed
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "cut.ome.zarr/0"))[:],
+                                  zarr.open_array(str(tmp_path / "whole.ome.zarr/0"))[:])
+
+
+def test_the_same_graph_runs_on_a_two_worker_cluster(slide, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    _segment(slide, tmp_path / "local.ome.zarr", workers=2)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        result = _segment(slide, tmp_path / "cluster.ome.zarr", scheduler=cluster.scheduler_address)
+    assert result.computed == 4
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "cluster.ome.zarr/0"))[:],
+                                  zarr.open_array(str(tmp_path / "local.ome.zarr/0"))[:])
+
+
+def test_the_cli_segments_a_slide_and_refuses_to_mix_jobs(slide, tmp_path, capsys):
+    args = ["segment-slide", "--backbone", "random-tiny", "--head", str(slide / "head.safetensors"),
+            "--slide", str(slide / "slide.ome.tif"), "--out", str(tmp_path / "out.ome.zarr"), "--chunk", "128"]
+    assert main(args) == 0 and "4 chunks segmented" in capsys.readouterr().out
+    assert main(args) == 0 and "4 done by an earlier run" in capsys.readouterr().out
+    assert main([*args[:-2], "--chunk", "256"]) == 2
+    assert "holds another job's output" in capsys.readouterr().err
