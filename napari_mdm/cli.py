@@ -89,6 +89,7 @@ def cmd_pretrain(args) -> int:
     from .io import collect_images, read_image
     from .files import refuse_existing
     from .pretrain import PretrainConfig, pretrain, state_path
+    from .ranks import ranks_from_env
 
     if args.resume and not state_path(args.out).exists():
         raise UserError(f"--resume: there is no saved training state {state_path(args.out)}")
@@ -122,7 +123,8 @@ def cmd_pretrain(args) -> int:
         bar.close()
     loss = np.mean(result.losses[-50:]) if result.losses else float("nan")
     state = f"stopped after --max-minutes {args.max_minutes} (continue with --resume)" if result.cancelled else "finished"
-    print(f"{state} at step {result.step}: mean loss of the last steps {loss:.4f}; wrote {args.out}")
+    if ranks_from_env().main:  # under torchrun, one process speaks for the job
+        print(f"{state} at step {result.step}: mean loss of the last steps {loss:.4f}; wrote {args.out}")
     return 0
 
 

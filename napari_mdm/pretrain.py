@@ -24,6 +24,7 @@ from .corruption import CorruptionConfig, corrupt_batch
 from .devices import resolve_device
 from .jobs import Cancelled, ProgressFn, StopFn, UserError, check_stop, report
 from .objectives import pretraining_loss
+from .ranks import Ranks, any_rank, data_parallel, join, process_device, ranks_from_env
 
 
 @dataclass(frozen=True)
@@ -177,21 +178,24 @@ def _check_config(config: PretrainConfig, model: UNet) -> None:
 
 class _Trainer:
     """One optimisation step at a time: crops, corruption, forward (bf16 on CUDA), loss, clipped
-    AdamW step, EMA. Each step's randomness comes from (seed, step), so resumes are exact."""
+    AdamW step, EMA. Each step's randomness comes from (seed, step, and the rank of a torchrun
+    job's process), so resumes are exact; under torchrun gradients are averaged over processes."""
 
     def __init__(self, model: UNet, data: list[np.ndarray], corruption: CorruptionConfig, config: PretrainConfig,
-                 dev: torch.device):
+                 dev: torch.device, ranks: Ranks):
         self.model, self.data, self.corruption, self.config, self.dev = model, data, corruption, config, dev
+        self.ranks = ranks
         self.ema = EMA(model, config.ema_decay)
         self.opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.bf16 = config.amp and dev.type == "cuda" and torch.cuda.is_bf16_supported()
-        self.forward = torch.compile(model) if config.compile else model
+        parallel = data_parallel(model, ranks, dev)
+        self.forward = torch.compile(parallel) if config.compile else parallel
 
     def step(self, step: int) -> torch.Tensor:
         """Train on the batch of ``step``; returns the loss as a device tensor (no sync)."""
-        config = self.config
-        rng = np.random.default_rng([config.seed, step])
-        gen = torch.Generator(self.dev).manual_seed(config.seed * 1_000_003 + step)
+        config, ranks = self.config, self.ranks
+        rng = np.random.default_rng([config.seed, step] + ([ranks.rank] if ranks.world > 1 else []))
+        gen = torch.Generator(self.dev).manual_seed(config.seed * 1_000_003 + step + 7_919 * ranks.rank)
         x0 = torch.from_numpy(_crop_batch(self.data, config.crop, config.batch_size, rng)).to(self.dev)
         c = corrupt_batch(x0, self.corruption, gen)
         with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -241,7 +245,7 @@ class _Checkpointer:
         wall = round(self.wall_before + time.perf_counter() - self.start, 1)
         self.record.update(steps=step, total_steps=self.steps_before + step, wall_seconds=wall,
                            final_loss=float(np.mean(losses[-50:])) if losses else None)
-        if self.out is None:
+        if self.out is None or not trainer.ranks.main:  # one process of a torchrun job writes
             return Backbone(eval_model, trainer.corruption, dict(self.record))
         _save_state(state_path(self.out), trainer.model, trainer.ema, trainer.opt, step,
                     {**self.meta, "wall_seconds": wall})
@@ -268,6 +272,7 @@ def _provenance(provenance: dict | None, trainer: _Trainer, init: Backbone | Non
         "init": init.name if init else None,
         # fine-tuning runs chain (one GPU session after another): keep the whole history
         "init_provenance": init.provenance if init else None,
+        "processes": trainer.ranks.world,
     }
 
 
@@ -276,16 +281,18 @@ def _train_loop(trainer: _Trainer, checkpointer: _Checkpointer, step: int, progr
     """Steps until the configured count or a cancel; returns (step reached, losses, cancelled)."""
     config, log = trainer.config, _LossLog(trainer.config.log_every)
     start, start_step = time.perf_counter(), step
+    ranks, dev = trainer.ranks, trainer.dev
     try:
         while step < config.steps:
-            check_stop(should_stop)
+            if ranks.world == 1 or step % config.log_every == 0:  # processes agree on stopping: no deadlock
+                check_stop(lambda: any_rank(should_stop is not None and should_stop(), ranks, dev))
             loss = trainer.step(step)
             step += 1
             if log.add(loss, step, last=step == config.steps):
                 rate = (step - start_step) / max(time.perf_counter() - start, 1e-9)
                 eta = (config.steps - step) / max(rate, 1e-9)
-                report(progress, step, config.steps,
-                       f"loss={log.values[-1]:.4f} img/s={rate * config.batch_size:.1f} eta={eta:.0f}s")
+                report(progress if ranks.main else None, step, config.steps,
+                       f"loss={log.values[-1]:.4f} img/s={rate * config.batch_size * ranks.world:.1f} eta={eta:.0f}s")
             if checkpointer.out is not None and step % config.checkpoint_every == 0 and step < config.steps:
                 checkpointer.save(step, log.values)
     except Cancelled:
@@ -311,14 +318,18 @@ def pretrain(
     With ``out``, EMA weights go to ``out`` (float16 safetensors + JSON) and the resumable state
     to :func:`state_path` every ``checkpoint_every`` steps, at the end, and on cancel;
     ``resume=True`` continues from that state. Cancelling returns the weights trained so far.
+    Under ``torchrun`` each process trains on its own ``batch_size`` crops (the batch grows with
+    the processes) and rank 0 writes the checkpoints.
     """
     config = config or PretrainConfig()
     corruption = corruption or (init.corruption if init else CorruptionConfig())
-    dev = resolve_device(device)
+    ranks = ranks_from_env()
+    dev = process_device(ranks, resolve_device(device))
+    join(ranks, dev)
     torch.manual_seed(config.seed)
     model = _build_model(unet, init, dev)
     _check_config(config, model)
-    trainer = _Trainer(model, prepare_images(images, config.crop), corruption, config, dev)
+    trainer = _Trainer(model, prepare_images(images, config.crop), corruption, config, dev, ranks)
     meta = json.loads(json.dumps({"unet": model.config.to_dict(), "corruption": corruption.to_dict(),
                                   "train": asdict(config)}))  # tuples as JSON lists, as saved
     step, wall_before = 0, 0.0
