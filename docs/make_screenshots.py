@@ -116,8 +116,8 @@ def main(steps: int) -> None:
         layer.visible = "masked input" in layer.name
     shoot(viewer, "masked_input")
 
-    export = widgets["Segment & export"]
-    show_only(viewer, docks, "Segment & export")
+    export = widgets["Segment and export"]
+    show_only(viewer, docks, "Segment and export")
     for layer in [layer for layer in viewer.layers if layer.name != "ihc"]:
         viewer.layers.remove(layer)
     image.visible = True

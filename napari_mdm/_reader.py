@@ -1,25 +1,40 @@
-"""Reads the masks napari-mdm writes (tif or zarr): integer masks open as labels, the float
-``NAME_uncertainty`` maps as images. Other tifs are left to napari's own readers."""
+"""Reads the masks napari-mdm writes: integer masks open as labels, the float uncertainty maps
+as images. A file is ours when its tif/zarr metadata carries our marker (``io.written_kind``)
+or its name ends in ``_mask`` / ``_uncertainty`` (how the plugin names what it exports; png
+holds no marker). Any other file, a plain 16-bit micrograph included, is left to napari."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from .jobs import UserError
 
-MASK_SUFFIXES = (".tif", ".tiff", ".zarr")
+MASK_SUFFIX = "_mask"
+UNCERTAINTY_SUFFIX = "_uncertainty"
+MARKED_SUFFIXES = (".tif", ".tiff", ".zarr")
+PREFERRED_PATTERNS = tuple(f"*{name}{ext}" for name in (MASK_SUFFIX, UNCERTAINTY_SUFFIX)
+                           for ext in (*MARKED_SUFFIXES, ".png")) + \
+    tuple(f"*{name}.zarr{os.sep}" for name in (MASK_SUFFIX, UNCERTAINTY_SUFFIX))
+"""File names napari should open with this reader without asking (napari's preference)."""
 
 
 def _peek(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
     """Shape and dtype without reading the pixels, or None when the file cannot be read."""
     try:
-        if path.suffix.lower() == ".zarr":
+        suffix = path.suffix.lower()
+        if suffix == ".zarr":
             import zarr
 
             node = zarr.open(str(path), mode="r")
             return (tuple(node.shape), np.dtype(node.dtype)) if hasattr(node, "shape") else None
+        if suffix == ".png":
+            import imageio.v3 as iio
+
+            props = iio.improps(path)
+            return tuple(props.shape), np.dtype(props.dtype)
         import tifffile
 
         with tifffile.TiffFile(str(path)) as tif:
@@ -30,23 +45,27 @@ def _peek(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
 
 
 def _kind(path: Path) -> str | None:
-    """'labels' for an integer mask, 'image' for our uncertainty map, None for anything else."""
+    """'labels' for our integer mask, 'image' for our uncertainty map, None for anything else."""
+    from .io import written_kind
+
     peeked = _peek(path)
     if peeked is None:
         return None
     shape, dtype = peeked
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[-1] in (3, 4)):
         return None
-    if dtype.kind in "ui":
+    stem = path.name.split(".")[0]
+    marker = written_kind(path) if path.suffix.lower() in MARKED_SUFFIXES else None
+    if dtype.kind in "ui" and (marker == "labels" or stem.endswith(MASK_SUFFIX)):
         return "labels"
-    if dtype.kind == "f" and path.name.split(".")[0].endswith("_uncertainty"):
+    if dtype.kind == "f" and (marker == "uncertainty" or stem.endswith(UNCERTAINTY_SUFFIX)):
         return "image"
     return None
 
 
 def get_reader(path):
     """npe2 reader contribution: a reader for one of our masks, else None."""
-    if isinstance(path, list) or not str(path).lower().endswith(MASK_SUFFIXES):
+    if isinstance(path, list) or not str(path).lower().rstrip("/\\").endswith((*MARKED_SUFFIXES, ".png")):
         return None
     if is_label_image(Path(path)):
         return read_label_image
@@ -55,7 +74,7 @@ def get_reader(path):
 
 
 def read_mask(path, kind: str = "labels") -> list[tuple]:
-    from .io import read_array
+    from .io import MARKER_KEY, read_array
 
     path = Path(path)
     try:
@@ -63,8 +82,8 @@ def read_mask(path, kind: str = "labels") -> list[tuple]:
     except UserError:
         return []
     name = path.name.split(".")[0]
-    if kind == "image":
-        return [(data, {"name": name, "colormap": "inferno"}, "image")]
+    if kind == "image":  # marked as our output, so choosers do not offer it as an image to segment
+        return [(data, {"name": name, "colormap": "inferno", "metadata": {MARKER_KEY: "uncertainty"}}, "image")]
     return [(data, {"name": name}, "labels")]
 
 
@@ -89,3 +108,14 @@ def read_label_image(path) -> list[tuple]:
     levels = [group[d["path"]] for d in group.attrs["multiscales"][0]["datasets"]]
     name = Path(path).name.removesuffix(".zarr").removesuffix(".ome")
     return [(levels, {"name": name, "multiscale": len(levels) > 1}, "labels")]
+
+
+def prefer_this_reader() -> None:
+    """Have napari open the files the plugin exports (``*_mask.tif``, ``*_uncertainty.zarr``, ...)
+    with this reader instead of asking which plugin to use; patterns the user assigned stay."""
+    from napari.settings import get_settings
+
+    plugins = get_settings().plugins
+    missing = {pattern: "napari-mdm" for pattern in PREFERRED_PATTERNS if pattern not in plugins.extension2reader}
+    if missing:
+        plugins.extension2reader = {**plugins.extension2reader, **missing}

@@ -9,8 +9,10 @@ filter bank (``filterbank``) of the same tile. Tiles are blended (``tiling``).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -18,11 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from .backbone import Backbone
+from .block_progress import passes_blocks, per_block
 from .corruption import corrupt_region
 from .filterbank import filter_features, num_filter_channels
 from .io import ImageSource
-from .jobs import ProgressFn, StopFn, UserError
-from .tiling import pad_to, run_tiled
+from .jobs import ProgressFn, StopFn, UserError, check_stop, report
+from .tiling import pad_to, run_tiled, tile_grid
 
 
 @dataclass(frozen=True)
@@ -109,13 +112,24 @@ def _downscale(x: np.ndarray, scale: float) -> np.ndarray:
     return F.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False)[0].numpy()
 
 
-def tile_features(backbone: Backbone, region: np.ndarray, y0: int, x0: int, config: FeatureConfig) -> torch.Tensor:
-    """(C, h, w) float32 features of an (h, w, 3) [0, 1] region whose corner is at (y0, x0).
+def steps_per_tile(backbone: Backbone, config: FeatureConfig) -> int:
+    """Progress steps of one tile: each block of the network's pass, then the filter bank."""
+    config = resolve_config(backbone, config)
+    network = passes_blocks(backbone.model, max(config.blocks)) if config.diffusion else 0
+    return network + int(config.filters)
+
+
+def tile_features(backbone: Backbone, region: np.ndarray, y0: int, x0: int, config: FeatureConfig,
+                  on_step: Callable[[], None] = lambda: None) -> torch.Tensor:
+    """(C, h, w) float32 features of an (h, w, 3) [0, 1] region whose corner is at (y0, x0);
+    ``on_step()`` runs after each of its :func:`steps_per_tile` steps.
 
     With ``config.scale`` < 1 the backbone sees the region downscaled (more context per
     receptive field, fewer pixels to compute) and its features are upsampled back to (h, w)."""
     if not config.diffusion:
-        return torch.from_numpy(filter_features(region)).float()
+        feats = torch.from_numpy(filter_features(region)).float()
+        on_step()
+        return feats
     h, w = region.shape[:2]
     x = _downscale(region.transpose(2, 0, 1) * 2 - 1, config.scale)
     sh, sw = x.shape[1:]
@@ -131,9 +145,10 @@ def tile_features(backbone: Backbone, region: np.ndarray, y0: int, x0: int, conf
             steps.append(t)
     device = backbone.device
     batch = torch.from_numpy(np.stack(inputs)).to(device)
-    with torch.inference_mode():
+    with torch.inference_mode(), per_block(backbone.model, on_step):
         acts = backbone.model.decoder_features(batch, torch.tensor(steps, device=device), config.blocks)
-        per_block = []
+    with torch.inference_mode():
+        upsampled = []
         for b in config.blocks:
             a = F.interpolate(acts[b].float(), size=batch.shape[-2:], mode="bilinear", align_corners=False)
             a = a[:, :, MARGIN:MARGIN + sh, MARGIN:MARGIN + sw]
@@ -141,11 +156,12 @@ def tile_features(backbone: Backbone, region: np.ndarray, y0: int, x0: int, conf
                 a = F.interpolate(a, size=(h, w), mode="bilinear", align_corners=False)
             if config.normalize:
                 a = a * (a.shape[1] ** 0.5) / a.norm(dim=1, keepdim=True).clamp_min(1e-6)
-            per_block.append(a)
-        feats = torch.cat(per_block, dim=1)  # (T*draws, Cb, h, w)
+            upsampled.append(a)
+        feats = torch.cat(upsampled, dim=1)  # (T*draws, Cb, h, w)
         feats = feats.view(len(config.timesteps), config.draws, -1, h, w).mean(1).reshape(-1, h, w).cpu()
     if config.filters:
         feats = torch.cat([feats, torch.from_numpy(filter_features(region)).float()])
+        on_step()
     return feats
 
 
@@ -156,16 +172,24 @@ def extract_features(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> np.ndarray:
-    """(C, H, W) float16 features of an image of any size, computed tile by tile."""
+    """(C, H, W) float16 features of an image of any size, computed tile by tile; progress
+    (and cancel) goes by block of the network within each tile."""
     config = resolve_config(backbone, config)
     source = image if isinstance(image, ImageSource) else ImageSource.from_array(image)
     h, w = source.shape
     out = np.zeros((num_channels(backbone, config), h, w), dtype=np.float16)
+    tiles, per_tile = len(tile_grid((h, w), config.tile, config.overlap)), steps_per_tile(backbone, config)
+    counter = itertools.count(1)
+
+    def step() -> None:
+        check_stop(should_stop)
+        done = next(counter)
+        report(progress, done, tiles * per_tile, f"tile {min(tiles, (done - 1) // per_tile + 1)}/{tiles}")
 
     def compute(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return tile_features(backbone, source.region(y0, y1, x0, x1), y0, x0, config).numpy()
+        return tile_features(backbone, source.region(y0, y1, x0, x1), y0, x0, config, step).numpy()
 
-    run_tiled((h, w), compute, out, config.tile, config.overlap, progress, should_stop)
+    run_tiled((h, w), compute, out, config.tile, config.overlap, None, should_stop)
     return out
 
 

@@ -57,6 +57,8 @@ class HeadContext:
     backbone_name: str | None = None
     class_names: dict[int, str] = field(default_factory=dict)
     """Names of (some of) the class values, e.g. {1: "background", 2: "gland"}."""
+    class_colors: dict[int, str] = field(default_factory=dict)
+    """Display colours ('#rrggbb') the user chose for the class values in the plugin."""
     pixels: int = 0
     """Labelled pixels the head was trained on."""
     mpp: float | None = None
@@ -71,6 +73,7 @@ class HeadContext:
         data = asdict(self)
         data["features"] = self.features.to_dict() if self.features else None
         data["class_names"] = {str(k): v for k, v in self.class_names.items()}
+        data["class_colors"] = {str(k): v for k, v in self.class_colors.items()}
         return data
 
     @classmethod
@@ -82,6 +85,7 @@ class HeadContext:
                    backbone_digest=data.get("backbone_digest", data.get("backbone")),
                    backbone_name=data.get("backbone_name"),
                    class_names={int(k): str(v) for k, v in names.items()},
+                   class_colors={int(k): str(v) for k, v in (data.get("class_colors") or {}).items()},
                    pixels=int(data.get("pixels", 0)),
                    mpp=None if data.get("mpp") is None else float(data["mpp"]))
 
@@ -183,10 +187,12 @@ class Head:
         x = (pixels.float() - self.mean) / self.std
         return F.softmax(self.net.predict_logits(x, self._layers), dim=-1)
 
-    def predict_maps(self, features: np.ndarray | torch.Tensor, chunk: int = 65536) -> np.ndarray:
+    def predict_maps(self, features: np.ndarray | torch.Tensor, chunk: int = 65536,
+                     progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> np.ndarray:
         """(C, H, W) features -> (2K + 1, H, W) float32: mean probabilities, vote fractions, JS divergence.
 
         These maps blend linearly across tiles; :func:`maps_to_prediction` turns them into labels.
+        Progress is reported per chunk of pixels.
         """
         feats = torch.as_tensor(features)
         c, h, w = feats.shape
@@ -194,17 +200,22 @@ class Head:
         flat = feats.reshape(c, -1).T
         k = len(self.class_values)
         out = torch.empty(2 * k + 1, h * w)
-        for s in range(0, h * w, chunk):
+        chunks = range(0, h * w, chunk)
+        for i, s in enumerate(chunks):
+            check_stop(should_stop)
             probs = self.member_probabilities(flat[s : s + chunk])
             mean = probs.mean(0)
             votes = F.one_hot(probs.argmax(-1), k).float().mean(0)
             out[:k, s : s + chunk] = mean.T
             out[k : 2 * k, s : s + chunk] = votes.T
             out[2 * k, s : s + chunk] = entropy(mean) - entropy(probs).mean(0)
+            report(progress, i + 1, len(chunks), "pixels")
         return out.reshape(2 * k + 1, h, w).numpy()
 
-    def predict(self, features: np.ndarray | torch.Tensor) -> Prediction:
-        return maps_to_prediction(self.predict_maps(features), self.class_values)
+    def predict(self, features: np.ndarray | torch.Tensor, progress: ProgressFn | None = None,
+                should_stop: StopFn | None = None) -> Prediction:
+        maps = self.predict_maps(features, progress=progress, should_stop=should_stop)
+        return maps_to_prediction(maps, self.class_values)
 
     def save(self, path: str | os.PathLike, overwrite: bool = True) -> None:
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}

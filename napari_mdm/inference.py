@@ -19,7 +19,7 @@ from .backbone import Backbone
 from .features import FeatureConfig, extract_features, num_channels, tile_features
 from .files import atomic_output
 from .head import Head, Prediction, maps_to_prediction
-from .io import ImageSource, open_image, split_stack, write_array, write_labels
+from .io import MARKER_KEY, ImageSource, open_image, split_stack, write_array, write_labels
 from .jobs import ProgressFn, StopFn, UserError, check_stop, report
 from .tiling import run_tiled
 
@@ -57,7 +57,7 @@ def segment_maps(backbone: Backbone, head: Head, image, out, draws: int | None =
     h, w = source.shape
     if num_channels(backbone, config) * h * w * 2 <= WHOLE_IMAGE_FEATURES_BYTES:
         feats = extract_features(backbone, source, config, progress, should_stop)
-        out[...] = head.predict_maps(feats)
+        out[...] = head.predict_maps(feats, progress=progress, should_stop=should_stop)
         return
 
     def compute(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -87,10 +87,11 @@ def segment_stack(backbone: Backbone, head: Head, stack, draws: int | None = Non
     return results
 
 
-def output_paths(image_path: Path, out_dir: Path, fmt: str, uncertainty: bool) -> tuple[Path, Path | None]:
+def output_paths(image_path: Path, out_dir: Path, fmt: str, uncertainty: bool,
+                 mask_suffix: str = "") -> tuple[Path, Path | None]:
     stem = image_path.name.split(".")[0]
     unc = out_dir / f"{stem}_uncertainty.{'zarr' if fmt == 'zarr' else 'tif'}" if uncertainty else None
-    return out_dir / f"{stem}.{fmt}", unc
+    return out_dir / f"{stem}{mask_suffix}.{fmt}", unc
 
 
 def _segment_large_to_zarr(backbone: Backbone, head: Head, source: ImageSource, labels_path: Path,
@@ -111,6 +112,7 @@ def _segment_large_to_zarr(backbone: Backbone, head: Head, source: ImageSource, 
             with atomic_output(path, overwrite=overwrite) as tmp:
                 dtype = "float32" if what == "uncertainty" else "uint8" if max(head.class_values) < 256 else "int32"
                 arr = zarr.create_array(store=str(tmp), shape=(h, w), chunks=(chunk, chunk), dtype=dtype)
+                arr.attrs[MARKER_KEY] = what
                 for y in range(0, h, chunk):
                     for x in range(0, w, chunk):
                         check_stop(should_stop)
@@ -124,13 +126,15 @@ def _maps_too_large(source: ImageSource, head: Head) -> bool:
 
 def segment_files(backbone: Backbone, head: Head, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                   fmt: str = "tif", uncertainty: bool = False, overwrite: bool = False, draws: int | None = None,
-                  progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> list[Path]:
-    """Segment image files into ``out_dir`` as NAME.fmt (+ NAME_uncertainty). Each output is
-    written atomically, so a cancel leaves the finished images complete and no partial file."""
+                  progress: ProgressFn | None = None, should_stop: StopFn | None = None,
+                  tile_progress: ProgressFn | None = None, mask_suffix: str = "") -> list[Path]:
+    """Segment image files into ``out_dir`` as NAME{mask_suffix}.fmt (+ NAME_uncertainty). Each
+    output is written atomically, so a cancel leaves the finished images complete and no partial
+    file. ``progress`` counts images, ``tile_progress`` the work within the current one."""
     if fmt not in ("tif", "zarr", "png"):
         raise UserError(f"unknown format {fmt!r}: use tif, zarr or png")
     out_dir = Path(out_dir)
-    planned = [(Path(p), *output_paths(Path(p), out_dir, fmt, uncertainty)) for p in paths]
+    planned = [(Path(p), *output_paths(Path(p), out_dir, fmt, uncertainty, mask_suffix)) for p in paths]
     names = [labels_path.name for _, labels_path, _ in planned]
     twins = sorted({n for n in names if names.count(n) > 1})
     if twins:
@@ -150,12 +154,13 @@ def segment_files(backbone: Backbone, head: Head, paths: Sequence[str | os.PathL
         check_stop(should_stop)
         source = open_image(path)
         if _maps_too_large(source, head):
-            _segment_large_to_zarr(backbone, head, source, labels_path, unc_path, overwrite, draws, None, should_stop)
+            _segment_large_to_zarr(backbone, head, source, labels_path, unc_path, overwrite, draws, tile_progress,
+                                   should_stop)
         else:
-            pred = segment(backbone, head, source, draws, should_stop=should_stop)
+            pred = segment(backbone, head, source, draws, progress=tile_progress, should_stop=should_stop)
             write_labels(labels_path, pred.labels, overwrite=overwrite)
             if unc_path is not None:
-                write_array(unc_path, pred.uncertainty, overwrite=overwrite)
+                write_array(unc_path, pred.uncertainty, overwrite=overwrite, kind="uncertainty")
         written.append(labels_path)
         report(progress, i + 1, len(planned), f"{path.name} -> {labels_path.name}")
     return written

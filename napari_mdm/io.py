@@ -237,8 +237,30 @@ def _label_dtype(labels: np.ndarray) -> np.dtype:
     return np.dtype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32)
 
 
-def write_array(path: str | os.PathLike, data: np.ndarray, overwrite: bool = False) -> Path:
-    """Write an array atomically as tif, zarr or png (chosen by the suffix)."""
+MARKER_KEY = "napari_mdm"
+"""Key of the tif/zarr metadata that marks what napari-mdm wrote ('labels' or 'uncertainty'),
+so its reader opens a mask as labels even when another integer tif is a micrograph."""
+
+
+def written_kind(path: str | os.PathLike) -> str | None:
+    """The marker :func:`write_array` left in a tif or zarr ('labels', 'uncertainty'), else None."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".zarr":
+            import zarr
+
+            return zarr.open(str(path), mode="r").attrs.get(MARKER_KEY)
+        import tifffile
+
+        with tifffile.TiffFile(str(path)) as tif:
+            return next((meta.get(MARKER_KEY) for meta in tif.shaped_metadata or () if MARKER_KEY in meta), None)
+    except Exception:  # noqa: BLE001 (unreadable or foreign: not ours)
+        return None
+
+
+def write_array(path: str | os.PathLike, data: np.ndarray, overwrite: bool = False, kind: str | None = None) -> Path:
+    """Write an array atomically as tif, zarr or png (chosen by the suffix); ``kind`` is recorded
+    in tif and zarr metadata (see :func:`written_kind`)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in LABEL_SUFFIXES:
@@ -255,10 +277,12 @@ def write_array(path: str | os.PathLike, data: np.ndarray, overwrite: bool = Fal
             chunks = tuple(min(512, s) for s in data.shape)
             arr = zarr.create_array(store=str(tmp), shape=data.shape, chunks=chunks, dtype=data.dtype)
             arr[...] = data
+            if kind:
+                arr.attrs[MARKER_KEY] = kind
         elif suffix in (".tif", ".tiff"):
             import tifffile
 
-            tifffile.imwrite(str(tmp), data, compression="zlib")
+            tifffile.imwrite(str(tmp), data, compression="zlib", metadata={MARKER_KEY: kind} if kind else {})
         else:
             import imageio.v3 as iio
 
@@ -269,4 +293,4 @@ def write_array(path: str | os.PathLike, data: np.ndarray, overwrite: bool = Fal
 def write_labels(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = False) -> Path:
     """Write a (H, W) label mask atomically in the smallest unsigned type that holds it."""
     labels = np.asarray(labels)
-    return write_array(path, labels.astype(_label_dtype(labels)), overwrite=overwrite)
+    return write_array(path, labels.astype(_label_dtype(labels)), overwrite=overwrite, kind="labels")

@@ -15,10 +15,11 @@ from napari_mdm._reader import get_reader
 from napari_mdm._writer import write_labels
 
 WIDGETS = {
+    "napari-mdm": "MdmPanel",
     "Backbone": "BackboneWidget",
     "Few-shot segmentation": "SegmentationWidget",
     "Reconstructions": "ReconstructionWidget",
-    "Segment & export": "ExportWidget",
+    "Segment and export": "ExportWidget",
 }
 
 

@@ -1,4 +1,4 @@
-"""Segment & export widget: layers and folders, tif and zarr, cancel without half-written files."""
+"""Segment and export widget: layers and folders, tif and zarr, cancel without half-written files."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def ready(make_napari_viewer, tiny_backbone):
     viewer = make_napari_viewer()
     session_for(viewer).set_backbone(tiny_backbone)
     session_for(viewer).set_head(head)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-mdm", "Segment & export")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mdm", "Segment and export")
     return viewer, widget
 
 
@@ -54,13 +54,13 @@ def test_layers_are_segmented_written_and_shown(ready, tmp_path, wait_job, notes
     widget.uncertainty.value = True
     widget.start()
     wait_job(widget.jobs)
-    mask, kind = read_back(tmp_path / "second.zarr")
+    mask, kind = read_back(tmp_path / "second_mask.zarr")
     assert kind == "labels" and (mask[:, 40:] == 2).mean() > 0.9 and (mask[:, :24] == 1).mean() > 0.9
-    np.testing.assert_array_equal(viewer.layers["second prediction"].data, mask)
-    [opened] = viewer.open(tmp_path / "second.zarr", plugin="napari-mdm")
+    np.testing.assert_array_equal(viewer.layers["second_mask"].data, mask)
+    [opened] = viewer.open(tmp_path / "second_mask.zarr", plugin="napari-mdm")
     assert isinstance(opened, Labels) and opened.name.startswith("second")
     np.testing.assert_array_equal(opened.data, mask)
-    stack, _ = read_back(tmp_path / "grey stack.zarr")
+    stack, _ = read_back(tmp_path / "grey stack_mask.zarr")
     assert stack.shape == (2, 64, 64)
     uncertainty, kind = read_back(tmp_path / "second_uncertainty.zarr")
     assert kind == "image" and uncertainty.shape == (64, 64)
@@ -76,7 +76,7 @@ def test_folder_is_segmented_to_tif_and_cancel_leaves_no_partial_file(ready, tmp
     widget.source.value = "folder"
     widget.folder.value, widget.out_dir.value = folder, out
     widget.start()
-    qtbot.waitUntil(lambda: widget.jobs.bar.value >= 1, timeout=60_000)
+    qtbot.waitUntil(lambda: out.exists() and any(out.glob("*.tif")), timeout=60_000)
     widget.jobs.cancel()
     wait_job(widget.jobs)
     written = sorted(p.name for p in out.iterdir())
@@ -84,15 +84,15 @@ def test_folder_is_segmented_to_tif_and_cancel_leaves_no_partial_file(ready, tmp
     widget.overwrite.value = True
     widget.start()
     wait_job(widget.jobs)
-    assert sorted(p.name for p in out.iterdir()) == [f"img{i}.tif" for i in range(6)]
-    mask, kind = read_back(out / "img3.tif")
+    assert sorted(p.name for p in out.iterdir()) == [f"img{i}_mask.tif" for i in range(6)]
+    mask, kind = read_back(out / "img3_mask.tif")
     assert kind == "labels" and (mask[:, 40:] == 2).mean() > 0.9
-    np.testing.assert_array_equal(viewer.layers["img3 mask"].data, mask)
+    np.testing.assert_array_equal(viewer.layers["img3_mask"].data, mask)
 
 
 def test_missing_head_or_output_is_a_notification(make_napari_viewer, tiny_backbone, notes):
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-mdm", "Segment & export")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mdm", "Segment and export")
     widget.start()
     assert "using the default backbone" in notes()[0] and "no trained head" in notes()[-1]
     session_for(viewer).set_backbone(tiny_backbone)

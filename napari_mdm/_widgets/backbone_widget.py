@@ -13,7 +13,7 @@ from napari.layers import Image
 from .layers import follow_layer_list, image_planes
 from .loss_plot import LossPlot
 from .session import describe, session_for, unwrap
-from .workers import JobPanel, chosen_path, notify_error, notify_info
+from .workers import JobPanel, chosen_path, existing_file, existing_folder, notify_info, user_action
 
 if TYPE_CHECKING:
     import napari
@@ -39,25 +39,40 @@ class BackboneWidget(Container):
         built_in = [*shipped_backbones(), *(f"{RANDOM_PREFIX}{preset}" for preset in PRESETS if preset != "paper")]
         self.current = Label(value="no backbone loaded yet")
         self.current.native.setWordWrap(True)  # long names and notes must not widen the dock
-        self.device = ComboBox(choices=["auto", *devices], value="auto", label="device")
+        self.device = ComboBox(choices=["auto", *devices], value="auto", label="device",
+                               tooltip="Where the network runs: a GPU (cuda, mps) is much faster than the CPU")
         self.device_note = Label(value=f"available: {', '.join(devices)} (auto = {devices[0]})")
-        self.shipped = ComboBox(choices=built_in, value=default_backbone_name(), label="built-in")
-        self.load_shipped = PushButton(text="Load built-in backbone")
-        self.checkpoint = FileEdit(mode="r", filter="*.safetensors", label="checkpoint file")
-        self.load_file = PushButton(text="Load file")
-        self.preset = ComboBox(choices=list(PRESETS), value=DEFAULT_PRESET, label="preset")
-        self.mode = ComboBox(choices=list(MODES), value=CorruptionConfig().mode, label="corruption")
-        self.steps = SpinBox(value=defaults.steps, min=1, max=1_000_000, label="steps")
-        self.batch = SpinBox(value=defaults.batch_size, min=1, max=256, label="batch size")
-        self.crop = SpinBox(value=defaults.crop, min=16, max=1024, step=16, label="crop")
-        self.data = ComboBox(choices=[LAYERS, FOLDER], value=LAYERS, label="train on")
-        self.folder = FileEdit(mode="d", label="image folder")
-        self.fine_tune = CheckBox(value=False, text="fine-tune the current backbone (else start from the preset)")
-        self.train = PushButton(text="Pretrain / fine-tune")
+        self.shipped = ComboBox(choices=built_in, value=default_backbone_name(), label="built-in",
+                                tooltip="Networks that come with napari-mdm: 'histology' was pretrained on "
+                                        "tissue images; the 'random' ones are untrained, for comparison")
+        self.load_shipped = PushButton(text="Load built-in backbone", tooltip="Use the network chosen above")
+        self.checkpoint = FileEdit(mode="r", filter="*.safetensors", label="file",
+                                   tooltip="A backbone saved earlier with 'Save checkpoint' (.safetensors)")
+        self.load_file = PushButton(text="Load file", tooltip="Use the backbone in the chosen file")
+        self.preset = ComboBox(choices=list(PRESETS), value=DEFAULT_PRESET, label="preset",
+                               tooltip="Network size: tiny trains in minutes on a CPU; small and paper need a GPU")
+        self.mode = ComboBox(choices=list(MODES), value=CorruptionConfig().mode, label="corruption",
+                             tooltip="How images are hidden during training: mdm masks patches (best for "
+                                     "segmentation), ddpm adds noise, umd and maskdm mix both")
+        self.steps = SpinBox(value=defaults.steps, min=1, max=1_000_000, label="steps",
+                             tooltip="Training steps; more steps learn your images better")
+        self.batch = SpinBox(value=defaults.batch_size, min=1, max=256, label="batch size",
+                             tooltip="Crops per step; lower it if memory runs out")
+        self.crop = SpinBox(value=defaults.crop, min=16, max=1024, step=16, label="crop",
+                            tooltip="Side in pixels of the squares cut from the images for training")
+        self.data = ComboBox(choices=[LAYERS, FOLDER], value=LAYERS, label="train on",
+                             tooltip="Learn from the images open in napari, or from every image in a folder")
+        self.folder = FileEdit(mode="d", label="folder", tooltip="A folder of images to learn from")
+        self.fine_tune = CheckBox(value=False, text="fine-tune current",
+                                  tooltip="Continue training the backbone in use on your images (else start a "
+                                          "new network of the chosen preset)")
+        self.train = PushButton(text="Pretrain / fine-tune", tooltip="Train the backbone in the background; "
+                                                                     "the curve below shows its loss")
         self.loss_plot = LossPlot()
         self.jobs = JobPanel()
-        self.save_path = FileEdit(mode="w", filter="*.safetensors", label="save as")
-        self.save = PushButton(text="Save checkpoint", enabled=False)
+        self.save_path = FileEdit(mode="w", filter="*.safetensors", label="save as",
+                                  tooltip="File to save the backbone in (.safetensors)")
+        self.save = PushButton(text="Save checkpoint", enabled=False, tooltip="Save the backbone in use")
         super().__init__(widgets=[
             self.current, self.device, self.device_note, self.shipped, self.load_shipped, self.checkpoint,
             self.load_file, Label(value="— pretrain / fine-tune —"), self.preset, self.mode, self.steps,
@@ -98,12 +113,9 @@ class BackboneWidget(Container):
 
         self.jobs.start(f"Loading {Path(str(name_or_path)).name}", compute, self.use_backbone)
 
+    @user_action
     def _load_file(self) -> None:
-        path = chosen_path(self.checkpoint)
-        if path is None:
-            notify_error("choose a checkpoint file (.safetensors) first")
-            return
-        self.load(path)
+        self.load(existing_file(self.checkpoint, "a checkpoint file (.safetensors)"))
 
     def _training_images(self) -> Callable[[], list]:
         """A function that reads the training images, run in the worker (it may read a folder)."""
@@ -111,16 +123,15 @@ class BackboneWidget(Container):
         from ..jobs import UserError
 
         if self.data.value == FOLDER:
-            folder = chosen_path(self.folder)
-            if folder is None:
-                raise UserError("choose an image folder to pretrain on")
-            return lambda: [read_image(p) for p in collect_images([folder])]
+            paths = collect_images([existing_folder(self.folder, "an image folder to pretrain on")])
+            return lambda: [read_image(p) for p in paths]
         layers = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
         if not layers:
             raise UserError("open at least one image (or choose a folder) to pretrain on")
         planes = [(plane, layer.name) for layer in layers for plane in image_planes(layer)]
         return lambda: [normalize_image(p, name) for p, name in planes]
 
+    @user_action
     def start_training(self) -> None:
         """Pretrain the chosen preset (or fine-tune the current backbone) in the background."""
         from ..corruption import CorruptionConfig
@@ -129,13 +140,8 @@ class BackboneWidget(Container):
 
         init = self.session.backbone if self.fine_tune.value else None
         if self.fine_tune.value and init is None:
-            notify_error("no backbone to fine-tune: load one first, or untick 'fine-tune'")
-            return
-        try:
-            read_images = self._training_images()
-        except UserError as err:
-            notify_error(str(err))
-            return
+            raise UserError("no backbone to fine-tune: load one first, or untick 'fine-tune'")
+        read_images = self._training_images()
         config = PretrainConfig(steps=self.steps.value, batch_size=self.batch.value, crop=self.crop.value)
         corruption = init.corruption if init is not None else CorruptionConfig(mode=self.mode.value)
         preset, device = self.preset.value, self.device.value
@@ -160,16 +166,18 @@ class BackboneWidget(Container):
         notify_info(f"pretraining {state} after {result.step} steps; the backbone in use is the one trained so far. "
                     "Save it with 'Save checkpoint'")
 
+    @user_action
     def _save(self) -> None:
         from ..checkpoint import load_backbone, save_backbone
+        from ..jobs import UserError
 
         backbone, path = self.session.backbone, chosen_path(self.save_path)
         if backbone is None:
-            notify_error("no backbone to save: load or pretrain one first")
-            return
+            raise UserError("no backbone to save: load or pretrain one first")
         if path is None:
-            notify_error("choose where to save the checkpoint (a .safetensors file)")
-            return
+            raise UserError("choose where to save the checkpoint (a .safetensors file)")
+        if path.is_dir():
+            raise UserError(f"{path} is a folder: choose a file name to save the checkpoint to")
         path = path.with_suffix(".safetensors")
 
         def compute(progress, should_stop):

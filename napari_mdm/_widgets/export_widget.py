@@ -1,5 +1,5 @@
-"""Dock widget 'Segment & export': apply the trained head to image layers or a folder on disk,
-write masks as tif or zarr (uncertainty optional), and show the results as layers."""
+"""Dock widget 'Segment and export': apply the trained head to image layers or a folder on disk,
+write masks as tif, zarr or png (uncertainty optional), and show the results as layers."""
 
 from __future__ import annotations
 
@@ -9,15 +9,19 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 from napari.layers import Image
 
-from ..jobs import UserError
-from .layers import follow_layer_list, image_planes, layer_select, plane_shape, show_result, stack_planes
+from .._reader import MASK_SUFFIX, UNCERTAINTY_SUFFIX
+from ..jobs import UserError, staged
+from .classes import apply_classes
+from .layers import follow_layer_list, image_planes, is_picture, layer_select, plane_shape, show_result, stack_planes
+from .segmentation_widget import show_uncertainty
 from .session import BackboneLabel, session_for, unwrap
-from .workers import JobPanel, chosen_path, notify_error, notify_info
+from .workers import JobPanel, chosen_path, existing_folder, notify_info, user_action
 
 if TYPE_CHECKING:
     import napari
 
 LAYERS, FOLDER = "image layers", "folder"
+FORMATS = ("tif", "zarr", "png")
 SHOW_LIMIT_PIXELS = 64_000_000
 """Folder results are shown as layers only while their total size stays below this."""
 
@@ -29,15 +33,23 @@ class ExportWidget(Container):
         self.viewer = viewer = unwrap(viewer)
         self.session = session_for(viewer)
         self.backbone_info = BackboneLabel(self.session)
-        self.source = ComboBox(choices=[LAYERS, FOLDER], value=LAYERS, label="segment")
-        self.image_layers = layer_select(viewer, Image, "image layers")
-        self.folder = FileEdit(mode="d", label="input folder")
-        self.out_dir = FileEdit(mode="d", label="output folder")
-        self.format = ComboBox(choices=["tif", "zarr"], value="tif", label="format")
-        self.uncertainty = CheckBox(value=False, text="also write uncertainty")
-        self.overwrite = CheckBox(value=False, text="overwrite existing files")
-        self.as_layers = CheckBox(value=True, text="show results as layers")
-        self.run = PushButton(text="Segment")
+        self.source = ComboBox(choices=[LAYERS, FOLDER], value=LAYERS, label="segment",
+                               tooltip="Segment images open in napari, or every image file in a folder")
+        self.image_layers = layer_select(viewer, Image, "images")
+        self.image_layers.tooltip = "The open images to segment (new images start selected; masks and "\
+                                    "uncertainty maps do not)"
+        self.folder = FileEdit(mode="d", label="input folder", tooltip="A folder of images to segment")
+        self.out_dir = FileEdit(mode="d", label="save to", tooltip="Folder for the masks (NAME_mask.tif, ...); "
+                                                                   "leave empty to only show them")
+        self.format = ComboBox(choices=list(FORMATS), value="tif", label="format",
+                               tooltip="tif: any size; zarr: very large images; png: small 2-D masks that "
+                                       "open anywhere")
+        self.uncertainty = CheckBox(value=False, text="also uncertainty",
+                                    tooltip="Also write and show where the classifiers disagree (NAME_uncertainty)")
+        self.overwrite = CheckBox(value=False, text="overwrite files", tooltip="Replace masks already in the folder")
+        self.as_layers = CheckBox(value=True, text="show as layers", tooltip="Add each mask to the viewer")
+        self.run = PushButton(text="Segment", tooltip="Segment with the trained classifier (train one in "
+                                                      "'Few-shot segmentation' or load it there)")
         self.jobs = JobPanel()
         self._seen: set[int] = set()
         super().__init__(widgets=[self.backbone_info, self.source, self.image_layers, self.folder, self.out_dir,
@@ -48,10 +60,11 @@ class ExportWidget(Container):
         self._source_changed(self.source.value)
 
     def reset_choices(self, *_) -> None:
-        """Refresh the layer list; image layers the widget has not seen yet start selected."""
+        """Refresh the layer list; pictures the widget has not seen yet start selected (not our
+        outputs, not masks opened as images)."""
         super().reset_choices()
         choices = self.image_layers.choices
-        new = [layer for layer in choices if id(layer) not in self._seen]
+        new = [layer for layer in choices if id(layer) not in self._seen and is_picture(layer)]
         self._seen = {id(layer) for layer in choices}
         if new:
             self.image_layers.value = [*self.image_layers.value, *new]
@@ -60,37 +73,40 @@ class ExportWidget(Container):
         self.image_layers.visible = source == LAYERS
         self.folder.visible = source == FOLDER
 
+    @user_action
     def start(self):
         backbone, head = self.session.backbone_or_default(), self.session.head
         if backbone is None:
             return None
         if head is None:
-            notify_error("no trained head: train one in 'Few-shot segmentation' or load a head file there")
-            return None
+            raise UserError("no trained head: train one in 'Few-shot segmentation' or load a head file there")
         out_dir = chosen_path(self.out_dir)
-        try:
-            if self.source.value == FOLDER:
-                return self._start_folder(backbone, head, out_dir)
-            return self._start_layers(backbone, head, out_dir)
-        except UserError as err:
-            notify_error(str(err))
-            return None
+        if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"{out_dir} is a file: choose a folder to save the masks in")
+        if self.source.value == FOLDER:
+            return self._start_folder(backbone, head, out_dir)
+        return self._start_layers(backbone, head, out_dir)
 
     def _start_folder(self, backbone, head, out_dir: Path | None):
         from ..inference import segment_files
         from ..io import collect_images
 
-        folder = chosen_path(self.folder)
-        if folder is None:
-            raise UserError("choose the folder of images to segment")
+        folder = existing_folder(self.folder, "the folder of images to segment")
         if out_dir is None:
             raise UserError("choose an output folder for the masks")
         paths = collect_images([folder])
         fmt, unc, overwrite = self.format.value, self.uncertainty.value, self.overwrite.value
 
         def compute(progress, should_stop):
+            image = ["image 1"]
+
+            def per_image(done: int, total: int, info: str) -> None:
+                image[0] = f"image {min(done + 1, total)}/{total}"
+                progress(done, total, info)
+
             return segment_files(backbone, head, paths, out_dir, fmt=fmt, uncertainty=unc, overwrite=overwrite,
-                                 progress=progress, should_stop=should_stop)
+                                 progress=per_image, should_stop=should_stop, mask_suffix=MASK_SUFFIX,
+                                 tile_progress=lambda d, t, info: progress(d, t, f"{image[0]} {info}"))
 
         return self.jobs.start("Segmenting folder", compute, self._show_files)
 
@@ -107,42 +123,62 @@ class ExportWidget(Container):
             if budget < 0:
                 notify_info("the remaining masks are too large to show as layers; open them from disk")
                 return
-            show_result(self.viewer, f"{path.stem} mask", labels, "labels")
+            apply_classes(show_result(self.viewer, path.stem, labels, "labels", "export"), self.session.classes)
 
     def _start_layers(self, backbone, head, out_dir: Path | None):
-        from ..inference import output_paths, segment
-        from ..io import normalize_image, write_array, write_labels
+        from ..inference import output_paths
 
         layers = list(self.image_layers.value)
         if not layers:
             raise UserError("select the image layers to segment")
         jobs = [(layer.name, plane_shape(layer), image_planes(layer)) for layer in layers]
         fmt, unc, overwrite = self.format.value, self.uncertainty.value, self.overwrite.value
-        targets = {name: output_paths(Path(name), out_dir, fmt, unc) for name, *_ in jobs} if out_dir else {}
+        if fmt == "png" and any(len(shape) != 2 for _, shape, _ in jobs):
+            raise UserError("png holds one 2-D mask: write stacks as tif or zarr")
+        targets = {name: output_paths(Path(name), out_dir, fmt, unc, MASK_SUFFIX) for name, *_ in jobs} \
+            if out_dir else {}
         clashes = [str(p) for outs in targets.values() for p in outs if p is not None and p.exists()]
         if clashes and not overwrite:
-            raise UserError(f"{clashes[0]} already exists: tick 'overwrite existing files' or choose another folder")
+            raise UserError(f"{clashes[0]} already exists: tick 'overwrite files' or choose another folder")
+        compute = self._layers_job(backbone, head, jobs, targets)
+        return self.jobs.start("Segmenting layers", compute, self._show_layers)
+
+    def _layers_job(self, backbone, head, jobs, targets):
+        """Each plane segmented (with the features the viewer has cached when they fit in memory),
+        the masks written atomically, progress per image and per tile."""
+        from ..features import num_channels
+        from ..inference import WHOLE_IMAGE_FEATURES_BYTES, head_feature_config, segment
+        from ..io import normalize_image, write_array, write_labels
+
+        config, cache = head_feature_config(head, backbone), self.session.features
         total = sum(len(planes) for *_, planes in jobs)
+
+        def predict(plane, name, progress, should_stop):
+            image = normalize_image(plane, name)
+            if num_channels(backbone, config) * image.shape[0] * image.shape[1] * 2 > WHOLE_IMAGE_FEATURES_BYTES:
+                return segment(backbone, head, image, progress=progress, should_stop=should_stop)
+            feats = cache.get(image, backbone, config, staged(progress, "features"), should_stop)
+            return head.predict(feats, staged(progress, "predicting"), should_stop)
 
         def compute(progress, should_stop):
             results, done = [], 0
             for name, shape, planes in jobs:
                 predictions = []
                 for plane in planes:
-                    predictions.append(segment(backbone, head, normalize_image(plane, name), should_stop=should_stop))
                     done += 1
-                    progress(done, total, name)
+                    predictions.append(predict(plane, name, staged(progress, f"image {done}/{total} {name}"),
+                                               should_stop))
                 labels = stack_planes([p.labels for p in predictions], shape)
                 uncertainty = stack_planes([p.uncertainty for p in predictions], shape)
                 if name in targets:
                     labels_path, unc_path = targets[name]
                     write_labels(labels_path, labels, overwrite=True)
                     if unc_path is not None:
-                        write_array(unc_path, uncertainty, overwrite=True)
+                        write_array(unc_path, uncertainty, overwrite=True, kind="uncertainty")
                 results.append((name, labels, uncertainty))
             return results
 
-        return self.jobs.start("Segmenting layers", compute, self._show_layers)
+        return compute
 
     def _show_layers(self, results) -> None:
         written = f" and written to {self.out_dir.value}" if chosen_path(self.out_dir) else ""
@@ -150,7 +186,7 @@ class ExportWidget(Container):
         if not self.as_layers.value:
             return
         for name, labels, uncertainty in results:
-            show_result(self.viewer, f"{name} prediction", labels, "labels", opacity=0.5)
+            layer = show_result(self.viewer, f"{name}{MASK_SUFFIX}", labels, "labels", "export", opacity=0.5)
+            apply_classes(layer, self.session.classes)
             if self.uncertainty.value:
-                show_result(self.viewer, f"{name} uncertainty", uncertainty, "image", colormap="inferno",
-                            blending="additive", opacity=0.6)
+                show_uncertainty(self.viewer, f"{name}{UNCERTAINTY_SUFFIX}", uncertainty)

@@ -20,7 +20,7 @@ def plane_shape(layer: Image) -> tuple[int, ...]:
 def image_planes(layer: Image) -> list[np.ndarray]:
     """The 2-D images of an image layer: itself, or each plane of a stack (N, H, W[, 3|4])."""
     if layer.multiscale:
-        raise UserError(f"{layer.name!r} is multiscale: segment its file with 'Segment & export' (folder)")
+        raise UserError(f"{layer.name!r} is multiscale: segment its file with 'Segment and export' (folder)")
     shape = plane_shape(layer)
     if len(shape) == 2:
         return [np.asarray(layer.data)]
@@ -45,6 +45,28 @@ OUTPUT_KEY = "napari_mdm"
 
 def is_output(layer: Layer) -> bool:
     return OUTPUT_KEY in layer.metadata
+
+
+MASK_MAX_VALUES = 16
+_MASK_SAMPLE = 65_536
+
+
+def looks_like_mask(layer: Image) -> bool:
+    """An image layer that is really a mask: grey integers with a handful of values (a mask
+    opened by napari's image reader). Judged from a strided sample of its first plane."""
+    if layer.rgb or layer.multiscale or np.dtype(layer.data.dtype).kind not in "uib":
+        return False
+    plane = layer.data
+    while plane.ndim > 2:
+        plane = plane[0]
+    step = max(1, int(np.sqrt(plane.shape[0] * plane.shape[1] / _MASK_SAMPLE)))
+    return len(np.unique(np.asarray(plane[::step, ::step]))) <= MASK_MAX_VALUES
+
+
+def is_picture(layer: Layer) -> bool:
+    """An image worth segmenting by default: not one of our outputs (uncertainty, reconstructions,
+    maps we wrote and read back) and not a mask opened as an image."""
+    return isinstance(layer, Image) and not is_output(layer) and not looks_like_mask(layer)
 
 
 def pair_labels(images: list[Image], candidates: list[Labels]) -> list[tuple[Image, Labels | None]]:
@@ -85,13 +107,15 @@ _KINDS = {"image": Image, "labels": Labels}
 
 
 def show_result(viewer, name: str, data: np.ndarray, kind: str, role: str = "prediction", **kwargs) -> Layer:
-    """Put ``data`` in the layer called ``name`` if it is of the same kind (keeping the user's display
-    settings), else add a layer with ``kwargs`` marked as our output (``role``); the layer the user
-    was working on stays active."""
-    if name in viewer.layers and isinstance(viewer.layers[name], _KINDS[kind]):
-        layer = viewer.layers[name]
-        layer.data = data
-        return layer
+    """Put ``data`` in the layer called ``name`` if it is our output of the same kind and role
+    (keeping the user's display settings), else add a layer with ``kwargs`` marked as our output
+    (``role``; napari numbers the name if it is taken, so no other layer is ever replaced); the
+    layer the user was working on stays active."""
+    existing = viewer.layers[name] if name in viewer.layers else None
+    if isinstance(existing, _KINDS[kind]) and existing.metadata.get(OUTPUT_KEY) == role:
+        existing.data = data
+        existing.metadata = {**existing.metadata, **kwargs.get("metadata", {})}
+        return existing
     active = viewer.layers.selection.active
     metadata = {**kwargs.pop("metadata", {}), OUTPUT_KEY: role}
     layer = getattr(viewer, f"add_{kind}")(data, name=name, metadata=metadata, **kwargs)

@@ -13,9 +13,12 @@ from qtpy.QtCore import QTimer
 from ..feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
 from ..jobs import UserError, staged
 from ..parsing import parse_ints
+from .classes import ClassTable, apply_classes, class_context
 from .layers import (
     follow_layer_list,
     image_planes,
+    is_output,
+    is_picture,
     label_planes,
     layer_select,
     pair_labels,
@@ -24,7 +27,7 @@ from .layers import (
     stack_planes,
 )
 from .session import BackboneLabel, session_for, unwrap
-from .workers import JobPanel, chosen_path, notify_error, notify_info
+from .workers import JobPanel, chosen_path, existing_file, notify_error, notify_info, user_action
 
 if TYPE_CHECKING:
     import napari
@@ -48,6 +51,12 @@ def preview(head, features: np.ndarray):
     return Prediction(full(coarse.labels), full(coarse.probabilities), full(coarse.uncertainty), coarse.class_values)
 
 
+def show_uncertainty(viewer, name: str, data: np.ndarray):
+    """The uncertainty map, added hidden and opaque-blended so it never tints the prediction."""
+    return show_result(viewer, name, data, "image", "uncertainty", colormap="inferno", blending="translucent",
+                       opacity=0.7, visible=False)
+
+
 class SegmentationWidget(Container):
     """Train the few-shot head on painted labels and show what it predicts."""
 
@@ -60,26 +69,43 @@ class SegmentationWidget(Container):
         self.session = session_for(viewer)
         self.backbone_info = BackboneLabel(self.session)
         self.image_layers = layer_select(viewer, Image, "images")
-        self.label_layers = layer_select(viewer, Labels, "labels (one per image)")
-        self.new_labels = PushButton(text="New labels for the selected images")
-        self.timesteps = LineEdit(value=", ".join(map(str, features.timesteps)), label="feature timesteps")
+        self.image_layers.tooltip = "The images to learn from (ctrl-click for several)"
+        self.label_layers = layer_select(viewer, Labels, "labels")
+        self.label_layers.tooltip = "Your strokes: one labels layer per image, of the image's size"
+        self.new_labels = PushButton(text="New labels for the selected images",
+                                     tooltip="Make an empty labels layer for each selected image and start painting")
+        self.class_table = ClassTable(self.session)
+        self.timesteps = LineEdit(value=", ".join(map(str, features.timesteps)), label="timesteps",
+                                  tooltip="How strongly the network's input is masked when it looks at your "
+                                          "image (0-1000; a list such as 50, 150 combines several). Low values "
+                                          "keep fine detail")
         self.features = ComboBox(choices=list(FEATURE_SETS), value=DEFAULT_FEATURE_SET, label="features",
-                                 tooltip="diffusion: the backbone's decoder; filters: the classic filter bank "
-                                         "(no network runs)")
-        self.ensemble = SpinBox(value=head.ensemble, min=1, max=50, label="ensemble size")
-        self.steps = SpinBox(value=head.steps, min=10, max=10_000, step=10, label="head steps")
-        self.live = CheckBox(value=False, text=f"live: retrain {LIVE_DELAY_MS / 1000:g} s after each stroke "
-                                               f"(quick preview: ensemble {LIVE_ENSEMBLE}, {LIVE_STEPS} steps)")
-        self.train = PushButton(text="Train && predict")
+                                 tooltip="What the classifier sees. diffusion: the backbone network; filters: "
+                                         "classic smoothing/edge/texture filters (fast, no network)")
+        self.ensemble = SpinBox(value=head.ensemble, min=1, max=50, label="ensemble",
+                                tooltip="How many small classifiers vote; more give a smoother uncertainty map "
+                                        "but train longer")
+        self.steps = SpinBox(value=head.steps, min=10, max=10_000, step=10, label="head steps",
+                             tooltip="Training steps of each classifier; more fit your strokes more closely")
+        self.live = CheckBox(value=False, text="live preview",
+                             tooltip=f"Retrain {LIVE_DELAY_MS / 1000:g} s after each stroke with a quick setting "
+                                     f"(ensemble {LIVE_ENSEMBLE}, {LIVE_STEPS} steps, half-resolution preview); "
+                                     "'Train & predict' gives the full result")
+        self.train = PushButton(text="Train && predict",
+                                tooltip="Learn from your strokes and colour the whole image by class")
         self.jobs = JobPanel()
         # one field per direction: a save dialog asks "replace?" of the file a user wants to load
-        self.save_head_file = FileEdit(mode="w", filter="*.safetensors", label="save head to")
-        self.save_head = PushButton(text="Save head")
-        self.load_head_file = FileEdit(mode="r", filter="*.safetensors", label="load head from")
-        self.load_head = PushButton(text="Load head")
+        self.save_head_file = FileEdit(mode="w", filter="*.safetensors", label="save to",
+                                       tooltip="File to keep the trained classifier in (.safetensors)")
+        self.save_head = PushButton(text="Save head", tooltip="Save the trained classifier with its class names, "
+                                                               "so you can apply it to other images later")
+        self.load_head_file = FileEdit(mode="r", filter="*.safetensors", label="load from",
+                                       tooltip="A classifier saved earlier (.safetensors)")
+        self.load_head = PushButton(text="Load head", tooltip="Use a classifier saved earlier")
         super().__init__(widgets=[self.backbone_info, self.image_layers, self.label_layers, self.new_labels,
-                                  self.timesteps, self.features, self.ensemble, self.steps, self.live, self.train, self.jobs,
-                                  self.save_head_file, self.save_head, self.load_head_file, self.load_head])
+                                  self.class_table, self.timesteps, self.features, self.ensemble, self.steps,
+                                  self.live, self.train, self.jobs, self.save_head_file, self.save_head,
+                                  self.load_head_file, self.load_head])
         self._watched: list[Labels] = []
         self._rerun = False
         self.debounce = QTimer()
@@ -90,25 +116,39 @@ class SegmentationWidget(Container):
         self.train.changed.connect(lambda: self.start_training(live=False))
         self.live.changed.connect(self._live_toggled)
         self.label_layers.changed.connect(self._watch_labels)
-        self.image_layers.changed.connect(self._pick_labels)
+        self.label_layers.changed.connect(self.apply_classes)
+        self.image_layers.changed.connect(self._follow_images)
         self.save_head.changed.connect(self._save_head)
         self.load_head.changed.connect(self._load_head)
+        self.session.classes_changed.connect(self.apply_classes)
         follow_layer_list(viewer, self)
         self.reset_choices()
 
     # -- choosing layers -------------------------------------------------------------------
     def reset_choices(self, *_) -> None:
-        """Refresh the choosers; keep the selection, or pick the first image and its labels."""
+        """Refresh the choosers; keep the selection, or pick the first picture and its labels."""
         super().reset_choices()
-        if not self.image_layers.value and self.image_layers.choices:
-            self.image_layers.value = [self.image_layers.choices[0]]
-        self._pick_labels()
-
-    def _pick_labels(self, *_) -> None:
-        """Unless one labels layer per image is chosen, pick them (see :func:`pair_labels`)."""
+        if not self.image_layers.value:
+            pictures = [layer for layer in self.image_layers.choices if is_picture(layer)]
+            self.image_layers.value = pictures[:1]
         if len(self.label_layers.value) != len(self.image_layers.value):
-            pairs = pair_labels(self.image_layers.value, list(self.label_layers.choices))
-            self.label_layers.value = [lab for _, lab in pairs if lab is not None]
+            self._follow_images()
+
+    def _follow_images(self, *_) -> None:
+        """Pair each selected image with a labels layer (see :func:`pair_labels`), keeping the
+        chosen labels layers that still fit, so a newly selected image brings its labels."""
+        chosen = list(self.label_layers.value)
+        others = [lab for lab in self.label_layers.choices if lab not in chosen]
+        pairs = pair_labels(list(self.image_layers.value), chosen + others)
+        picked = [lab for _, lab in pairs if lab is not None]
+        if picked != chosen:
+            self.label_layers.value = picked
+
+    def apply_classes(self, *_) -> None:
+        """The class colours and names on the chosen labels layers and on our predictions."""
+        for layer in self.viewer.layers:
+            if isinstance(layer, Labels) and (layer in self.label_layers.value or is_output(layer)):
+                apply_classes(layer, self.session.classes)
 
     def add_labels_layers(self) -> None:
         """An empty labels layer for each selected image, of the image's shape (a stack: one plane each)."""
@@ -118,9 +158,10 @@ class SegmentationWidget(Container):
         made = [self.viewer.add_labels(np.zeros(plane_shape(image), dtype=np.uint8), name=f"{image.name} labels")
                 for image in self.image_layers.value]
         self.label_layers.value = made
+        self.apply_classes()
         self.viewer.layers.selection.active = made[0]
         made[0].mode = "paint"
-        notify_info("paint at least two classes (e.g. 1 = background, 2 = object); label 0 means unlabelled")
+        notify_info("paint at least two classes (label 1, label 2, ...: see the class table); 0 means unlabelled")
 
     def pairs(self) -> list[tuple[Image, Labels]]:
         """(image, labels) pairs to train on: each image with the selected labels layer that fits it."""
@@ -141,28 +182,32 @@ class SegmentationWidget(Container):
         return pairs
 
     # -- training ----------------------------------------------------------------------------
+    @user_action
     def start_training(self, live: bool = False):
         """Features (cached), head and predictions of the selected images, in the background."""
-        from ..head import check_labels
-
         backbone = self.session.backbone_or_default()
         if backbone is None:
             return None
         try:
-            pairs = self.pairs()
-            planes = [(plane, image.name) for image, _ in pairs for plane in image_planes(image)]
-            labels = [plane for image, lab in pairs for plane in label_planes(lab, image)]
-            check_labels(labels, [lab.shape for lab in labels], ignore=0)
-            timesteps = parse_ints(self.timesteps.value, "timesteps")
+            pairs, planes, labels, config = self._training_inputs()
         except UserError as err:
-            if live:  # strokes in progress: say it quietly, retry on the next stroke
-                self.jobs.status.value = f"live: {err}"
-            else:
-                notify_error(str(err))
+            if not live:
+                raise
+            self.jobs.status.value = f"live: {err}"  # strokes in progress: say it quietly, retry on the next
             return None
-        compute = self._training_job(backbone, planes, labels, self.feature_config(timesteps), live)
+        compute = self._training_job(backbone, planes, labels, config, live)
         title = "Live training" if live else "Training"
         return self.jobs.start(title, compute, lambda result: self._show(pairs, result), on_finished=self._after_job)
+
+    def _training_inputs(self):
+        """Everything a training job needs, checked: a UserError says what is wrong."""
+        from ..head import check_labels
+
+        pairs = self.pairs()
+        planes = [(plane, image.name) for image, _ in pairs for plane in image_planes(image)]
+        labels = [plane for image, lab in pairs for plane in label_planes(lab, image)]
+        check_labels(labels, [lab.shape for lab in labels], ignore=0)
+        return pairs, planes, labels, self.feature_config(parse_ints(self.timesteps.value, "timesteps"))
 
     def feature_config(self, timesteps: tuple[int, ...]):
         from ..features import FeatureConfig, resolve_config
@@ -177,17 +222,18 @@ class SegmentationWidget(Container):
 
         head_config = HeadConfig(ensemble=LIVE_ENSEMBLE, steps=LIVE_STEPS, batch_size=512) if live else \
             HeadConfig(ensemble=self.ensemble.value, steps=self.steps.value)
-        cache = self.session.features
+        cache, classes = self.session.features, dict(self.session.classes)
 
         def compute(progress, should_stop):
             images = [normalize_image(plane, name) for plane, name in planes]
             head = train_head(backbone, images, labels, config, head_config, cache=cache, progress=progress,
                               should_stop=should_stop)
+            head.context = class_context(head.context, classes)
             predictions = []
             for i, image in enumerate(images):
                 feats = cache.get(image, backbone, config)  # computed for training, so a cache hit
-                predictions.append(preview(head, feats) if live else head.predict(feats))
-                progress(i + 1, len(images), "predicting")
+                stage = staged(progress, f"predicting {i + 1}/{len(images)}")
+                predictions.append(preview(head, feats) if live else head.predict(feats, stage, should_stop))
             return head, predictions
 
         return compute
@@ -202,10 +248,10 @@ class SegmentationWidget(Container):
             count = 1 if len(shape) == 2 else shape[0]
             mine = predictions[start : start + count]
             start += count
-            show_result(self.viewer, f"{image.name} prediction", stack_planes([p.labels for p in mine], shape),
-                        "labels", opacity=0.5)
-            show_result(self.viewer, f"{image.name} uncertainty", stack_planes([p.uncertainty for p in mine], shape),
-                        "image", colormap="inferno", blending="additive", opacity=0.6)
+            layer = show_result(self.viewer, f"{image.name} prediction", stack_planes([p.labels for p in mine], shape),
+                                "labels", opacity=0.5)
+            apply_classes(layer, self.session.classes)
+            show_uncertainty(self.viewer, f"{image.name} uncertainty", stack_planes([p.uncertainty for p in mine], shape))
 
     # -- live mode ---------------------------------------------------------------------------
     def _live_toggled(self, on: bool) -> None:
@@ -236,6 +282,7 @@ class SegmentationWidget(Container):
             self._rerun = False
             self.debounce.start()
 
+    @user_action
     def prepare_features(self):
         """Compute the selected images' features in the background so the first retrain is quick."""
         from ..io import normalize_image
@@ -245,12 +292,8 @@ class SegmentationWidget(Container):
         backbone = self.session.backbone_or_default()
         if backbone is None:
             return None
-        try:
-            config = self.feature_config(parse_ints(self.timesteps.value, "timesteps"))
-            planes = [(plane, image.name) for image in self.image_layers.value for plane in image_planes(image)]
-        except UserError as err:
-            notify_error(str(err))
-            return None
+        config = self.feature_config(parse_ints(self.timesteps.value, "timesteps"))
+        planes = [(plane, image.name) for image in self.image_layers.value for plane in image_planes(image)]
         cache = self.session.features
 
         def compute(progress, should_stop):
@@ -261,27 +304,28 @@ class SegmentationWidget(Container):
         return self.jobs.start("Features", compute, lambda _: None, on_finished=self._after_job)
 
     # -- head files --------------------------------------------------------------------------
+    @user_action
     def _save_head(self) -> None:
         path = chosen_path(self.save_head_file)
         if self.session.head is None:
-            notify_error("no trained head yet: paint labels and press 'Train & predict'")
-        elif path is None:
-            notify_error("choose a head file (.safetensors) to save to")
-        else:
-            path = path.with_suffix(".safetensors")
-            head = self.session.head
-            self.jobs.start("Saving head", lambda progress, stop: head.save(path),
-                            lambda _: notify_info(f"head saved to {path}"))
+            raise UserError("no trained head yet: paint labels and press 'Train & predict'")
+        if path is None:
+            raise UserError("choose a head file (.safetensors) to save to")
+        if path.is_dir():
+            raise UserError(f"{path} is a folder: choose a file name to save the head to")
+        path = path.with_suffix(".safetensors")
+        head = self.session.head
+        head.context = class_context(head.context, self.session.classes)  # names edited after training
+        self.jobs.start("Saving head", lambda progress, stop: head.save(path),
+                        lambda _: notify_info(f"head saved to {path}"))
 
+    @user_action
     def _load_head(self) -> None:
         from ..head import Head
 
-        path = chosen_path(self.load_head_file)
-        if path is None:
-            notify_error("choose a head file (.safetensors) to load")
-            return
+        path = existing_file(self.load_head_file, "a head file (.safetensors) to load")
         self.jobs.start("Loading head", lambda progress, stop: Head.load(path), self._head_loaded)
 
     def _head_loaded(self, head) -> None:
         self.session.set_head(head)
-        notify_info(f"head loaded (classes {head.class_values}); apply it with 'Segment & export'")
+        notify_info(f"head loaded (classes {head.class_values}); apply it with 'Segment and export'")

@@ -1,7 +1,7 @@
 """What the dock widgets of one viewer share: the backbone, the trained head and cached features.
 
 The Backbone widget sets the backbone, the Few-shot widget trains the head, and the
-Reconstruction and Segment & export widgets use both; each listens to the signals here.
+Reconstruction and Segment and export widgets use both; each listens to the signals here.
 """
 
 from __future__ import annotations
@@ -26,10 +26,15 @@ class Session:
 
     backbone_changed = Signal(object)
     head_changed = Signal(object)
+    classes_changed = Signal(object)
 
     def __init__(self) -> None:
+        from .classes import default_classes
+
         self.backbone = None
         self.head = None
+        self.classes = default_classes()
+        """Label id -> (name, colour) of the user's classes (see :mod:`.classes`)."""
         self._features = None
 
     @property
@@ -71,8 +76,17 @@ class Session:
         return self.backbone
 
     def set_head(self, head) -> None:
+        """Use ``head`` from now on; the class names and colours it was saved with come back too."""
+        from .classes import classes_from_context
+
         self.head = head
+        if head is not None and head.context.class_names:
+            self.set_classes({**self.classes, **classes_from_context(head.context)})
         self.head_changed.emit(head)
+
+    def set_classes(self, classes: dict) -> None:
+        self.classes = dict(classes)
+        self.classes_changed.emit(self.classes)
 
 
 def describe(backbone) -> str:

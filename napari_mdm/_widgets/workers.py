@@ -8,11 +8,14 @@ bad checkpoints included) become one-line error notifications; nothing is raised
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +23,59 @@ from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal as PSignal
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QCoreApplication, QEvent, QObject, Signal
+from qtpy.QtWidgets import QDockWidget
 
 from ..jobs import Cancelled, UserError
 
 log = logging.getLogger(__name__)
 
 Compute = Callable[[Callable[[int, int, str], None], Callable[[], bool]], Any]
+SHUTDOWN_WAIT_S = 30.0
+"""How long closing a dock or the viewer waits for a cancelled job's thread (it stops at the
+next block of the network, tile or training step, normally well under a second)."""
 
 
-def limit_torch_threads() -> None:
-    """Leave one core to the Qt event loop so the viewer keeps responding during a job."""
-    import torch
+class _TorchThreads:
+    """While any job runs, torch leaves one core to the Qt event loop; the last job to end
+    restores the thread count the process had (torch's setting is process-wide)."""
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    lock = threading.Lock()
+    running = 0
+    before = 1
+
+    @classmethod
+    @contextmanager
+    def limited(cls) -> Iterator[None]:
+        import torch
+
+        with cls.lock:
+            if cls.running == 0:
+                cls.before = torch.get_num_threads()
+                torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+            cls.running += 1
+        try:
+            yield
+        finally:
+            with cls.lock:
+                cls.running -= 1
+                if cls.running == 0:
+                    torch.set_num_threads(cls.before)
+
+
+def user_action(method: Callable) -> Callable:
+    """A button handler whose bad inputs (:class:`UserError`) become one error notification
+    instead of an exception in Qt's event loop; nothing is started then."""
+
+    @functools.wraps(method)
+    def guarded(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except UserError as err:
+            notify_error(str(err))
+            return None
+
+    return guarded
 
 
 def notify_error(message: str) -> None:
@@ -65,6 +107,26 @@ def chosen_path(file_edit) -> Path | None:
     return None if value is None or str(value) in ("", ".") else Path(value)
 
 
+def existing_file(file_edit, what: str) -> Path:
+    """The file chosen in ``file_edit``, or a UserError saying to choose ``what``."""
+    path = chosen_path(file_edit)
+    if path is None:
+        raise UserError(f"choose {what}")
+    if not path.is_file():
+        raise UserError(f"{path} {'is a folder' if path.is_dir() else 'does not exist'}: choose {what}")
+    return path
+
+
+def existing_folder(file_edit, what: str) -> Path:
+    """The folder chosen in ``file_edit``, or a UserError saying to choose ``what``."""
+    path = chosen_path(file_edit)
+    if path is None:
+        raise UserError(f"choose {what}")
+    if not path.is_dir():
+        raise UserError(f"{path} {'is a file' if path.exists() else 'does not exist'}: choose {what}")
+    return path
+
+
 class _ProgressSignal(QObject):
     """Carries progress from the worker thread to the Qt thread (a queued connection)."""
 
@@ -76,33 +138,80 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+@functools.lru_cache(maxsize=1)
+def _shut_down_jobs_on_quit() -> None:
+    """Once per process: when the application quits, every panel's job stops and is waited for."""
+    app = QCoreApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(lambda: [panel.shutdown() for panel in list(JobPanel._live)])
+
+
+class _CloseWatcher(QObject):
+    """Calls ``on_close`` when the dock holding a widget is closed: napari takes the docked
+    widget out of its dock (its parent becomes None) before deleting the dock."""
+
+    def __init__(self, on_close: Callable[[], None]) -> None:
+        super().__init__()
+        self.on_close = on_close
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
+            self.on_close()
+        return False
+
+
 class JobPanel(Container):
-    """Progress bar, one status line and a Cancel button for the job a dock widget runs."""
+    """Progress bar, one status line and a Cancel button for the job a dock widget runs.
+
+    Closing the dock, the viewer or the application cancels the job, waits for its thread and
+    drops what it would have shown."""
 
     progressed = PSignal(int, int, str)
     """(done, total, info) of the running job, on the Qt thread (e.g. for a live loss plot)."""
 
+    _live: "weakref.WeakSet[JobPanel]" = weakref.WeakSet()
+
     def __init__(self) -> None:
         self.bar = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="idle")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status.native.setWordWrap(True)
+        self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip="Stop the running job; "
+                                        "what it would have written or shown is dropped")
         super().__init__(widgets=[self.bar, self.status, self.cancel_button], labels=False)
+        self.bar.tooltip = "Progress of the running job"
         self.cancel_button.changed.connect(self.cancel)
         self.worker = None
         self.title = ""
         self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
         self._signal = _ProgressSignal()
         self._signal.progressed.connect(self._show_progress)
         self._stage = (0, 0, 0.0)  # (total, done, time) from which the current stage's ETA counts
         self._last_report = 0.0
         self._failed = False
         self._closed = False
-        self.native.destroyed.connect(self._close)
+        self._watcher = _CloseWatcher(self.shutdown)
+        self.native.destroyed.connect(self.shutdown)
+        JobPanel._live.add(self)
+        _shut_down_jobs_on_quit()
 
-    def _close(self) -> None:
-        """The dock was closed (or its viewer): stop the job and drop what it would show."""
+    def shutdown(self, *_) -> None:
+        """The dock, the viewer or the application is closing: stop the job, drop what it would
+        show, and wait for its thread so nothing runs on after the window is gone."""
         self._closed = True
         self._stop.set()
+        if not self._idle.wait(SHUTDOWN_WAIT_S):
+            log.warning("%s did not stop within %.0f s", self.title, SHUTDOWN_WAIT_S)
+
+    def _watch_dock(self) -> None:
+        """Watch the widget napari docked (this panel's dock-level ancestor) for its removal."""
+        child, parent = self.native, self.native.parentWidget()
+        while parent is not None and not isinstance(parent, QDockWidget):
+            child, parent = parent, parent.parentWidget()
+        if parent is not None:
+            child.removeEventFilter(self._watcher)
+            child.installEventFilter(self._watcher)
 
     def _unless_closed(self, callback: Callable) -> Callable:
         return lambda *args: None if self._closed else callback(*args)
@@ -119,17 +228,24 @@ class JobPanel(Container):
         if self.busy:
             notify_warning(f"{self.title} is still running: wait for it or press Cancel")
             return None
+        if self._closed:
+            return None
         self.title = title
         self._stop, self._failed = threading.Event(), False
-        stop, emit = self._stop, self._signal.progressed.emit
+        stop, emit, idle = self._stop, self._signal.progressed.emit, self._idle
+        idle.clear()
 
         def run():
-            limit_torch_threads()
-            return compute(lambda done, total, info="": emit(int(done), int(total), str(info)), stop.is_set)
+            try:
+                with _TorchThreads.limited():
+                    return compute(lambda done, total, info="": emit(int(done), int(total), str(info)), stop.is_set)
+            finally:
+                idle.set()
 
         finished = [self._finished] + ([on_finished] if on_finished is not None else [])
         worker = create_worker(run, _start_thread=False,
-                               _connect={"returned": self._unless_closed(on_done), "errored": self._errored,
+                               _connect={"returned": self._unless_closed(on_done),
+                                         "errored": self._unless_closed(self._errored),
                                          "finished": [self._unless_closed(f) for f in finished]})
         self.worker = worker
         self._last_report = time.perf_counter()
@@ -137,6 +253,7 @@ class JobPanel(Container):
         self.bar.value, self.bar.max = 0, 1
         self.status.value = f"{title}: starting"
         self.cancel_button.enabled = True
+        self._watch_dock()
         worker.start()
         return worker
 
@@ -147,7 +264,7 @@ class JobPanel(Container):
             self.status.value = f"{self.title}: cancelling"
 
     def _show_progress(self, done: int, total: int, info: str) -> None:
-        if not self.busy or self._closed:
+        if not self.busy or self._closed or self._stop.is_set():  # no stale step after 'cancelling'
             return
         self.bar.max = max(total, 1)
         self.bar.value = min(done, self.bar.max)
@@ -173,4 +290,6 @@ class JobPanel(Container):
         self.worker = None
         self.cancel_button.enabled = False
         state = "cancelled" if self._stop.is_set() else "failed" if self._failed else "done"
+        if state == "done":
+            self.bar.value = self.bar.max  # jobs without steps (loading) end full too
         self.status.value = f"{self.title}: {state}"
