@@ -14,7 +14,7 @@ from .jobs import ProgressFn, StopFn, UserError
 from .tiling import pad_to, run_tiled
 
 
-def reconstruct(backbone: Backbone, image, timesteps: Sequence[int], seed: int = 0, tile: int = 256,
+def reconstruct(backbone: Backbone, image, timesteps: Sequence[int], seed: int = 0, tile: int = 512,
                 progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(corrupted, reconstructed), each (T, H, W, 3) float32 in [0, 1], for each timestep."""
     timesteps = [int(t) for t in timesteps]

@@ -120,9 +120,12 @@ def unwrap(viewer):
 
 def session_for(viewer) -> Session:
     """The session of ``viewer``, created on first use and dropped with the viewer."""
+    from .._reader import prefer_this_reader
+
     viewer = unwrap(viewer)
     key = id(viewer)
     if key not in _SESSIONS:
+        prefer_this_reader()  # from now on napari opens the masks we export as labels, without asking
         _SESSIONS[key] = Session()
         weakref.finalize(viewer, _SESSIONS.pop, key, None)
     return _SESSIONS[key]
