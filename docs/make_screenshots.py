@@ -13,10 +13,9 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
-from napari_mdm._widgets import WIDGETS
+from napari_mdm._widgets import PANEL
 
 DOCS = Path(__file__).resolve().parent
 
@@ -35,18 +34,9 @@ def wait(panel) -> None:
     settle()
 
 
-def show_only(viewer, docks: dict, name: str) -> None:
-    """One dock visible, 480 px wide, in a 1400 x 900 window (Qt calls on the dock widgets)."""
-    for key, dock in docks.items():
-        dock.setVisible(key == name)
-    viewer.window.resize(1400, 900)
-    settle()
-    dock = docks[name]
-    dock.parent().resizeDocks([dock], [480], Qt.Orientation.Horizontal)
-    settle()
-
-
-def shoot(viewer, name: str) -> None:
+def shoot(viewer, panel, tool: str, name: str) -> None:
+    """The panel on the tab of ``tool``, the window at 1400 x 900, saved as docs/NAME.png."""
+    panel.show_tool(tool)
     viewer.window.resize(1400, 900)
     viewer.reset_view()
     settle()
@@ -72,64 +62,86 @@ def strokes(image: np.ndarray) -> np.ndarray:
 
 def main(steps: int) -> None:
     viewer = napari.Viewer(title="napari-mdm")
-    viewer.window.resize(1500, 950)
+    viewer.window.resize(1400, 900)
     viewer.open_sample("napari-mdm", "histology")
-    docks, widgets = {}, {}
-    for name in WIDGETS:
-        docks[name], widgets[name] = viewer.window.add_plugin_dock_widget("napari-mdm", name)
+    _, panel = viewer.window.add_plugin_dock_widget("napari-mdm", PANEL)
+    tools = panel.tools
     settle(1)
 
-    backbone = widgets["Backbone"]
-    show_only(viewer, docks, "Backbone")
+    backbone = tools["Backbone"]
     backbone.steps.value, backbone.batch.value = steps, 4
     backbone.start_training()
     wait(backbone.jobs)
-    shoot(viewer, "backbone")
+    shoot(viewer, panel, "Backbone", "backbone")
     backbone.load("histology")  # the rest shows what a user gets: the shipped backbone
     wait(backbone.jobs)
 
-    seg = widgets["Few-shot segmentation"]
-    show_only(viewer, docks, "Few-shot segmentation")
+    seg = tools["Few-shot segmentation"]
     image, labels = viewer.layers["ihc"], viewer.layers["ihc labels"]
     labels.data = strokes(image.data)
+    seg.class_table.table.item(0, 1).setText("tissue")
+    seg.class_table.table.item(1, 1).setText("DAB stain")
     seg.ensemble.value, seg.steps.value = 5, 150
     seg.start_training()
     wait(seg.jobs)
-    viewer.layers["ihc uncertainty"].visible = False
     viewer.layers.selection.active = labels
-    shoot(viewer, "segmentation")
+    shoot(viewer, panel, "Few-shot segmentation", "segmentation")
     viewer.layers["ihc prediction"].visible = False
     viewer.layers["ihc uncertainty"].visible = True
-    shoot(viewer, "uncertainty")
+    shoot(viewer, panel, "Few-shot segmentation", "uncertainty")
     viewer.layers["ihc prediction"].visible = True
+    viewer.layers["ihc uncertainty"].visible = False
 
-    rec = widgets["Reconstructions"]
-    show_only(viewer, docks, "Reconstructions")
+    rec = tools["Reconstructions"]
     rec.image.value = image
     rec.start()
     wait(rec.jobs)
     for layer in viewer.layers:
         layer.visible = "reconstruction" in layer.name
     viewer.dims.set_current_step(0, 2)
-    shoot(viewer, "reconstruction")
+    shoot(viewer, panel, "Reconstructions", "reconstruction")
     for layer in viewer.layers:
         layer.visible = "masked input" in layer.name
-    shoot(viewer, "masked_input")
+    shoot(viewer, panel, "Reconstructions", "masked_input")
 
-    export = widgets["Segment and export"]
-    show_only(viewer, docks, "Segment and export")
-    for layer in [layer for layer in viewer.layers if layer.name != "ihc"]:
+    export = tools["Segment and export"]
+    for layer in [layer for layer in viewer.layers if layer.name not in ("ihc", "ihc prediction")]:
         viewer.layers.remove(layer)
-    image.visible = True
+    image.visible, viewer.layers["ihc prediction"].visible = True, False
     settle()
     export.image_layers.value = [image]
     export.out_dir.value = DOCS.parent / "build" / "screenshot_masks"
-    export.overwrite.value = True
+    export.overwrite.value, export.uncertainty.value = True, True
     export.start()
     wait(export.jobs)
-    shoot(viewer, "export")
+    viewer.layers["ihc_uncertainty"].visible = False
+    shoot(viewer, panel, "Segment and export", "export")
     viewer.close()
+
+
+WORKFLOW = (("segmentation", "1. Paint a few strokes per class, name the classes, Train & predict"),
+            ("uncertainty", "2. Check the uncertainty: paint where the classifiers disagree"),
+            ("reconstruction", "3. Optional: see what the backbone sees (slider: t)"),
+            ("export", "4. Segment and export the masks (NAME_mask.tif opens as labels)"))
+
+
+def workflow_figure() -> None:
+    """docs/workflow.png: the four steps side by side, from the screenshots just taken."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9.4), dpi=110)
+    for ax, (name, caption) in zip(axes.ravel(), WORKFLOW):
+        ax.imshow(plt.imread(DOCS / f"{name}.png"))
+        ax.set_title(caption, fontsize=11, loc="left")
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(DOCS / "workflow.png")
+    print("wrote", DOCS / "workflow.png")
 
 
 if __name__ == "__main__":
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 100)
+    workflow_figure()

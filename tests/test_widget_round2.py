@@ -254,3 +254,38 @@ def test_labels_follow_a_newly_selected_image(panel):
     assert seg.label_layers.value == [other_labels]
     seg.image_layers.value = [viewer.layers["ihc"]]
     assert seg.label_layers.value == [viewer.layers["ihc labels"]]
+
+
+def test_suggested_regions_cover_the_most_uncertain_places_and_do_not_overlap():
+    from napari_mdm.suggest import mean_in, suggest_regions
+
+    uncertainty = np.zeros((100, 120), np.float32)
+    uncertainty[10:20, 90:100] = 1.0
+    uncertainty[70:80, 5:15] = 0.5
+    boxes = suggest_regions(uncertainty, count=5, size=16)
+    assert len(boxes) == 2  # no window is suggested where the head is sure
+    (y0, x0, y1, x1), second = boxes
+    assert y0 <= 10 and y1 >= 20 and x0 <= 90 and x1 >= 100 and mean_in(boxes[:1], uncertainty) > 0.3
+    noisy = suggest_regions(np.random.default_rng(0).random((64, 64)), count=10, size=16)
+    for i, a in enumerate(noisy):
+        assert a[2] - a[0] == a[3] - a[1] == 16 and 0 <= a[0] and a[2] <= 64 and 0 <= a[1] and a[3] <= 64
+        for b in noisy[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+def test_where_to_label_next_adds_boxes_and_reports_the_gain(panel, paint, wait_job, notes):
+    viewer, _, panel = panel
+    seg = panel.tools["Few-shot segmentation"]
+    seg.suggest_regions()
+    assert "Train & predict' first" in notes()[-1]
+    seg.start_training()
+    wait_job(seg.jobs)
+    seg.suggest_regions()
+    boxes = viewer.layers["ihc: label here"]
+    assert boxes.shape_type[0] == "rectangle" and 1 <= len(boxes.data) <= 5
+    assert viewer.layers.selection.active is not boxes  # the user keeps painting
+    y0, x0, _, _ = boxes.metadata["boxes"][0]
+    paint(viewer.layers["ihc labels"], 2, slice(y0, y0 + 4), slice(x0, x0 + 4))
+    seg.start_training()
+    wait_job(seg.jobs)
+    assert any(n.startswith("uncertainty where suggested on 'ihc'") for n in notes())

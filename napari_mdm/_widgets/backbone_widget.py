@@ -13,7 +13,7 @@ from napari.layers import Image
 from .layers import follow_layer_list, image_planes
 from .loss_plot import LossPlot
 from .session import describe, session_for, unwrap
-from .workers import JobPanel, chosen_path, existing_file, existing_folder, notify_info, user_action
+from .workers import JobPanel, existing_path, notify_info, safetensors_target, user_action
 
 if TYPE_CHECKING:
     import napari
@@ -79,10 +79,15 @@ class BackboneWidget(Container):
             self.batch, self.crop, self.data, self.folder, self.fine_tune, self.train, self.jobs,
             self.save_path, self.save,
         ])
-        self.native.layout().insertWidget(self.native.layout().indexOf(self.jobs.native), self.loss_plot)
+        layout = self.native.layout()  # the curve goes above the progress bar (a labelled row holds the panel)
+        row = self.jobs.native if layout.indexOf(self.jobs.native) >= 0 else self.jobs.native.parentWidget()
+        layout.insertWidget(layout.indexOf(row), self.loss_plot)
         if self.shipped.value.startswith(RANDOM_PREFIX):
             self.current.value = (f"the shipped histology backbone is missing from this installation; "
                                   f"{self.shipped.value} (untrained) is preselected")
+        self._connect(viewer)
+
+    def _connect(self, viewer) -> None:
         self.load_shipped.changed.connect(lambda: self.load(self.shipped.value))
         self.load_file.changed.connect(self._load_file)
         self.train.changed.connect(self.start_training)
@@ -115,7 +120,7 @@ class BackboneWidget(Container):
 
     @user_action
     def _load_file(self) -> None:
-        self.load(existing_file(self.checkpoint, "a checkpoint file (.safetensors)"))
+        self.load(existing_path(self.checkpoint, "a checkpoint file (.safetensors)"))
 
     def _training_images(self) -> Callable[[], list]:
         """A function that reads the training images, run in the worker (it may read a folder)."""
@@ -123,7 +128,7 @@ class BackboneWidget(Container):
         from ..jobs import UserError
 
         if self.data.value == FOLDER:
-            paths = collect_images([existing_folder(self.folder, "an image folder to pretrain on")])
+            paths = collect_images([existing_path(self.folder, "an image folder to pretrain on", folder=True)])
             return lambda: [read_image(p) for p in paths]
         layers = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
         if not layers:
@@ -171,14 +176,10 @@ class BackboneWidget(Container):
         from ..checkpoint import load_backbone, save_backbone
         from ..jobs import UserError
 
-        backbone, path = self.session.backbone, chosen_path(self.save_path)
+        backbone = self.session.backbone
         if backbone is None:
             raise UserError("no backbone to save: load or pretrain one first")
-        if path is None:
-            raise UserError("choose where to save the checkpoint (a .safetensors file)")
-        if path.is_dir():
-            raise UserError(f"{path} is a folder: choose a file name to save the checkpoint to")
-        path = path.with_suffix(".safetensors")
+        path = safetensors_target(self.save_path, "checkpoint")
 
         def compute(progress, should_stop):
             saved = save_backbone(path, backbone.model, backbone.corruption, backbone.provenance)

@@ -15,7 +15,7 @@ from .classes import apply_classes
 from .layers import follow_layer_list, image_planes, is_picture, layer_select, plane_shape, show_result, stack_planes
 from .segmentation_widget import show_uncertainty
 from .session import BackboneLabel, session_for, unwrap
-from .workers import JobPanel, chosen_path, existing_folder, notify_info, user_action
+from .workers import JobPanel, chosen_path, existing_path, notify_info, user_action
 
 if TYPE_CHECKING:
     import napari
@@ -91,7 +91,7 @@ class ExportWidget(Container):
         from ..inference import segment_files
         from ..io import collect_images
 
-        folder = existing_folder(self.folder, "the folder of images to segment")
+        folder = existing_path(self.folder, "the folder of images to segment", folder=True)
         if out_dir is None:
             raise UserError("choose an output folder for the masks")
         paths = collect_images([folder])

@@ -27,7 +27,8 @@ from .layers import (
     stack_planes,
 )
 from .session import BackboneLabel, session_for, unwrap
-from .workers import JobPanel, chosen_path, existing_file, notify_error, notify_info, user_action
+from .suggestions import report_gain, show_suggestions
+from .workers import JobPanel, existing_path, notify_error, notify_info, safetensors_target, user_action
 
 if TYPE_CHECKING:
     import napari
@@ -94,6 +95,10 @@ class SegmentationWidget(Container):
         self.train = PushButton(text="Train && predict",
                                 tooltip="Learn from your strokes and colour the whole image by class")
         self.jobs = JobPanel()
+        self.suggest = PushButton(text="Where should I label next?",
+                                  tooltip="Yellow boxes on the places where the classifiers disagree most: a few "
+                                          "strokes there help most. After the next training a message says how "
+                                          "much surer they became there")
         # one field per direction: a save dialog asks "replace?" of the file a user wants to load
         self.save_head_file = FileEdit(mode="w", filter="*.safetensors", label="save to",
                                        tooltip="File to keep the trained classifier in (.safetensors)")
@@ -104,7 +109,7 @@ class SegmentationWidget(Container):
         self.load_head = PushButton(text="Load head", tooltip="Use a classifier saved earlier")
         super().__init__(widgets=[self.backbone_info, self.image_layers, self.label_layers, self.new_labels,
                                   self.class_table, self.timesteps, self.features, self.ensemble, self.steps,
-                                  self.live, self.train, self.jobs, self.save_head_file, self.save_head,
+                                  self.live, self.train, self.jobs, self.suggest, self.save_head_file, self.save_head,
                                   self.load_head_file, self.load_head])
         self._watched: list[Labels] = []
         self._rerun = False
@@ -120,6 +125,7 @@ class SegmentationWidget(Container):
         self.image_layers.changed.connect(self._follow_images)
         self.save_head.changed.connect(self._save_head)
         self.load_head.changed.connect(self._load_head)
+        self.suggest.changed.connect(self.suggest_regions)
         self.session.classes_changed.connect(self.apply_classes)
         follow_layer_list(viewer, self)
         self.reset_choices()
@@ -252,6 +258,15 @@ class SegmentationWidget(Container):
                                 "labels", opacity=0.5)
             apply_classes(layer, self.session.classes)
             show_uncertainty(self.viewer, f"{image.name} uncertainty", stack_planes([p.uncertainty for p in mine], shape))
+            report_gain(self.viewer, image.name)
+
+    @user_action
+    def suggest_regions(self) -> None:
+        """Propose where to paint next on each selected image (see :mod:`.suggestions`)."""
+        if not self.image_layers.value:
+            raise UserError("select an image layer first")
+        for image in self.image_layers.value:
+            show_suggestions(self.viewer, image)
 
     # -- live mode ---------------------------------------------------------------------------
     def _live_toggled(self, on: bool) -> None:
@@ -306,14 +321,9 @@ class SegmentationWidget(Container):
     # -- head files --------------------------------------------------------------------------
     @user_action
     def _save_head(self) -> None:
-        path = chosen_path(self.save_head_file)
         if self.session.head is None:
             raise UserError("no trained head yet: paint labels and press 'Train & predict'")
-        if path is None:
-            raise UserError("choose a head file (.safetensors) to save to")
-        if path.is_dir():
-            raise UserError(f"{path} is a folder: choose a file name to save the head to")
-        path = path.with_suffix(".safetensors")
+        path = safetensors_target(self.save_head_file, "head")
         head = self.session.head
         head.context = class_context(head.context, self.session.classes)  # names edited after training
         self.jobs.start("Saving head", lambda progress, stop: head.save(path),
@@ -323,7 +333,7 @@ class SegmentationWidget(Container):
     def _load_head(self) -> None:
         from ..head import Head
 
-        path = existing_file(self.load_head_file, "a head file (.safetensors) to load")
+        path = existing_path(self.load_head_file, "a head file (.safetensors) to load")
         self.jobs.start("Loading head", lambda progress, stop: Head.load(path), self._head_loaded)
 
     def _head_loaded(self, head) -> None:

@@ -107,24 +107,23 @@ def chosen_path(file_edit) -> Path | None:
     return None if value is None or str(value) in ("", ".") else Path(value)
 
 
-def existing_file(file_edit, what: str) -> Path:
-    """The file chosen in ``file_edit``, or a UserError saying to choose ``what``."""
+def existing_path(file_edit, what: str, folder: bool = False) -> Path:
+    """The file (or folder) chosen in ``file_edit``, or a UserError saying to choose ``what``."""
     path = chosen_path(file_edit)
     if path is None:
         raise UserError(f"choose {what}")
-    if not path.is_file():
-        raise UserError(f"{path} {'is a folder' if path.is_dir() else 'does not exist'}: choose {what}")
+    if not (path.is_dir() if folder else path.is_file()):
+        state = "does not exist" if not path.exists() else "is a file" if folder else "is a folder"
+        raise UserError(f"{path} {state}: choose {what}")
     return path
 
 
-def existing_folder(file_edit, what: str) -> Path:
-    """The folder chosen in ``file_edit``, or a UserError saying to choose ``what``."""
+def safetensors_target(file_edit, what: str) -> Path:
+    """Where to save ``what`` (a .safetensors file), or a UserError when no file name is chosen."""
     path = chosen_path(file_edit)
-    if path is None:
-        raise UserError(f"choose {what}")
-    if not path.is_dir():
-        raise UserError(f"{path} {'is a file' if path.exists() else 'does not exist'}: choose {what}")
-    return path
+    if path is None or path.is_dir():
+        raise UserError(f"choose a file name (.safetensors) to save the {what} to")
+    return path.with_suffix(".safetensors")
 
 
 class _ProgressSignal(QObject):
