@@ -34,9 +34,17 @@ def wait(panel) -> None:
     settle()
 
 
+def dismiss_notifications() -> None:
+    """Close napari's notification pop-ups so they do not cover the screenshots."""
+    for widget in QApplication.allWidgets():
+        if type(widget).__name__ == "NapariQtNotification":
+            widget.close()
+
+
 def shoot(viewer, panel, tool: str, name: str) -> None:
     """The panel on the tab of ``tool``, the window at 1400 x 900, saved as docs/NAME.png."""
     panel.show_tool(tool)
+    dismiss_notifications()
     viewer.window.resize(1400, 900)
     viewer.reset_view()
     settle()
@@ -88,7 +96,9 @@ def main(steps: int) -> None:
     shoot(viewer, panel, "Few-shot segmentation", "segmentation")
     viewer.layers["ihc prediction"].visible = False
     viewer.layers["ihc uncertainty"].visible = True
+    seg.suggest_regions()
     shoot(viewer, panel, "Few-shot segmentation", "uncertainty")
+    viewer.layers.remove("ihc: label here")
     viewer.layers["ihc prediction"].visible = True
     viewer.layers["ihc uncertainty"].visible = False
 
@@ -120,7 +130,7 @@ def main(steps: int) -> None:
 
 
 WORKFLOW = (("segmentation", "1. Paint a few strokes per class, name the classes, Train & predict"),
-            ("uncertainty", "2. Check the uncertainty: paint where the classifiers disagree"),
+            ("uncertainty", "2. 'Where should I label next?': paint in the yellow boxes, train again"),
             ("reconstruction", "3. Optional: see what the backbone sees (slider: t)"),
             ("export", "4. Segment and export the masks (NAME_mask.tif opens as labels)"))
 

@@ -82,12 +82,20 @@ def test_panel_is_tabbed_narrow_and_explained(panel):
     assert panel.tabs.tabToolTip(3) == "Segment and export"
     assert panel.sizeHint().width() <= 380 and panel.minimumSizeHint().width() <= 380
     assert dock.minimumSizeHint().width() <= 400
-    from magicgui.widgets import Label
+    from magicgui.widgets import Container, Label
     from magicgui.widgets.bases import ButtonWidget, ValueWidget
 
+    def controls(container):
+        for w in container:
+            if isinstance(w, Container):
+                yield from controls(w)
+            elif isinstance(w, (ValueWidget, ButtonWidget)) and not isinstance(w, Label):
+                yield w
+
     for name, tool in panel.tools.items():
-        controls = [w for w in tool if isinstance(w, (ValueWidget, ButtonWidget)) and not isinstance(w, Label)]
-        missing = [w.label or w.text for w in controls if not w.tooltip]
+        controls_ = list(controls(tool))
+        assert len(controls_) >= 3
+        missing = [w.label or w.text for w in controls_ if not w.tooltip]
         assert not missing, f"{name}: no tooltip on {missing}"
 
 
@@ -289,3 +297,67 @@ def test_where_to_label_next_adds_boxes_and_reports_the_gain(panel, paint, wait_
     seg.start_training()
     wait_job(seg.jobs)
     assert any(n.startswith("uncertainty where suggested on 'ihc'") for n in notes())
+
+
+def test_export_writes_probabilities_and_instances(panel, tmp_path, wait_job):
+    from napari_mdm.io import read_array, written_kind
+
+    viewer, _, panel = panel
+    seg, export = panel.tools["Few-shot segmentation"], panel.tools["Segment and export"]
+    seg.start_training()
+    wait_job(seg.jobs)
+    export.out_dir.value = tmp_path
+    export.probabilities.value = True
+    export.instances.value = 2
+    export.start()
+    wait_job(export.jobs)
+    mask = read_array(tmp_path / "ihc_mask.tif")
+    probabilities = read_array(tmp_path / "ihc_probabilities.tif")
+    instances = read_array(tmp_path / "ihc_instances.tif")
+    assert probabilities.shape == (2, SIZE, SIZE) and np.allclose(probabilities.sum(0), 1, atol=1e-4)
+    assert written_kind(tmp_path / "ihc_probabilities.tif") == "probabilities"
+    assert ((instances > 0) == (mask == 2)).all() and instances.max() >= 1
+    assert isinstance(viewer.layers["ihc_instances"], Labels)
+
+
+def test_connected_instances_number_each_region_across_planes():
+    from napari_mdm.instances import connected_instances
+
+    labels = np.zeros((2, 10, 10), np.uint8)
+    labels[0, 1:3, 1:3] = labels[0, 6:8, 6:8] = 2
+    labels[1, 0:4, 0:4] = 2
+    labels[1, 5:9, 5:9] = 1
+    out = connected_instances(labels, 2)
+    assert sorted(np.unique(out[0])) == [0, 1, 2] and sorted(np.unique(out[1])) == [0, 3]
+    assert connected_instances(labels[0], 2).max() == 2
+
+
+def test_project_saves_and_reopens_everything(panel, make_napari_viewer, tmp_path, wait_job, notes):
+    viewer, _, panel = panel
+    seg = panel.tools["Few-shot segmentation"]
+    seg.start_training()
+    wait_job(seg.jobs)
+    seg.class_table.table.item(1, 1).setText("gland")
+    seg.timesteps.value, seg.features.value = "50, 100", "filters"
+    painted = np.array(viewer.layers["ihc labels"].data)
+    seg.project.save_file.value = tmp_path / "study"
+    seg.project.save_project()
+    wait_job(seg.jobs)
+    assert (tmp_path / "study.mdmproject").is_file()
+
+    fresh = make_napari_viewer()
+    _, other = fresh.window.add_plugin_dock_widget("napari-mdm", "Few-shot segmentation")
+    other.project.open_file.value = tmp_path / "study.mdmproject"
+    other.project.open_project()
+    wait_job(other.jobs)
+    np.testing.assert_array_equal(fresh.layers["ihc labels"].data, painted)
+    assert fresh.layers["ihc"].rgb and fresh.layers["ihc"].data.shape == (SIZE, SIZE, 3)
+    assert session_for(fresh).classes[2][0] == "gland" and session_for(fresh).head.class_values == [1, 2]
+    assert other.timesteps.value == "50, 100" and other.features.value == "filters"
+    assert other.label_layers.value == [fresh.layers["ihc labels"]]
+    assert "load it in the Backbone tab" in " ".join(notes())  # the fresh viewer has no backbone yet
+    (tmp_path / "bad.mdmproject").write_bytes(b"not a zip")
+    other.project.open_file.value = tmp_path / "bad.mdmproject"
+    other.project.open_project()
+    wait_job(other.jobs)
+    assert "cannot open project" in notes()[-1]

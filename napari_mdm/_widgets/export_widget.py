@@ -46,6 +46,12 @@ class ExportWidget(Container):
                                        "open anywhere")
         self.uncertainty = CheckBox(value=False, text="also uncertainty",
                                     tooltip="Also write and show where the classifiers disagree (NAME_uncertainty)")
+        self.probabilities = CheckBox(value=False, text="also class probabilities",
+                                      tooltip="Also write each class's probability map, one plane per class "
+                                              "(NAME_probabilities.tif; image layers only)")
+        self.instances = ComboBox(choices=self._class_choices, label="instances",
+                                  tooltip="Also number each connected region of this class (e.g. each nucleus) "
+                                          "as its own label: NAME_instances (image layers only)")
         self.overwrite = CheckBox(value=False, text="overwrite files", tooltip="Replace masks already in the folder")
         self.as_layers = CheckBox(value=True, text="show as layers", tooltip="Add each mask to the viewer")
         self.run = PushButton(text="Segment", tooltip="Segment with the trained classifier (train one in "
@@ -53,9 +59,11 @@ class ExportWidget(Container):
         self.jobs = JobPanel()
         self._seen: set[int] = set()
         super().__init__(widgets=[self.backbone_info, self.source, self.image_layers, self.folder, self.out_dir,
-                                  self.format, self.uncertainty, self.overwrite, self.as_layers, self.run, self.jobs])
+                                  self.format, self.uncertainty, self.probabilities, self.instances, self.overwrite,
+                                  self.as_layers, self.run, self.jobs])
         self.run.changed.connect(self.start)
         self.source.changed.connect(self._source_changed)
+        self.session.classes_changed.connect(self.instances.reset_choices)
         follow_layer_list(viewer, self)
         self._source_changed(self.source.value)
 
@@ -69,8 +77,11 @@ class ExportWidget(Container):
         if new:
             self.image_layers.value = [*self.image_layers.value, *new]
 
+    def _class_choices(self, *_) -> list:
+        return [("none", None), *((name, i) for i, (name, _) in sorted(self.session.classes.items()))]
+
     def _source_changed(self, source: str) -> None:
-        self.image_layers.visible = source == LAYERS
+        self.image_layers.visible = self.probabilities.visible = self.instances.visible = source == LAYERS
         self.folder.visible = source == FOLDER
 
     @user_action
@@ -126,8 +137,6 @@ class ExportWidget(Container):
             apply_classes(show_result(self.viewer, path.stem, labels, "labels", "export"), self.session.classes)
 
     def _start_layers(self, backbone, head, out_dir: Path | None):
-        from ..inference import output_paths
-
         layers = list(self.image_layers.value)
         if not layers:
             raise UserError("select the image layers to segment")
@@ -135,9 +144,8 @@ class ExportWidget(Container):
         fmt, unc, overwrite = self.format.value, self.uncertainty.value, self.overwrite.value
         if fmt == "png" and any(len(shape) != 2 for _, shape, _ in jobs):
             raise UserError("png holds one 2-D mask: write stacks as tif or zarr")
-        targets = {name: output_paths(Path(name), out_dir, fmt, unc, MASK_SUFFIX) for name, *_ in jobs} \
-            if out_dir else {}
-        clashes = [str(p) for outs in targets.values() for p in outs if p is not None and p.exists()]
+        targets = {name: self._targets(name, out_dir, fmt, unc) for name, *_ in jobs} if out_dir else {}
+        clashes = [str(p) for outs in targets.values() for p in outs.values() if p.exists()]
         if clashes and not overwrite:
             raise UserError(f"{clashes[0]} already exists: tick 'overwrite files' or choose another folder")
         compute = self._layers_job(backbone, head, jobs, targets)
@@ -168,25 +176,45 @@ class ExportWidget(Container):
                     done += 1
                     predictions.append(predict(plane, name, staged(progress, f"image {done}/{total} {name}"),
                                                should_stop))
-                labels = stack_planes([p.labels for p in predictions], shape)
-                uncertainty = stack_planes([p.uncertainty for p in predictions], shape)
-                if name in targets:
-                    labels_path, unc_path = targets[name]
-                    write_labels(labels_path, labels, overwrite=True)
-                    if unc_path is not None:
-                        write_array(unc_path, uncertainty, overwrite=True, kind="uncertainty")
-                results.append((name, labels, uncertainty))
+                outputs = self._outputs(predictions, shape)
+                for what, path in targets.get(name, {}).items():
+                    write = write_labels if what in ("mask", "instances") else write_array
+                    write(path, outputs[what], overwrite=True, **({} if write is write_labels else {"kind": what}))
+                results.append((name, outputs))
             return results
 
         return compute
+
+    def _targets(self, name: str, out_dir: Path, fmt: str, unc: bool) -> dict[str, Path]:
+        """Output files of one image layer by kind: mask, uncertainty, probabilities, instances."""
+        from ..inference import output_paths
+
+        mask, uncertainty = output_paths(Path(name), out_dir, fmt, unc, MASK_SUFFIX)
+        extra = "zarr" if fmt == "zarr" else "tif"  # float maps and large ids do not fit png
+        targets = {"mask": mask, "uncertainty": uncertainty,
+                   "probabilities": out_dir / f"{name}_probabilities.{extra}" if self.probabilities.value else None,
+                   "instances": out_dir / f"{name}_instances.{extra}" if self.instances.value is not None else None}
+        return {what: path for what, path in targets.items() if path is not None}
+
+    def _outputs(self, predictions, shape) -> dict:
+        from ..instances import connected_instances
+
+        mask = stack_planes([p.labels for p in predictions], shape)
+        outputs = {"mask": mask, "uncertainty": stack_planes([p.uncertainty for p in predictions], shape),
+                   "probabilities": stack_planes([p.probabilities for p in predictions], shape)}
+        if self.instances.value is not None:
+            outputs["instances"] = connected_instances(mask, self.instances.value)
+        return outputs
 
     def _show_layers(self, results) -> None:
         written = f" and written to {self.out_dir.value}" if chosen_path(self.out_dir) else ""
         notify_info(f"{len(results)} image{'s' if len(results) != 1 else ''} segmented{written}")
         if not self.as_layers.value:
             return
-        for name, labels, uncertainty in results:
-            layer = show_result(self.viewer, f"{name}{MASK_SUFFIX}", labels, "labels", "export", opacity=0.5)
+        for name, outputs in results:
+            layer = show_result(self.viewer, f"{name}{MASK_SUFFIX}", outputs["mask"], "labels", "export", opacity=0.5)
             apply_classes(layer, self.session.classes)
             if self.uncertainty.value:
-                show_uncertainty(self.viewer, f"{name}{UNCERTAINTY_SUFFIX}", uncertainty)
+                show_uncertainty(self.viewer, f"{name}{UNCERTAINTY_SUFFIX}", outputs["uncertainty"])
+            if "instances" in outputs:
+                show_result(self.viewer, f"{name}_instances", outputs["instances"], "labels", "instances")

@@ -26,6 +26,9 @@ TABS = (("Backbone", "Backbone", BackboneWidget),
 
 def scrollable(widget: QWidget) -> QScrollArea:
     """``widget`` in a vertical scroll area that never scrolls sideways (the panel stays narrow)."""
+    layout = widget.layout()
+    if hasattr(layout, "addStretch"):
+        layout.addStretch(1)  # controls stay packed at the top of a tall tab
     area = QScrollArea()
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)

@@ -26,6 +26,7 @@ from .layers import (
     show_result,
     stack_planes,
 )
+from .project_files import ProjectFiles
 from .session import BackboneLabel, session_for, unwrap
 from .suggestions import report_gain, show_suggestions
 from .workers import JobPanel, existing_path, notify_error, notify_info, safetensors_target, user_action
@@ -111,6 +112,8 @@ class SegmentationWidget(Container):
                                   self.class_table, self.timesteps, self.features, self.ensemble, self.steps,
                                   self.live, self.train, self.jobs, self.suggest, self.save_head_file, self.save_head,
                                   self.load_head_file, self.load_head])
+        self.project = ProjectFiles(self)
+        self.append(self.project)
         self._watched: list[Labels] = []
         self._rerun = False
         self.debounce = QTimer()

@@ -173,7 +173,8 @@ class JobPanel(Container):
     def __init__(self) -> None:
         self.bar = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="idle")
-        self.status.native.setWordWrap(True)
+        self.status.native.setWordWrap(True)  # long progress lines wrap instead of widening the dock
+        self.status.native.setMinimumHeight(2 * self.status.native.fontMetrics().lineSpacing() + 4)
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip="Stop the running job; "
                                         "what it would have written or shown is dropped")
         super().__init__(widgets=[self.bar, self.status, self.cancel_button], labels=False)
