@@ -143,7 +143,7 @@ def workflow_figure() -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(14, 9.4), dpi=110)
-    for ax, (name, caption) in zip(axes.ravel(), WORKFLOW):
+    for ax, (name, caption) in zip(axes.ravel(), WORKFLOW, strict=True):
         ax.imshow(plt.imread(DOCS / f"{name}.png"))
         ax.set_title(caption, fontsize=11, loc="left")
         ax.axis("off")

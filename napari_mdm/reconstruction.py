@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from .backbone import Backbone
+from .block_progress import per_block
 from .corruption import Corrupted, corrupt_region, estimate_x0, hashed_patch_mask
 from .io import ImageSource
-from .jobs import ProgressFn, StopFn, UserError
+from .jobs import ProgressFn, StopFn, UserError, check_stop
 from .tiling import pad_to, run_tiled
 
 
@@ -36,7 +37,7 @@ def reconstruct(backbone: Backbone, image, timesteps: Sequence[int], seed: int =
             masks = np.zeros((len(timesteps), h, w), np.float32)
         batch = torch.from_numpy(np.stack([pad_to(c, divisor) for c in corrupted])).to(backbone.device)
         t = torch.tensor(timesteps, device=backbone.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), per_block(backbone.model, lambda: check_stop(should_stop)):  # prompt cancel
             pred = backbone.model(batch, t).float()
             mask = torch.from_numpy(np.stack([pad_to(m[None], divisor) for m in masks])).to(pred.device)
             x0_hat = estimate_x0(pred, Corrupted(batch, t, mask, None), cfg)[:, :, :h, :w].cpu().numpy()

@@ -11,6 +11,7 @@ import pytest
 from napari.layers import Image, Labels
 
 from napari_mdm._widgets.session import session_for
+from napari_mdm.head import HeadContext
 
 SIZE = 64
 
@@ -66,7 +67,7 @@ def test_every_input_is_checked_before_a_job_starts(panel, tmp_path, notes):
     viewer.add_image(np.zeros((2, SIZE, SIZE), np.float32), name="stack")
     export.image_layers.value = [viewer.layers["stack"]]
     export.out_dir.value, export.format.value = tmp_path / "out", "png"
-    session_for(viewer).set_head(SimpleNamespace(context={}))  # never used: the format is refused first
+    session_for(viewer).set_head(SimpleNamespace(context=HeadContext()))  # never used: the format is refused first
     export.start()
     assert not export.jobs.busy and "png holds one 2-D mask" in notes()[-1]
     export.out_dir.value = a_file
@@ -82,6 +83,8 @@ def test_panel_is_tabbed_narrow_and_explained(panel):
     assert panel.tabs.tabToolTip(3) == "Segment and export"
     assert panel.sizeHint().width() <= 380 and panel.minimumSizeHint().width() <= 380
     assert dock.minimumSizeHint().width() <= 400
+    for name, tool in panel.tools.items():  # no tab is cut off at the panel's width
+        assert tool.native.minimumSizeHint().width() <= 350, name
     from magicgui.widgets import Container, Label
     from magicgui.widgets.bases import ButtonWidget, ValueWidget
 
@@ -95,6 +98,8 @@ def test_panel_is_tabbed_narrow_and_explained(panel):
     for name, tool in panel.tools.items():
         controls_ = list(controls(tool))
         assert len(controls_) >= 3
+        if name == "Few-shot segmentation":
+            assert tool.project.save in controls_  # the project fields are checked too
         missing = [w.label or w.text for w in controls_ if not w.tooltip]
         assert not missing, f"{name}: no tooltip on {missing}"
 
@@ -120,7 +125,7 @@ def test_closing_the_viewer_stops_a_running_job(make_napari_viewer, tiny_backbon
     widget.start()
     jobs = widget.jobs
     viewer.close()
-    qtbot.waitUntil(lambda: jobs._idle.is_set(), timeout=30_000)
+    qtbot.waitUntil(jobs._idle.is_set, timeout=30_000)
     assert jobs._closed and jobs._stop.is_set()
 
 
@@ -222,9 +227,12 @@ def test_export_reuses_features_keeps_the_prediction_and_picks_pictures(panel, t
 
     monkeypatch.setattr("napari_mdm.features.extract_features", recomputed)
     export.out_dir.value, export.format.value = tmp_path, "png"
+    reports = []
+    export.jobs.progressed.connect(lambda *report: reports.append(report))
     export.start()
     wait_job(export.jobs)
     assert (tmp_path / "ihc_mask.png").is_file()
+    assert any(info.startswith("image 1/1 ihc predicting") for *_, info in reports)  # progress within the image
     assert viewer.layers["ihc prediction"] is prediction  # untouched; the export is its own layer
     np.testing.assert_array_equal(viewer.layers["ihc_mask"].data, prediction.data)
 
@@ -361,3 +369,31 @@ def test_project_saves_and_reopens_everything(panel, make_napari_viewer, tmp_pat
     other.project.open_project()
     wait_job(other.jobs)
     assert "cannot open project" in notes()[-1]
+
+
+def test_a_script_that_closes_the_viewer_during_a_job_exits_cleanly(tmp_path):
+    """Closing while the network runs used to crash the interpreter on exit (issue 15)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "close_during_job.py"
+    script.write_text(
+        "import time\n"
+        "import numpy as np, napari\n"
+        "from qtpy.QtWidgets import QApplication\n"
+        "from napari_mdm._widgets.session import session_for\n"
+        "from napari_mdm.checkpoint import random_backbone\n"
+        "viewer = napari.Viewer(show=False)\n"
+        "viewer.add_image(np.random.default_rng(0).random((64, 64)), name='grey')\n"
+        "_, widget = viewer.window.add_plugin_dock_widget('napari-mdm', 'Reconstructions')\n"
+        "session_for(viewer).set_backbone(random_backbone('tiny'))\n"
+        "widget.timesteps.value = ', '.join(['500'] * 300)\n"
+        "widget.start()\n"
+        "time.sleep(1)\n"
+        "jobs = widget.jobs\n"
+        "viewer.close()\n"
+        "QApplication.processEvents()\n"
+        "print('cancelled' if jobs._stop.is_set() else 'not cancelled')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("cancelled") and "not" not in done.stdout

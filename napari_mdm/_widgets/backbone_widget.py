@@ -79,15 +79,15 @@ class BackboneWidget(Container):
             self.batch, self.crop, self.data, self.folder, self.fine_tune, self.train, self.jobs,
             self.save_path, self.save,
         ])
-        layout = self.native.layout()  # the curve goes above the progress bar (a labelled row holds the panel)
-        row = self.jobs.native if layout.indexOf(self.jobs.native) >= 0 else self.jobs.native.parentWidget()
-        layout.insertWidget(layout.indexOf(row), self.loss_plot)
         if self.shipped.value.startswith(RANDOM_PREFIX):
             self.current.value = (f"the shipped histology backbone is missing from this installation; "
                                   f"{self.shipped.value} (untrained) is preselected")
         self._connect(viewer)
 
     def _connect(self, viewer) -> None:
+        layout = self.native.layout()  # the curve goes above the progress bar (a labelled row holds the panel)
+        row = self.jobs.native if layout.indexOf(self.jobs.native) >= 0 else self.jobs.native.parentWidget()
+        layout.insertWidget(layout.indexOf(row), self.loss_plot)
         self.load_shipped.changed.connect(lambda: self.load(self.shipped.value))
         self.load_file.changed.connect(self._load_file)
         self.train.changed.connect(self.start_training)

@@ -4,7 +4,7 @@ head, the backbone reference and the feature settings (see :mod:`napari_mdm.proj
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import Container, FileEdit, PushButton
+from magicgui.widgets import FileEdit, PushButton
 from napari.layers import Image, Labels
 
 from ..jobs import UserError
@@ -14,8 +14,9 @@ from .workers import existing_path, notify_info, notify_warning, user_action
 FILTER = "*.mdmproject"
 
 
-class ProjectFiles(Container):
-    """'save project to' / 'open project' fields for a :class:`SegmentationWidget`."""
+class ProjectFiles:
+    """'project' / 'open' fields and their buttons for a :class:`SegmentationWidget`, which shows
+    ``widgets`` in its own column (a nested container would widen the dock)."""
 
     def __init__(self, segmentation) -> None:
         self.seg = segmentation
@@ -27,7 +28,7 @@ class ProjectFiles(Container):
                                   tooltip="A project saved earlier (.mdmproject)")
         self.open = PushButton(text="Open project", tooltip="Bring back a saved project's images, strokes, "
                                                             "classes and classifier")
-        super().__init__(widgets=[self.save_file, self.save, self.open_file, self.open])
+        self.widgets = [self.save_file, self.save, self.open_file, self.open]
         self.save.changed.connect(self.save_project)
         self.open.changed.connect(self.open_project)
 

@@ -113,13 +113,16 @@ class SegmentationWidget(Container):
                                   self.live, self.train, self.jobs, self.suggest, self.save_head_file, self.save_head,
                                   self.load_head_file, self.load_head])
         self.project = ProjectFiles(self)
-        self.append(self.project)
+        self.extend(self.project.widgets)
         self._watched: list[Labels] = []
         self._rerun = False
         self.debounce = QTimer()
         self.debounce.setSingleShot(True)
         self.debounce.setInterval(LIVE_DELAY_MS)
         self.debounce.timeout.connect(self._live_retrain)
+        self._connect(viewer)
+
+    def _connect(self, viewer) -> None:
         self.new_labels.changed.connect(self.add_labels_layers)
         self.train.changed.connect(lambda: self.start_training(live=False))
         self.live.changed.connect(self._live_toggled)

@@ -104,6 +104,7 @@ class BackboneLabel(Label):
     def __init__(self, session: Session) -> None:
         super().__init__(value=describe(session.backbone))
         self.native.setWordWrap(True)
+        self.native.setMinimumWidth(120)  # wraps into the dock's width instead of setting it
         session.backbone_changed.connect(self.show_backbone)  # psygnal holds bound methods weakly
 
     def show_backbone(self, backbone) -> None:

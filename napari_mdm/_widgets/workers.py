@@ -8,6 +8,7 @@ bad checkpoints included) become one-line error notifications; nothing is raised
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -137,24 +138,32 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def _shut_down_all() -> None:
+    for panel in list(JobPanel._live):
+        panel.shutdown()
+
+
 @functools.lru_cache(maxsize=1)
 def _shut_down_jobs_on_quit() -> None:
-    """Once per process: when the application quits, every panel's job stops and is waited for."""
+    """Once per process: when the application quits, or a script ends, every panel's job stops
+    and is waited for, so no worker thread runs torch while the interpreter shuts down."""
+    atexit.register(_shut_down_all)
     app = QCoreApplication.instance()
     if app is not None:
-        app.aboutToQuit.connect(lambda: [panel.shutdown() for panel in list(JobPanel._live)])
+        app.aboutToQuit.connect(_shut_down_all)
 
 
 class _CloseWatcher(QObject):
-    """Calls ``on_close`` when the dock holding a widget is closed: napari takes the docked
-    widget out of its dock (its parent becomes None) before deleting the dock."""
+    """Calls ``on_close`` when the dock holding a widget is closed (napari takes the docked widget
+    out of its dock: its parent becomes None) or when the viewer's window closes."""
 
     def __init__(self, on_close: Callable[[], None]) -> None:
         super().__init__()
         self.on_close = on_close
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
-        if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
+        closing = event.type() == QEvent.Type.Close and obj.isWindow()
+        if closing or event.type() == QEvent.Type.ParentChange and obj.parent() is None:
             self.on_close()
         return False
 
@@ -168,7 +177,7 @@ class JobPanel(Container):
     progressed = PSignal(int, int, str)
     """(done, total, info) of the running job, on the Qt thread (e.g. for a live loss plot)."""
 
-    _live: "weakref.WeakSet[JobPanel]" = weakref.WeakSet()
+    _live: weakref.WeakSet[JobPanel] = weakref.WeakSet()
 
     def __init__(self) -> None:
         self.bar = ProgressBar(value=0, min=0, max=1, label="progress")
@@ -205,13 +214,15 @@ class JobPanel(Container):
             log.warning("%s did not stop within %.0f s", self.title, SHUTDOWN_WAIT_S)
 
     def _watch_dock(self) -> None:
-        """Watch the widget napari docked (this panel's dock-level ancestor) for its removal."""
+        """Watch the widget napari docked (this panel's dock-level ancestor) for its removal, and
+        the window holding it for its closing."""
         child, parent = self.native, self.native.parentWidget()
         while parent is not None and not isinstance(parent, QDockWidget):
             child, parent = parent, parent.parentWidget()
         if parent is not None:
-            child.removeEventFilter(self._watcher)
-            child.installEventFilter(self._watcher)
+            for watched in (child, parent.window()):
+                watched.removeEventFilter(self._watcher)
+                watched.installEventFilter(self._watcher)
 
     def _unless_closed(self, callback: Callable) -> Callable:
         return lambda *args: None if self._closed else callback(*args)
