@@ -15,7 +15,7 @@ from pathlib import Path
 from magicgui.widgets import Label
 from psygnal import Signal
 
-from .workers import notify_error, notify_info
+from .workers import notify_error, notify_info, wrap_to_width
 
 FEATURE_CACHE_BYTES = 2 << 30
 FEATURE_CACHE_ENV = "NAPARI_MDM_FEATURE_CACHE"
@@ -104,7 +104,7 @@ class BackboneLabel(Label):
     def __init__(self, session: Session) -> None:
         super().__init__(value=describe(session.backbone))
         self.native.setWordWrap(True)
-        self.native.setMinimumWidth(120)  # wraps into the dock's width instead of setting it
+        wrap_to_width(self.native)
         session.backbone_changed.connect(self.show_backbone)  # psygnal holds bound methods weakly
 
     def show_backbone(self, backbone) -> None:

@@ -25,7 +25,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal as PSignal
 from qtpy.QtCore import QCoreApplication, QEvent, QObject, Signal
-from qtpy.QtWidgets import QDockWidget
+from qtpy.QtWidgets import QDockWidget, QSizePolicy
 
 from ..jobs import Cancelled, UserError
 
@@ -127,6 +127,14 @@ def safetensors_target(file_edit, what: str) -> Path:
     return path.with_suffix(".safetensors")
 
 
+def wrap_to_width(label) -> None:
+    """A word-wrapped QLabel that takes the row's width (Qt would otherwise size it to its own
+    idea of a comfortable width: too wide for a narrow dock, or a narrow column of words)."""
+    label.setWordWrap(True)
+    label.setMinimumWidth(120)
+    label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+
+
 class _ProgressSignal(QObject):
     """Carries progress from the worker thread to the Qt thread (a queued connection)."""
 
@@ -182,7 +190,7 @@ class JobPanel(Container):
     def __init__(self) -> None:
         self.bar = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="idle")
-        self.status.native.setWordWrap(True)  # long progress lines wrap instead of widening the dock
+        wrap_to_width(self.status.native)  # long progress lines wrap instead of widening the dock
         self.status.native.setMinimumHeight(2 * self.status.native.fontMetrics().lineSpacing() + 4)
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip="Stop the running job; "
                                         "what it would have written or shown is dropped")
