@@ -142,7 +142,7 @@ def workflow_figure() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(14, 9.4), dpi=110)
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9.4), dpi=90)
     for ax, (name, caption) in zip(axes.ravel(), WORKFLOW, strict=True):
         ax.imshow(plt.imread(DOCS / f"{name}.png"))
         ax.set_title(caption, fontsize=11, loc="left")
