@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .jobs import UserError
+from .naming import is_uncertainty, stem
 
 MASK_SUFFIX = "_mask"
 UNCERTAINTY_SUFFIX = "_uncertainty"
@@ -54,11 +55,10 @@ def _kind(path: Path) -> str | None:
     shape, dtype = peeked
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[-1] in (3, 4)):
         return None
-    stem = path.name.split(".")[0]
     marker = written_kind(path) if path.suffix.lower() in MARKED_SUFFIXES else None
-    if dtype.kind in "ui" and (marker == "labels" or stem.endswith(MASK_SUFFIX)):
+    if dtype.kind in "ui" and (marker == "labels" or stem(path).endswith(MASK_SUFFIX)):
         return "labels"
-    if dtype.kind == "f" and (marker == "uncertainty" or stem.endswith(UNCERTAINTY_SUFFIX)):
+    if dtype.kind == "f" and (marker == "uncertainty" or is_uncertainty(path)):
         return "image"
     return None
 
@@ -81,7 +81,7 @@ def read_mask(path, kind: str = "labels") -> list[tuple]:
         data = np.asarray(read_array(path))
     except UserError:
         return []
-    name = path.name.split(".")[0]
+    name = stem(path)
     if kind == "image":  # marked as our output, so choosers do not offer it as an image to segment
         return [(data, {"name": name, "colormap": "inferno", "metadata": {MARKER_KEY: "uncertainty"}}, "image")]
     return [(data, {"name": name}, "labels")]

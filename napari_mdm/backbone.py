@@ -45,12 +45,22 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "UNetConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown backbone settings: {sorted(unknown)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
+        """Settings read from a file, checked (types, limits, consistency) before any model is built."""
+        from .settings import from_settings
+
+        config = from_settings(cls, data, SETTING_LIMITS)
+        if not config.channel_mult:
+            raise ValueError("channel_mult must list at least one level")
+        for channels in (config.base_channels * m for m in config.channel_mult):
+            if channels % max(1, channels // config.head_channels):
+                raise ValueError(f"{channels} channels do not split into heads of {config.head_channels}")
+        return config
+
+
+SETTING_LIMITS = {"base_channels": (1, 1024), "channel_mult": (1, 16), "num_res_blocks": (0, 8),
+                  "attention_at": (1, 1 << 16), "head_channels": (1, 1 << 14), "dropout": (0, 1),
+                  "in_channels": (3, 3), "out_channels": (3, 3)}
+"""What a checkpoint's U-Net settings may hold (RGB in and out; the ``paper`` preset is far inside)."""
 
 
 PRESETS: dict[str, UNetConfig] = {

@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from .backbone import Backbone, UNet, UNetConfig
 from .corruption import CorruptionConfig
-from .files import atomic_output
-from .jobs import UserError
+from .files import atomic_output, plan_outputs, refuse_existing
+from .jobs import UserError, first_line
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 BACKBONE_FORMAT = "napari-mdm-backbone/1"
@@ -89,18 +89,42 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     raise CheckpointError(f"no checkpoint {str(name_or_path)!r}: not a file, and not a shipped backbone (shipped: {names})")
 
 
-def _check_safetensors(path: Path) -> None:
-    """Refuse files that are not safetensors without interpreting them."""
+MAX_HEADER_BYTES = 100_000_000
+"""safetensors' own limit on the JSON header."""
+
+
+def _safetensors_header(path: Path) -> dict | None:
+    """The parsed header when ``path`` is safetensors (8-byte little-endian length, then that many
+    bytes of a JSON object, within the file), else None."""
     with open(path, "rb") as fh:
-        head = fh.read(9)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+        length = int.from_bytes(fh.read(8).ljust(8, b"\xff"), "little")
+        if not 2 <= length <= min(MAX_HEADER_BYTES, path.stat().st_size - 8):
+            return None
+        try:
+            header = json.loads(fh.read(length))
+        except (UnicodeDecodeError, ValueError):
+            return None
+    return header if isinstance(header, dict) else None
+
+
+def _is_pickle(head: bytes) -> bool:
+    """Torch's zip format, or a pickle of protocol 2-5 (opcode PROTO 0x80, then the protocol)."""
+    return head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse files that are not safetensors without interpreting them: the header is parsed
+    first (its length may well start with byte 0x80), pickles are named as such."""
+    if _safetensors_header(path) is not None:
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if _is_pickle(head):
         raise CheckpointError(
             f"{path} is a pickle/torch file; napari-mdm loads only safetensors checkpoints, "
             "because unpickling can run arbitrary code"
         )
-    size = path.stat().st_size
-    if len(head) < 9 or head[8:9] != b"{" or int.from_bytes(head[:8], "little") + 8 > size:
-        raise CheckpointError(f"{path} is not a valid safetensors file (truncated or another format)")
+    raise CheckpointError(f"{path} is not a valid safetensors file (truncated or another format)")
 
 
 def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict, overwrite: bool = True) -> Path:
@@ -115,7 +139,8 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     """Read what :func:`write_tensors` wrote; any defect is a :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} does not exist")
+        raise CheckpointError(f"{path} is not a regular file (a folder, pipe or device)" if path.exists()
+                              else f"{path} does not exist")
     _check_safetensors(path)
     try:
         tensors = load_file(str(path))
@@ -123,8 +148,8 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
 
         with safe_open(str(path), framework="pt") as fh:
             meta = json.loads((fh.metadata() or {}).get("meta", "{}"))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} could not be read: {err}") from None
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{path} could not be read: {first_line(err)}") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path} is not a napari-mdm checkpoint (its settings are not a JSON object)")
     return tensors, meta
@@ -143,31 +168,53 @@ def backbone_meta(model: UNet, corruption: CorruptionConfig, provenance: dict) -
     return {"format": BACKBONE_FORMAT, "unet": model.config.to_dict(), "corruption": corruption.to_dict(), "provenance": provenance}
 
 
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The readable JSON copy of a backbone's settings, written beside it."""
+    return Path(path).with_suffix(".json")
+
+
 def save_backbone(path: str | os.PathLike, model: UNet, corruption: CorruptionConfig, provenance: dict | None = None,
                   half: bool = True, overwrite: bool = True) -> Path:
-    """Save inference weights (float16 by default: half the size, same features) and a JSON beside them."""
+    """Save inference weights (float16 by default: half the size, same features) and a JSON beside
+    them; both obey ``overwrite`` and are checked before either is written."""
+    refuse_existing(path, overwrite=True)  # a folder (even ".") has no side file
+    plan_outputs([path, sidecar_path(path)], overwrite=overwrite)
     meta = backbone_meta(model, corruption, provenance or {})
     dtype = torch.float16 if half else torch.float32
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     path = write_tensors(path, state, meta, overwrite=overwrite)
-    sidecar = Path(path).with_suffix(".json")
-    with atomic_output(sidecar) as tmp:
+    with atomic_output(sidecar_path(path), overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
 
-def build_from_meta(meta: dict, source: Path) -> tuple[UNet, CorruptionConfig]:
+def build_checked(factory, state: dict[str, torch.Tensor], source: Path) -> torch.nn.Module:
+    """``factory()`` with the weights ``state`` loaded; the model is first built on the meta device
+    (no memory) and compared with the file's tensors, so settings that disagree with the weights
+    never allocate anything."""
+    try:
+        with torch.device("meta"):
+            shell = factory()
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as err:
+        raise CheckpointError(f"{source} has unusable settings: {first_line(err)}") from None
+    check_state(shell.state_dict(), state, source)
+    model = factory()
+    load_state(model, state, source)
+    return model
+
+
+def build_from_meta(meta: dict, source: Path, state: dict[str, torch.Tensor]) -> tuple[UNet, CorruptionConfig]:
     if meta.get("format") != BACKBONE_FORMAT:
         raise CheckpointError(f"{source} is not a napari-mdm backbone (format {meta.get('format')!r})")
     try:
-        return UNet(UNetConfig.from_dict(meta["unet"])), CorruptionConfig.from_dict(meta["corruption"])
+        config, corruption = UNetConfig.from_dict(meta["unet"]), CorruptionConfig.from_dict(meta["corruption"])
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{source} has unusable settings: {err}") from None
+        raise CheckpointError(f"{source} has unusable settings: {first_line(err)}") from None
+    return build_checked(lambda: UNet(config), state, source), corruption
 
 
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Load weights, turning an architecture mismatch into one readable line."""
-    own = model.state_dict()
+def check_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse weights that do not fit the model's tensors (names and shapes) in one readable line."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -175,6 +222,12 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: P
         parts = [f"{len(missing)} missing" if missing else "", f"{len(unexpected)} unexpected" if unexpected else "",
                  f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else ""]
         raise CheckpointError(f"{source} does not match its architecture: weights {', '.join(p for p in parts if p)}")
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load weights, turning an architecture mismatch into one readable line."""
+    own = model.state_dict()
+    check_state(own, state, source)
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
@@ -191,7 +244,9 @@ def load_backbone(name_or_path: str | os.PathLike | None = None, device: str | t
         return random_backbone(preset).to(device)
     path = resolve_checkpoint(name)
     state, meta = read_tensors(path)
-    model, corruption = build_from_meta(meta, path)
-    load_state(model, state, path)
+    model, corruption = build_from_meta(meta, path, state)
+    provenance = meta.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise CheckpointError(f"{path} has unusable settings: its provenance is not a JSON object")
     model.eval().requires_grad_(False).to(device)
-    return Backbone(model, corruption, meta.get("provenance", {}), file_digest(path), name)
+    return Backbone(model, corruption, provenance, file_digest(path), name)

@@ -7,10 +7,33 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .jobs import Cancelled, UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one line, ``napari-mdm CMD: error: ...``, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _at_least(low: int):
+    """An argparse type: an integer of at least ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -58,21 +81,26 @@ def _backbone(args):
     return load_backbone(args.backbone, device=resolve_device(args.device))
 
 
+def _backbone_file(args) -> list[Path]:
+    """The backbone file a command reads, when it names one (an input no output may replace)."""
+    return [Path(args.backbone)] if args.backbone and Path(args.backbone).exists() else []
+
+
 def _pair_labels(images: list[Path], labels: list[str]) -> list[Path]:
     """Labels given file by file (same order as the images) or as a folder holding NAME_mask.*,
-    NAME_labels.* or NAME.* for each image NAME."""
+    NAME_labels.* or NAME.* for each image NAME (the name up to its last suffix)."""
     from .io import IMAGE_SUFFIXES
+    from .naming import LABEL_TAGS, companion, stem
 
     if len(labels) == 1 and Path(labels[0]).is_dir() and Path(labels[0]).suffix != ".zarr":
         folder = Path(labels[0])
         paired = []
         for img in images:
-            stem = img.name.split(".")[0]
-            hits = [folder / f"{stem}{tag}{ext}" for tag in ("_mask", "_labels", "") for ext in IMAGE_SUFFIXES]
-            found = [h for h in hits if h.exists() and h != img]
-            if not found:
-                raise UserError(f"no labels for {img.name} in {folder} (looked for {stem}_mask.*, {stem}_labels.*)")
-            paired.append(found[0])
+            found = companion(img, folder, LABEL_TAGS, IMAGE_SUFFIXES)
+            if found is None:
+                raise UserError(f"no labels for {img.name} in {folder} "
+                                f"(looked for {stem(img)}_mask.*, {stem(img)}_labels.*)")
+            paired.append(found)
         return paired
     if len(labels) != len(images):
         raise UserError(f"{len(images)} images but {len(labels)} label files: give one label file per image, "
@@ -84,23 +112,25 @@ def cmd_pretrain(args) -> int:
     import numpy as np
 
     from .backbone import PRESETS
-    from .checkpoint import load_backbone
+    from .checkpoint import load_backbone, resolve_checkpoint, sidecar_path
     from .corruption import CorruptionConfig
-    from .io import collect_images, read_image
-    from .files import refuse_existing
+    from .files import plan_outputs, refuse_existing
+    from .inference import open_planes
+    from .io import collect_images
     from .pretrain import PretrainConfig, pretrain, state_path
     from .ranks import ranks_from_env
 
     if args.resume and not state_path(args.out).exists():
         raise UserError(f"--resume: there is no saved training state {state_path(args.out)}")
-    for path in (args.out, state_path(args.out)):
-        refuse_existing(path, args.overwrite or args.resume)
     if not 0.05 <= args.scale <= 1:
         raise UserError(f"--scale must be in [0.05, 1], got {args.scale}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise UserError(f"--max-minutes must be above 0, got {args.max_minutes}")
     paths = collect_images(args.images, args.exclude)
-    images = [read_image(p) for p in paths]
+    refuse_existing(args.out, overwrite=True)  # `--out .` is a folder: no weights, side file or state beside it
+    inputs = [*paths, *([resolve_checkpoint(args.init)] if args.init and Path(args.init).exists() else [])]
+    plan_outputs([args.out, sidecar_path(args.out), state_path(args.out)], inputs, args.overwrite or args.resume)
+    images = [plane.read() for p in paths for plane in open_planes(p)]  # a stack: each of its planes
     if args.scale != 1:
         from skimage.transform import rescale
 
@@ -131,11 +161,13 @@ def cmd_pretrain(args) -> int:
 def cmd_reconstruct(args) -> int:
     import numpy as np
 
-    from .files import refuse_existing
+    from .files import plan_outputs
     from .io import read_image, write_array
     from .reconstruction import reconstruct
 
-    refuse_existing(args.out, args.overwrite)
+    if Path(args.out).suffix.lower() not in (".tif", ".tiff", ".zarr"):
+        raise UserError(f"cannot write {args.out}: reconstructions are a stack; use .tif or .zarr")
+    plan_outputs([args.out], [args.image, *_backbone_file(args)], args.overwrite)
     backbone = _backbone(args)
     corrupted, recon = reconstruct(backbone, read_image(args.image), args.timesteps, seed=args.seed)
     stack = (np.stack([corrupted, recon], axis=1) * 255).round().astype(np.uint8)  # (T, 2, H, W, 3)
@@ -147,15 +179,15 @@ def cmd_reconstruct(args) -> int:
 def cmd_train_head(args) -> int:
     from .feature_sets import FEATURE_SETS
     from .features import FeatureConfig
-    from .files import refuse_existing
+    from .files import plan_outputs
     from .head import HeadConfig
     from .io import collect_images, read_image, read_labels
     from .pipeline import train_head
 
-    refuse_existing(args.out, args.overwrite)
-    backbone = _backbone(args)
     images = collect_images(args.images, args.exclude)
     label_paths = _pair_labels(images, args.labels)
+    plan_outputs([args.out], [*images, *label_paths, *_backbone_file(args)], args.overwrite)
+    backbone = _backbone(args)
     config = FeatureConfig(timesteps=args.timesteps, blocks=args.blocks, tile=args.tile, scale=args.scale,
                            **FEATURE_SETS[args.features])
     head_cfg = HeadConfig(ensemble=args.ensemble, steps=args.steps, seed=args.seed)
@@ -173,12 +205,14 @@ def cmd_train_head(args) -> int:
 
 def cmd_segment(args) -> int:
     from .head import Head
-    from .inference import segment_files
+    from .inference import plan_segmentation, segment_files
     from .io import collect_images
 
-    backbone = _backbone(args)
     head = Head.load(args.head)
     paths = collect_images(args.images, args.exclude)
+    plan_segmentation(head, paths, args.out, args.format, args.uncertainty, args.overwrite,
+                      [args.head, *_backbone_file(args)])
+    backbone = _backbone(args)
     bar = _Bar("segment")
     try:
         written = segment_files(backbone, head, paths, args.out, fmt=args.format, uncertainty=args.uncertainty,
@@ -206,29 +240,18 @@ def cmd_segment_slide(args) -> int:
     return 0
 
 
-def _truth_for(pred: Path, truth_dir: Path) -> Path | None:
-    from .io import IMAGE_SUFFIXES
-
-    stem = pred.name.split(".")[0]
-    for tag in ("_mask", "_labels", "_inst", ""):
-        for ext in IMAGE_SUFFIXES:
-            candidate = truth_dir / f"{stem}{tag}{ext}"
-            if candidate.exists():
-                return candidate
-    return None
-
-
 def cmd_evaluate(args) -> int:
     import numpy as np
     from skimage.measure import label as connected
 
     from . import metrics
-    from .io import collect_images, read_labels
+    from .io import IMAGE_SUFFIXES, collect_images, read_labels
+    from .naming import TRUTH_TAGS, companion, is_uncertainty
 
-    preds = [p for p in collect_images([args.pred]) if not p.name.split(".")[0].endswith("_uncertainty")]
+    preds = [p for p in collect_images([args.pred]) if not is_uncertainty(p)]
     scores = []
     for pred_path in preds:
-        truth_path = _truth_for(pred_path, Path(args.truth))
+        truth_path = companion(pred_path, args.truth, TRUTH_TAGS, IMAGE_SUFFIXES)
         if truth_path is None:
             print(f"{pred_path.name}: no ground truth in {args.truth}, skipped", file=sys.stderr)
             continue
@@ -299,15 +322,15 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--mode", choices=MODES, default=corruption.mode)
     p.add_argument("--mask-shape", choices=MASK_SHAPES, default=corruption.mask_shape)
     p.add_argument("--loss", choices=LOSSES, default=defaults.loss)
-    p.add_argument("--steps", type=int, default=defaults.steps)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--crop", type=int, default=defaults.crop)
+    p.add_argument("--steps", type=_at_least(1), default=defaults.steps)
+    p.add_argument("--batch-size", type=_at_least(1), default=defaults.batch_size)
+    p.add_argument("--crop", type=_at_least(1), default=defaults.crop)
     p.add_argument("--scale", type=float, default=1.0,
                    help="downscale the images by this factor first (0.5: crops cover 4x the tissue); "
                         "extract features with the same --scale")
     p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    p.add_argument("--seed", type=_at_least(0), default=defaults.seed)
+    p.add_argument("--checkpoint-every", type=_at_least(1), default=defaults.checkpoint_every)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved state")
     p.add_argument("--max-minutes", type=float, default=None,
@@ -322,7 +345,7 @@ def _add_reconstruct(sub) -> None:
     _add_backbone_options(p)
     p.add_argument("--image", required=True)
     p.add_argument("--timesteps", type=_ints, default=(100, 500, 900))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--out", required=True, help="output .tif or .zarr")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_reconstruct)
@@ -343,15 +366,15 @@ def _add_train_head(sub) -> None:
                    help="labels are full masks in which 0 is a class (background), not 'unlabelled'")
     p.add_argument("--timesteps", type=_ints, default=features.timesteps)
     p.add_argument("--blocks", type=_ints, default=features.blocks, help="decoder blocks (default: the backbone's)")
-    p.add_argument("--tile", type=int, default=features.tile, help="tile side in pixels (default: %(default)s)")
+    p.add_argument("--tile", type=_at_least(1), default=features.tile, help="tile side in pixels (default: %(default)s)")
     p.add_argument("--scale", type=float, default=features.scale,
                    help="resize images by this factor before the backbone (0.5 = half resolution)")
     p.add_argument("--features", choices=FEATURE_SETS, default=DEFAULT_FEATURE_SET,
                    help="the backbone's diffusion features, the classic filter bank, or both (default: "
                         "%(default)s; 'filters' runs no network)")
-    p.add_argument("--ensemble", type=int, default=head.ensemble)
-    p.add_argument("--steps", type=int, default=head.steps)
-    p.add_argument("--seed", type=int, default=head.seed)
+    p.add_argument("--ensemble", type=_at_least(1), default=head.ensemble)
+    p.add_argument("--steps", type=_at_least(1), default=head.steps)
+    p.add_argument("--seed", type=_at_least(0), default=head.seed)
     p.add_argument("--out", required=True, help="head file to write (.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing head file")
     p.set_defaults(func=cmd_train_head)
@@ -366,7 +389,7 @@ def _add_segment(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--format", choices=("tif", "zarr", "png"), default="tif")
     p.add_argument("--uncertainty", action="store_true", help="also write NAME_uncertainty")
-    p.add_argument("--draws", type=int, default=None, help="average features over this many mask draws")
+    p.add_argument("--draws", type=_at_least(1), default=None, help="average features over this many mask draws")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_segment)
 
@@ -410,32 +433,73 @@ def _add_evaluate_gui_demo(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-mdm", description="Few-shot segmentation with masked-diffusion features.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="napari-mdm", description="Few-shot segmentation with masked-diffusion features.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (_add_pretrain, _add_reconstruct, _add_train_head, _add_segment, _add_segment_slide,
                 _add_evaluate_gui_demo):
         add(sub)
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so outputs are kept or cleaned up as for Ctrl-C."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """MemoryError, or torch's RuntimeError for a failed CPU or GPU allocation."""
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _report(err: BaseException, command: str) -> int | None:
+    """Print the one line for an error that is not a bug and return the exit status; None for a bug."""
+    prefix = f"napari-mdm {command}".rstrip()
+    if isinstance(err, Terminated):
+        print(f"{prefix}: terminated (SIGTERM); finished outputs are kept", file=sys.stderr)
+        return 143
+    if isinstance(err, (KeyboardInterrupt, Cancelled)):
+        print(f"{prefix}: {'cancelled' if isinstance(err, Cancelled) else 'interrupted'}", file=sys.stderr)
+        return 130
+    if isinstance(err, UserError):
+        print(f"{prefix}: error: {err}", file=sys.stderr)
+        return 2
+    if isinstance(err, OSError):  # the system refused (permissions, a vanished file): not a bug
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{prefix}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    if isinstance(err, (MemoryError, RuntimeError)) and _out_of_memory(err):
+        print(f"{prefix}: error: out of memory: use smaller images (large ones as zarr or tif, segmented with "
+              "--format zarr), a smaller --tile, --crop or --batch-size", file=sys.stderr)
+        return 2
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in checkpoints' provenance
+    """Run a command; user errors, running out of memory, Ctrl-C (exit 130, also during start-up)
+    and SIGTERM (exit 143) end with one line on stderr, never a traceback."""
+    import signal
+    import threading
+
+    command = ""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in checkpoints' provenance
         return args.func(args)
-    except UserError as err:
-        print(f"napari-mdm {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except MemoryError:
-        print(f"napari-mdm {args.command}: error: out of memory: use smaller images (large ones as zarr or tif, "
-              "segmented with --format zarr) or a smaller --tile", file=sys.stderr)
-        return 2
-    except Cancelled:
-        print(f"napari-mdm {args.command}: cancelled", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(f"napari-mdm {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Cancelled, UserError, MemoryError, RuntimeError, OSError) as err:
+        status = _report(err, command)
+        if status is None:
+            raise
+        return status
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

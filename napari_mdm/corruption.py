@@ -64,7 +64,12 @@ class CorruptionConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "CorruptionConfig":
-        return cls(**data)
+        from .settings import from_settings
+
+        return from_settings(cls, data, {"num_timesteps": (1, 100_000), "patch_size": (1, 4096),
+                                         "block_patches": (1, 4096), "maskdm_mask_ratio": (0, 1),
+                                         "umd_clean_fraction": (0, 1), "umd_clean_mask_ratio": (0, 1),
+                                         "umd_noisy_mask_ratio": (0, 1)})
 
 
 class Corrupted(NamedTuple):

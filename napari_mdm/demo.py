@@ -63,6 +63,10 @@ def demo_scribbles(reference: np.ndarray, seed: int = 0) -> np.ndarray:
     return labels
 
 
+DEMO_OUTPUTS = ("ihc.tif", "ihc_scribbles.tif", "ihc_reference.tif", "ihc_prediction.tif", "ihc_uncertainty.tif",
+                "head.safetensors", "summary.json")
+
+
 def _timed(timings: dict[str, float], label: str, work):
     """Run ``work()``, record and print how long it took."""
     start = time.perf_counter()
@@ -75,6 +79,7 @@ def _timed(timings: dict[str, float], label: str, work):
 def _write_outputs(out: Path, image: np.ndarray, layers: dict[str, np.ndarray], uncertainty: np.ndarray,
                    head, summary: dict) -> None:
     """The files a user opens afterwards, named so napari shows them as layers."""
+    from .files import atomic_output
     from .io import write_array, write_labels
 
     write_array(out / "ihc.tif", image, overwrite=True)
@@ -82,7 +87,8 @@ def _write_outputs(out: Path, image: np.ndarray, layers: dict[str, np.ndarray], 
         write_labels(out / f"ihc_{kind}.tif", labels, overwrite=True)
     write_array(out / "ihc_uncertainty.tif", uncertainty, overwrite=True)
     head.save(out / "head.safetensors", overwrite=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with atomic_output(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def run_demo(out: str | os.PathLike, backbone: str | None = None, device: str = "auto") -> int:
@@ -93,13 +99,14 @@ def run_demo(out: str | os.PathLike, backbone: str | None = None, device: str = 
     """
     from .checkpoint import default_backbone_name, load_backbone
     from .devices import resolve_device
+    from .files import plan_outputs
     from .features import FeatureCache, FeatureConfig, resolve_config
     from .io import normalize_image
     from .metrics import dice
     from .pipeline import train_head
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    plan_outputs([out / f for f in DEMO_OUTPUTS], overwrite=True)  # a demo folder is rewritten, but checked first
     name = backbone or default_backbone_name()
     timings: dict[str, float] = {}
     print(f"napari-mdm demo: ihc sample, backbone {name}, device {resolve_device(device)}", file=sys.stderr)

@@ -27,4 +27,25 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
     if kind != "cpu" and kind not in available_devices():
         raise UserError(f"device {name!r} is not available here; available: {', '.join(available_devices())}")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {name!r} is not available here: this machine has {torch.cuda.device_count()} "
+                        "CUDA device(s), numbered from 0")
+    return device
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    """Memory free for new tensors on ``device``: free GPU memory, or the system's available RAM."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            info = dict(line.split(":", 1) for line in fh)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")

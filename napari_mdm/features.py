@@ -56,10 +56,14 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureConfig":
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        values.setdefault("filters", False)  # heads saved before the options existed
-        values.setdefault("diffusion", True)
-        return cls(**values)
+        from .settings import from_settings
+
+        if not isinstance(data, dict):
+            raise ValueError(f"feature settings must be a JSON object, got {type(data).__name__}")
+        values = {"filters": False, "diffusion": True, **data}  # heads saved before the options existed
+        return from_settings(cls, values, {"timesteps": (0, 100_000), "blocks": (0, 1000), "tile": (1, 1 << 16),
+                                           "overlap": (0, 0.9), "scale": (0.05, 4), "seed": (0, 1 << 63),
+                                           "draws": (1, 1000)})
 
 
 def default_blocks(backbone: Backbone) -> tuple[int, ...]:
@@ -69,21 +73,17 @@ def default_blocks(backbone: Backbone) -> tuple[int, ...]:
 
 
 def resolve_config(backbone: Backbone, config: FeatureConfig | None) -> FeatureConfig:
-    """Fill in the backbone's default blocks and check the config against it."""
+    """Fill in the backbone's default blocks and check the config against it (a filter-bank-only
+    config reads no network, so it fits any backbone)."""
     config = config or FeatureConfig()
     if not (config.diffusion or config.filters):
         raise UserError("no features chosen: use the backbone's diffusion features, the filter bank, or both")
     if config.blocks is None:
         config = replace(config, blocks=default_blocks(backbone))
-    n = len(backbone.model.output_blocks)
-    bad = [b for b in config.blocks if not 0 <= b < n]
-    if bad and config.diffusion:
-        raise UserError(f"decoder blocks {bad} do not exist: this backbone has blocks 0..{n - 1}")
-    total = backbone.corruption.num_timesteps
-    if any(not 0 <= t <= total for t in config.timesteps) or not config.timesteps:
-        raise UserError(f"timesteps must be in 0..{total}, got {config.timesteps}")
-    if config.tile < backbone.model.config.divisor or config.tile % backbone.model.config.divisor:
-        raise UserError(f"tile must be a multiple of {backbone.model.config.divisor}, got {config.tile}")
+    if config.diffusion:
+        _check_against_backbone(backbone, config)
+    elif config.tile < 1:
+        raise UserError(f"tile must be at least 1, got {config.tile}")
     if not 0.05 <= config.scale <= 4:
         raise UserError(f"scale must be in [0.05, 4], got {config.scale}")
     if not 0 <= config.overlap < 0.9:
@@ -93,10 +93,24 @@ def resolve_config(backbone: Backbone, config: FeatureConfig | None) -> FeatureC
     return config
 
 
+def _check_against_backbone(backbone: Backbone, config: FeatureConfig) -> None:
+    n = len(backbone.model.output_blocks)
+    bad = [b for b in config.blocks if not 0 <= b < n]
+    if bad:
+        raise UserError(f"decoder blocks {bad} do not exist: this backbone has blocks 0..{n - 1}")
+    total = backbone.corruption.num_timesteps
+    if any(not 0 <= t <= total for t in config.timesteps) or not config.timesteps:
+        raise UserError(f"timesteps must be in 0..{total}, got {config.timesteps}")
+    if config.tile < backbone.model.config.divisor or config.tile % backbone.model.config.divisor:
+        raise UserError(f"tile must be a multiple of {backbone.model.config.divisor}, got {config.tile}")
+
+
 def num_channels(backbone: Backbone, config: FeatureConfig) -> int:
     config = resolve_config(backbone, config)
-    diffusion = len(config.timesteps) * sum(backbone.model.block_channels[b] for b in config.blocks)
-    return (diffusion if config.diffusion else 0) + (num_filter_channels() if config.filters else 0)
+    filters = num_filter_channels() if config.filters else 0
+    if not config.diffusion:
+        return filters
+    return len(config.timesteps) * sum(backbone.model.block_channels[b] for b in config.blocks) + filters
 
 
 MARGIN = 16

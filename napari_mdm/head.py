@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, load_state, read_tensors, write_tensors
+from .checkpoint import CheckpointError, build_checked, read_tensors, write_tensors
 from .features import FeatureConfig
-from .jobs import ProgressFn, StopFn, UserError, check_stop, report
+from .io import MAX_LABEL, label_dtype
+from .jobs import ProgressFn, StopFn, UserError, check_stop, first_line, report
 
 if TYPE_CHECKING:
     from .backbone import Backbone
@@ -43,7 +44,11 @@ class HeadConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "HeadConfig":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        from .settings import from_settings
+
+        return from_settings(cls, data, {"ensemble": (1, 1000), "hidden": (1, 1 << 16), "steps": (0, 1 << 40),
+                                         "batch_size": (1, 1 << 40), "lr": (0, 1e6),
+                                         "pixels_per_class": (1, 1 << 40), "seed": (0, 1 << 63)})
 
 
 @dataclass(frozen=True)
@@ -231,14 +236,27 @@ class Head:
             raise CheckpointError(f"{path} is not a napari-mdm head (format {meta.get('format')!r})")
         try:
             config = HeadConfig.from_dict(meta["config"])
-            mean, std = tensors["input.mean"], tensors["input.std"]
-            net = EnsembleMLP(config.ensemble, mean.numel(), config.hidden, len(meta["class_values"]))
-            context = HeadContext.from_dict(meta.get("context") or {})
+            class_values = _class_values(meta["class_values"])
+            mean, std = tensors["input.mean"].float(), tensors["input.std"].float()
+            raw_context = meta.get("context") or {}
+            if (mean.ndim != 1 or std.shape != mean.shape or not isinstance(raw_context, dict)
+                    or not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all())):
+                raise ValueError("the input statistics or the context are malformed")
+            context = HeadContext.from_dict(raw_context)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise CheckpointError(f"{path} is an incomplete or newer napari-mdm head "
-                                  f"({type(err).__name__}: {err})") from None
-        load_state(net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, path)
-        return cls(net, list(meta["class_values"]), mean, std, config, context)
+                                  f"({type(err).__name__}: {first_line(err)})") from None
+        net = build_checked(lambda: EnsembleMLP(config.ensemble, mean.numel(), config.hidden, len(class_values)),
+                            {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, path)
+        return cls(net, class_values, mean, std, config, context)
+
+
+def _class_values(values) -> list[int]:
+    """A head's class values as read from its file: at least two distinct label ids."""
+    if (not isinstance(values, list) or len(values) < 2 or len(set(map(repr, values))) != len(values)
+            or not all(type(v) is int and 0 <= v <= MAX_LABEL for v in values)):
+        raise ValueError(f"class values must be at least two distinct label ids in 0..{MAX_LABEL}")
+    return values
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:
@@ -257,10 +275,9 @@ def maps_to_prediction(maps: np.ndarray, class_values: Sequence[int]) -> Predict
     k = len(class_values)
     probs, js = maps[:k], maps[2 * k]
     winner = np.argmax(class_scores(maps, k), axis=0)
-    values = np.asarray(class_values)
-    dtype = np.uint8 if values.max() < 256 else np.int32
-    return Prediction(values[winner].astype(dtype), probs.astype(np.float32), np.maximum(js, 0).astype(np.float32),
-                      list(class_values))
+    values = np.asarray(class_values, dtype=np.int64)
+    labels = values[winner].astype(label_dtype(int(values.max())))
+    return Prediction(labels, probs.astype(np.float32), np.maximum(js, 0).astype(np.float32), list(class_values))
 
 
 def _sample_pixels(features: Sequence[np.ndarray], labels: Sequence[np.ndarray], class_values: list[int],
@@ -308,6 +325,9 @@ def fit_head(
     if config.ensemble < 1 or config.batch_size < 1 or not config.lr > 0:
         raise UserError(f"ensemble ({config.ensemble}) and batch size ({config.batch_size}) must be at least 1 "
                         f"and the learning rate ({config.lr}) above 0")
+    if config.steps < 1 or config.seed < 0:
+        raise UserError(f"steps ({config.steps}) must be at least 1 (0 would train nothing) and the seed "
+                        f"({config.seed}) 0 or more")
     if not features:
         raise UserError("no images to train on")
     channels = {f.shape[0] for f in features}

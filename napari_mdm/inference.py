@@ -17,10 +17,13 @@ import numpy as np
 
 from .backbone import Backbone
 from .features import FeatureConfig, extract_features, num_channels, tile_features
-from .files import atomic_output
+from .files import atomic_output, plan_outputs
 from .head import Head, Prediction, maps_to_prediction
-from .io import MARKER_KEY, ImageSource, open_image, split_stack, write_array, write_labels
+from .files import plan_outputs
+from .io import MARKER_KEY, ImageSource, label_dtype, read_array, split_stack, write_array, write_labels
+from .naming import segmentation_outputs, stem
 from .jobs import ProgressFn, StopFn, UserError, check_stop, report
+from .naming import segmentation_outputs, stem
 from .tiling import run_tiled
 
 IN_MEMORY_MAPS_BYTES = 1 << 30
@@ -87,13 +90,6 @@ def segment_stack(backbone: Backbone, head: Head, stack, draws: int | None = Non
     return results
 
 
-def output_paths(image_path: Path, out_dir: Path, fmt: str, uncertainty: bool,
-                 mask_suffix: str = "") -> tuple[Path, Path | None]:
-    stem = image_path.name.split(".")[0]
-    unc = out_dir / f"{stem}_uncertainty.{'zarr' if fmt == 'zarr' else 'tif'}" if uncertainty else None
-    return out_dir / f"{stem}{mask_suffix}.{fmt}", unc
-
-
 def _segment_large_to_zarr(backbone: Backbone, head: Head, source: ImageSource, labels_path: Path,
                            unc_path: Path | None, overwrite: bool, draws: int | None,
                            progress: ProgressFn | None, should_stop: StopFn | None) -> None:
@@ -110,7 +106,7 @@ def _segment_large_to_zarr(backbone: Backbone, head: Head, source: ImageSource, 
         targets = [(labels_path, "labels")] + ([(unc_path, "uncertainty")] if unc_path else [])
         for path, what in targets:
             with atomic_output(path, overwrite=overwrite) as tmp:
-                dtype = "float32" if what == "uncertainty" else "uint8" if max(head.class_values) < 256 else "int32"
+                dtype = "float32" if what == "uncertainty" else label_dtype(max(head.class_values))
                 arr = zarr.create_array(store=str(tmp), shape=(h, w), chunks=(chunk, chunk), dtype=dtype)
                 arr.attrs[MARKER_KEY] = what
                 for y in range(0, h, chunk):
@@ -124,43 +120,82 @@ def _maps_too_large(source: ImageSource, head: Head) -> bool:
     return (2 * len(head.class_values) + 1) * source.shape[0] * source.shape[1] * 4 > IN_MEMORY_MAPS_BYTES
 
 
+def open_planes(path: str | os.PathLike) -> list[ImageSource]:
+    """The 2-D images of a file, read lazily: the image itself, or each plane of a stack (N, H, W[, C])."""
+    planes = split_stack(read_array(path, lazy=True))
+    if len(planes) == 1:
+        return [ImageSource.from_array(planes[0], name=str(path))]
+    return [ImageSource.from_array(plane, name=f"{path} (plane {i + 1})") for i, plane in enumerate(planes)]
+
+
+def plan_segmentation(head: Head, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, fmt: str,
+                      uncertainty: bool, overwrite: bool,
+                      also_read: Sequence[str | os.PathLike] = (),
+                      mask_suffix: str = "") -> list[tuple[Path, Path, Path | None]]:
+    """(image, mask, uncertainty map) for each image, every output checked before any work
+    (:func:`napari_mdm.files.plan_outputs`) against each other, existing files and the inputs
+    (the images and ``also_read``: head, backbone); masks never go into the images' own folder."""
+    if fmt not in ("tif", "zarr", "png"):
+        raise UserError(f"unknown format {fmt!r}: use tif, zarr or png")
+    if fmt == "png" and max(head.class_values) > 65535:
+        raise UserError(f"this head's label ids go up to {max(head.class_values)}: png holds 16 bits; use tif or zarr")
+    out_dir = Path(out_dir)
+    planned = [(Path(p), *segmentation_outputs(stem(p), out_dir, fmt, uncertainty, mask_suffix)) for p in paths]
+    for path, *_ in planned:
+        if os.path.realpath(path.parent) == os.path.realpath(out_dir):
+            raise UserError(f"the output folder {out_dir} is the folder of the images: write the masks elsewhere")
+    inputs = [*(p for p, *_ in planned), *map(Path, also_read)]
+    plan_outputs([q for _, *outs in planned for q in outs if q is not None], inputs, overwrite)
+    return planned
+
+
+def _check_inputs(head: Head, planned) -> None:
+    """Open every input before any output is written: unusable ones fail here."""
+    for path, labels_path, _ in planned:
+        planes = open_planes(path)
+        if labels_path.suffix == ".png" and len(planes) > 1:
+            raise UserError(f"{path} is a stack of {len(planes)} images: png holds one 2-D image; use tif or zarr")
+        if any(_maps_too_large(p, head) for p in planes) and (labels_path.suffix != ".zarr" or len(planes) > 1):
+            raise UserError(f"{path} is too large to segment in memory; write it as zarr (--format zarr)"
+                            + (" and split the stack into single images" if len(planes) > 1 else ""))
+
+
+def _segment_in_memory(backbone: Backbone, head: Head, planes: list[ImageSource], labels_path: Path,
+                       unc_path: Path | None, overwrite: bool, draws: int | None, should_stop: StopFn | None,
+                       progress: ProgressFn | None = None) -> None:
+    """Each plane segmented, the masks (and maps) written as one image or one stack."""
+    labels, uncertainty = [], []
+    for plane in planes:  # keep only what is written, not each plane's probabilities
+        pred = segment(backbone, head, plane, draws, progress=progress, should_stop=should_stop)
+        labels.append(pred.labels)
+        uncertainty.append(pred.uncertainty)
+    squeeze = (lambda arrays: arrays[0]) if len(planes) == 1 else np.stack
+    write_labels(labels_path, squeeze(labels), overwrite=overwrite)
+    if unc_path is not None:
+        write_array(unc_path, squeeze(uncertainty), overwrite=overwrite, kind="uncertainty")
+
+
 def segment_files(backbone: Backbone, head: Head, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                   fmt: str = "tif", uncertainty: bool = False, overwrite: bool = False, draws: int | None = None,
                   progress: ProgressFn | None = None, should_stop: StopFn | None = None,
                   tile_progress: ProgressFn | None = None, mask_suffix: str = "") -> list[Path]:
-    """Segment image files into ``out_dir`` as NAME{mask_suffix}.fmt (+ NAME_uncertainty). Each
-    output is written atomically, so a cancel leaves the finished images complete and no partial
-    file. ``progress`` counts images, ``tile_progress`` the work within the current one."""
-    if fmt not in ("tif", "zarr", "png"):
-        raise UserError(f"unknown format {fmt!r}: use tif, zarr or png")
-    out_dir = Path(out_dir)
-    planned = [(Path(p), *output_paths(Path(p), out_dir, fmt, uncertainty, mask_suffix)) for p in paths]
-    names = [labels_path.name for _, labels_path, _ in planned]
-    twins = sorted({n for n in names if names.count(n) > 1})
-    if twins:
-        raise UserError(f"several images would be written to the same output {twins[0]} "
-                        "(same name, other extension): rename or segment them separately")
-    if not overwrite:
-        clashes = [str(q) for _, *outs in planned for q in outs if q is not None and q.exists()]
-        if clashes:
-            raise UserError(f"{clashes[0]} already exists ({len(clashes)} outputs would be overwritten); "
-                            "pass --overwrite to replace them")
+    """Segment image files (a stack: plane by plane, into one stacked mask) into ``out_dir`` as
+    NAME{mask_suffix}.fmt (+ NAME_uncertainty). Every output is planned and every input opened
+    before the first is written, and each is written atomically, so a cancel leaves the finished
+    images complete. ``progress`` counts images, ``tile_progress`` the work within the current one."""
+    planned = plan_segmentation(head, paths, out_dir, fmt, uncertainty, overwrite, mask_suffix=mask_suffix)
     head_feature_config(head, backbone, draws)
-    for path, labels_path, _ in planned:  # unusable inputs fail here, before any output is written
-        if _maps_too_large(open_image(path), head) and labels_path.suffix != ".zarr":
-            raise UserError(f"{path} is too large to segment in memory; write it as zarr (--format zarr)")
+    _check_inputs(head, planned)
     written = []
     for i, (path, labels_path, unc_path) in enumerate(planned):
         check_stop(should_stop)
-        source = open_image(path)
-        if _maps_too_large(source, head):
-            _segment_large_to_zarr(backbone, head, source, labels_path, unc_path, overwrite, draws, tile_progress,
+        planes = open_planes(path)
+        if _maps_too_large(planes[0], head):
+            _segment_large_to_zarr(backbone, head, planes[0], labels_path, unc_path, overwrite, draws, tile_progress,
                                    should_stop)
         else:
-            pred = segment(backbone, head, source, draws, progress=tile_progress, should_stop=should_stop)
-            write_labels(labels_path, pred.labels, overwrite=overwrite)
-            if unc_path is not None:
-                write_array(unc_path, pred.uncertainty, overwrite=overwrite, kind="uncertainty")
+            _segment_in_memory(backbone, head, planes, labels_path, unc_path, overwrite, draws, should_stop,
+                               tile_progress)
         written.append(labels_path)
         report(progress, i + 1, len(planned), f"{path.name} -> {labels_path.name}")
     return written

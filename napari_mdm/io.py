@@ -9,6 +9,9 @@ Images cross module boundaries as (H, W, 3) float32 in [0, 1]. The rules, explic
 - NaN and inf pixels become 0;
 - a stack (N, H, W[, C]) is several images: :func:`split_stack` returns them.
 
+Labels are integer ids 0..2^32-1 kept exactly (palette pngs give their indices, not their
+colours), and every mask is written in the type :func:`label_dtype` chooses.
+
 Large images (zarr, memory-mappable tif) are opened lazily as :class:`ImageSource`, whose
 regions are normalised on read with the same rules, so nothing holds the whole image.
 """
@@ -23,45 +26,46 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .files import atomic_output
-from .jobs import UserError
+from .jobs import UserError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".zarr")
 LABEL_SUFFIXES = (".tif", ".tiff", ".zarr", ".png")
 _SAMPLE_PIXELS = 1_000_000
 
 
-def _first_line(err: Exception) -> str:
-    """The first line of an error's text: third-party messages can span several."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else ""
-
-
 def _channels_last(arr, name: str):
     """A view of ``arr`` as (H, W, C) with C in 1..4, or a clear error."""
     if arr.ndim == 2:
-        return arr[:, :, None]
+        return arr[:, :, None] if isinstance(arr, np.ndarray) else _LazyView(arr, (*arr.shape, 1), _grey_region)
     if arr.ndim == 3:
         if arr.shape[-1] in (1, 2, 3, 4):
             return arr
         if arr.shape[0] in (1, 3, 4):
-            return np.moveaxis(arr, 0, -1) if isinstance(arr, np.ndarray) else _Transposed(arr)
+            if isinstance(arr, np.ndarray):
+                return np.moveaxis(arr, 0, -1)
+            return _LazyView(arr, (*arr.shape[1:], arr.shape[0]), _channel_first_region)
         raise UserError(f"{name} has shape {arr.shape}: a stack of {arr.shape[0]} images? Open it as a stack "
                         "(each plane is segmented as its own 2-D image)")
     raise UserError(f"{name} has {arr.ndim} dimensions {arr.shape}; napari-mdm segments 2-D grey or RGB images "
                     "(a stack is split into 2-D images)")
 
 
-class _Transposed:
-    """Lazy (C, H, W) -> (H, W, C) view of an array-like that is not numpy."""
+def _grey_region(arr, ys: slice, xs: slice) -> np.ndarray:
+    return np.asarray(arr[ys, xs])[:, :, None]
 
-    def __init__(self, arr):
-        self.arr, self.dtype = arr, arr.dtype
-        self.shape = (*arr.shape[1:], arr.shape[0])
-        self.ndim = 3
+
+def _channel_first_region(arr, ys: slice, xs: slice) -> np.ndarray:
+    return np.moveaxis(np.asarray(arr[:, ys, xs]), 0, -1)
+
+
+class _LazyView:
+    """(H, W, C) view of an array-like that is not numpy (zarr, a memory-mapped tif), read on indexing."""
+
+    def __init__(self, arr, shape: tuple[int, int, int], read):
+        self.arr, self.dtype, self.shape, self.ndim, self._read = arr, arr.dtype, shape, 3, read
 
     def __getitem__(self, key):
-        ys, xs = key[0], key[1]
-        return np.moveaxis(np.asarray(self.arr[:, ys, xs]), 0, -1)
+        return self._read(self.arr, key[0], key[1])
 
 
 def _intensity_range(arr) -> tuple[float, float]:
@@ -127,7 +131,7 @@ class ImageSource:
             pixels = np.asarray(self.data[y0:y1, x0:x1])
         except Exception as err:  # a corrupt chunk of a lazily read file shows up only here
             raise UserError(f"cannot read {self.name} at rows {y0}-{y1}, columns {x0}-{x1}: "
-                            f"{type(err).__name__}: {_first_line(err)}") from None
+                            f"{type(err).__name__}: {first_line(err)}") from None
         return _to_rgb01(pixels, self.lo, self.hi)
 
     def read(self) -> np.ndarray:
@@ -143,8 +147,23 @@ def split_stack(arr) -> list:
     """A single 2-D image, or a stack (N, H, W) / (N, H, W, C), as a list of 2-D images."""
     arr = arr if hasattr(arr, "ndim") else np.asarray(arr)
     if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (1, 2, 3, 4) and arr.shape[0] not in (1, 3, 4)):
-        return [arr[i] for i in range(arr.shape[0])]
+        if isinstance(arr, np.ndarray):
+            return [arr[i] for i in range(arr.shape[0])]
+        return [_Plane(arr, i) for i in range(arr.shape[0])]  # zarr, memory-mapped tif: read region by region
     return [arr]
+
+
+class _Plane:
+    """Plane ``index`` of a stack that is not numpy, read only where indexed."""
+
+    def __init__(self, arr, index: int):
+        self.arr, self.index, self.dtype, self.shape, self.ndim = arr, index, arr.dtype, arr.shape[1:], arr.ndim - 1
+
+    def __getitem__(self, key):
+        return np.asarray(self.arr[(self.index, *key)])
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.arr[self.index], dtype=dtype)
 
 
 def _open_zarr(path: Path):
@@ -159,11 +178,29 @@ def _open_zarr(path: Path):
     return node[arrays[0]]
 
 
-def read_array(path: str | os.PathLike, lazy: bool = False):
-    """The raw pixel array of an image file (zarr and, when ``lazy``, tif stay on disk)."""
-    path = Path(path)
+def _check_readable(path: Path) -> None:
+    """Refuse what is not a regular file (a FIFO or device would block or stream forever)."""
     if not path.exists():
         raise UserError(f"{path} does not exist")
+    if path.suffix.lower() == ".zarr" and path.is_dir():
+        return
+    if not path.is_file():
+        raise UserError(f"{path} is not a regular file (a folder, pipe or device): name an image file")
+
+
+def _read_png_indices(path: Path) -> np.ndarray:
+    """A png's stored values: palette (mode P) images give their indices, not their colours."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def read_array(path: str | os.PathLike, lazy: bool = False, indices: bool = False):
+    """The raw pixel array of an image file (zarr and, when ``lazy``, tif stay on disk); with
+    ``indices``, a palette png gives its indices (label ids) instead of its colours."""
+    path = Path(path)
+    _check_readable(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".zarr":
@@ -178,6 +215,8 @@ def read_array(path: str | os.PathLike, lazy: bool = False):
                 except ValueError:
                     pass
             return tifffile.imread(str(path))
+        if suffix == ".png" and indices:
+            return _read_png_indices(path)
         if suffix in IMAGE_SUFFIXES:
             import imageio.v3 as iio
 
@@ -185,7 +224,7 @@ def read_array(path: str | os.PathLike, lazy: bool = False):
     except UserError:
         raise
     except Exception as err:  # corrupt files surface as many exception types
-        raise UserError(f"cannot read {path}: {type(err).__name__}: {_first_line(err)}") from None
+        raise UserError(f"cannot read {path}: {type(err).__name__}: {first_line(err)}") from None
     raise UserError(f"{path} is not a supported image ({', '.join(IMAGE_SUFFIXES)})")
 
 
@@ -199,9 +238,41 @@ def open_image(path: str | os.PathLike) -> ImageSource:
     return ImageSource.from_array(read_array(path, lazy=True), name=str(path))
 
 
+MAX_LABEL = 2**32 - 1
+"""The largest label id: masks are stored as unsigned integers of up to 32 bits."""
+
+
+def label_dtype(top: int) -> np.dtype:
+    """The smallest unsigned type that holds label ids 0..``top`` (the one rule for every mask)."""
+    if not 0 <= top <= MAX_LABEL:
+        raise UserError(f"label id {top} is out of range: ids must be 0..{MAX_LABEL}")
+    return np.dtype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32)
+
+
+LOSSY_TIFF_COMPRESSIONS = {"JPEG", "OJPEG", "JPEG_2000", "JPEGXR", "JPEGXL", "WEBP", "JPEG_LOSSY", "JPEGXL_DNG"}
+
+
+def _check_lossless(path: Path) -> None:
+    """Refuse label files stored lossily: JPEG noise would turn ids 1 and 5 into 0..7."""
+    lossy = path.suffix.lower() in (".jpg", ".jpeg")
+    if path.suffix.lower() in (".tif", ".tiff") and path.is_file():
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(str(path)) as tif:
+                lossy = tif.pages[0].compression.name in LOSSY_TIFF_COMPRESSIONS
+        except Exception:  # noqa: BLE001 (unreadable files are refused by read_array with its message)
+            return
+    if lossy:
+        raise UserError(f"{path}: labels stored with lossy (JPEG-like) compression have changed ids; "
+                        "save them losslessly (png, tif without JPEG compression, zarr)")
+
+
 def read_labels(path: str | os.PathLike) -> np.ndarray:
-    """A label image as (H, W) int64; RGB label images are refused (labels are one channel)."""
-    arr = np.asarray(read_array(path))
+    """A label image as (H, W) int64 holding the ids exactly (palette pngs: their indices); RGB
+    label images, lossy files, fractional values and ids outside 0..2^32-1 are refused."""
+    _check_lossless(Path(path))
+    arr = np.asarray(read_array(path, indices=True))
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and np.array_equal(arr[..., 0], arr[..., 1]):
         arr = arr[..., 0]
     if arr.ndim != 2:
@@ -211,8 +282,10 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
             raise UserError(f"{path}: labels must be integers")
     elif arr.dtype.kind not in "biu":
         raise UserError(f"{path}: labels must be integers, got {arr.dtype}")
-    if arr.min() < 0:
+    if arr.size and arr.min() < 0:
         raise UserError(f"{path}: labels must be >= 0 (0 = unlabelled)")
+    if arr.size and arr.max() > MAX_LABEL:
+        raise UserError(f"{path}: label id {arr.max():.0f} is too large: ids must be 0..{MAX_LABEL}")
     return arr.astype(np.int64)
 
 
@@ -221,7 +294,9 @@ def collect_images(paths: Iterable[str | os.PathLike], exclude: Sequence[str] = 
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir() and p.suffix.lower() != ".zarr":
-            found.extend(sorted(c for c in p.iterdir() if c.suffix.lower() in IMAGE_SUFFIXES and not c.name.startswith(".")))
+            found.extend(sorted(c for c in p.iterdir() if c.suffix.lower() in IMAGE_SUFFIXES
+                                and not c.name.startswith(".")
+                                and (c.is_file() or c.is_dir() and c.suffix.lower() == ".zarr")))
         elif p.exists():
             found.append(p)
         else:
@@ -230,11 +305,6 @@ def collect_images(paths: Iterable[str | os.PathLike], exclude: Sequence[str] = 
     if not kept:
         raise UserError(f"no images found in {', '.join(map(str, paths))}")
     return kept
-
-
-def _label_dtype(labels: np.ndarray) -> np.dtype:
-    top = int(labels.max()) if labels.size else 0
-    return np.dtype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32)
 
 
 MARKER_KEY = "napari_mdm"
@@ -291,6 +361,9 @@ def write_array(path: str | os.PathLike, data: np.ndarray, overwrite: bool = Fal
 
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = False) -> Path:
-    """Write a (H, W) label mask atomically in the smallest unsigned type that holds it."""
+    """Write a label mask (or a stack of them) atomically in the smallest unsigned type that holds it."""
     labels = np.asarray(labels)
-    return write_array(path, labels.astype(_label_dtype(labels)), overwrite=overwrite, kind="labels")
+    dtype = label_dtype(int(labels.max()) if labels.size else 0)
+    if Path(path).suffix.lower() == ".png" and dtype.itemsize > 2:
+        raise UserError(f"cannot write label ids above 65535 to {path}: png holds 16 bits; use .tif or .zarr")
+    return write_array(path, labels.astype(dtype), overwrite=overwrite, kind="labels")

@@ -18,6 +18,12 @@ class UserError(Exception):
     """A problem with the user's input or files, reported as one line, never as a traceback."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's text: third-party messages can span several."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
 class Cancelled(Exception):
     """Raised inside a job when ``should_stop()`` returned True; outputs are left untouched."""
 

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from .backbone import Backbone, UNet, UNetConfig, build_backbone
-from .checkpoint import CheckpointError, file_digest, load_state, read_tensors, save_backbone, write_tensors
+from .checkpoint import (CheckpointError, check_state, file_digest, load_state, read_tensors, save_backbone,
+                         write_tensors)
 from .corruption import CorruptionConfig, corrupt_batch
-from .devices import resolve_device
-from .jobs import Cancelled, ProgressFn, StopFn, UserError, check_stop, report
+from .devices import available_memory_bytes, resolve_device
+from .jobs import Cancelled, ProgressFn, StopFn, UserError, check_stop, first_line, report
 from .objectives import pretraining_loss
 from .ranks import Ranks, any_rank, data_parallel, join, process_device, ranks_from_env
 
@@ -101,6 +102,37 @@ def _crop_batch(images: Sequence[np.ndarray], crop: int, batch: int, rng: np.ran
     return out
 
 
+ACTIVATION_VALUES = 8
+"""Values kept for the backward pass per activation channel, pixel and residual block: a lower
+bound (the tiny preset on CPU peaks at about 13 float32 values, from peak RSS at crops 128 and 256;
+the shipped backbone trained with batch 128, crop 256 in bf16 within an 80 GiB GPU)."""
+
+
+def training_memory_bytes(config: UNetConfig, crop: int, batch: int, value_bytes: int = 4) -> int:
+    """A lower bound of the memory one training step needs: residual activations at every level,
+    plus the attention matrices where attention runs, for ``batch`` crops of ``crop`` x ``crop``
+    with activations of ``value_bytes`` (2 under bf16 autocast)."""
+    total, blocks = 0, 2 * config.num_res_blocks + 1  # encoder and decoder blocks of a level
+    for level, mult in enumerate(config.channel_mult):
+        pixels = (crop >> level) ** 2
+        channels = config.base_channels * mult
+        total += ACTIVATION_VALUES * value_bytes * channels * pixels * blocks
+        if 2**level in config.attention_at:
+            heads = max(1, channels // config.head_channels)
+            total += 2 * value_bytes * heads * pixels**2 * blocks
+    return total * batch
+
+
+def _check_memory(config: UNetConfig, crop: int, batch: int, device: torch.device) -> None:
+    """Refuse, before allocating, a step that cannot fit (``--crop 4096`` would need terabytes)."""
+    need = training_memory_bytes(config, crop, batch, 2 if device.type == "cuda" else 4)
+    have = available_memory_bytes(device)
+    if need > have:
+        raise UserError(f"crop {crop} with batch size {batch} needs at least {need / 2**30:,.1f} GiB for one "
+                        f"training step, but {have / 2**30:,.1f} GiB is available on {device}: use a smaller "
+                        "--crop or --batch-size")
+
+
 def prepare_images(images: Sequence[np.ndarray], crop: int) -> list[np.ndarray]:
     """(H, W, 3) [0, 1] arrays -> (3, H, W) [-1, 1] float32, reflect-padded up to the crop size."""
     prepared = []
@@ -147,13 +179,21 @@ def _load_state(path: Path, model: UNet, ema: EMA, opt: torch.optim.Optimizer, m
     for key in ("unet", "corruption", "train"):
         theirs, ours = saved.get(key), meta[key]
         if key == "train":
-            theirs = {k: v for k, v in (theirs or {}).items() if k not in RUN_SETTINGS}
+            theirs = {k: v for k, v in (theirs if isinstance(theirs, dict) else {}).items() if k not in RUN_SETTINGS}
             ours = {k: v for k, v in ours.items() if k not in RUN_SETTINGS}
         if theirs != ours:
             raise CheckpointError(f"cannot resume from {path}: its {key} settings differ ({theirs} != {ours})")
     load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
-    ema.shadow = {k[4:]: v.float().to(ema.shadow[k[4:]].device) for k, v in tensors.items() if k.startswith("ema.")}
-    _restore_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")})
+    try:  # a damaged or crafted state: EMA, optimizer or step that do not fit this model
+        ema_state = {k[4:]: v.float() for k, v in tensors.items() if k.startswith("ema.")}
+        check_state(ema.shadow, ema_state, path)
+        ema.shadow = {k: v.to(ema.shadow[k].device) for k, v in ema_state.items()}
+        _restore_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")})
+        if type(saved["step"]) is not int or saved["step"] < 0 or not 0 <= float(saved.get("wall_seconds", 0.0)):
+            raise ValueError(f"step {saved['step']!r}")
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+        raise CheckpointError(f"cannot resume from {path}: its saved state is damaged ({type(err).__name__}: "
+                              f"{first_line(err)})") from None
     return saved
 
 
@@ -174,6 +214,8 @@ def _check_config(config: PretrainConfig, model: UNet) -> None:
     if config.batch_size < 1 or config.checkpoint_every < 1 or config.log_every < 1 or not config.lr > 0:
         raise UserError(f"batch size ({config.batch_size}), checkpoint interval ({config.checkpoint_every}) and "
                         f"log interval ({config.log_every}) must be at least 1 and the learning rate ({config.lr}) above 0")
+    if config.seed < 0:
+        raise UserError(f"seed must be 0 or more, got {config.seed}")
 
 
 class _Trainer:
@@ -329,6 +371,7 @@ def pretrain(
     torch.manual_seed(config.seed)
     model = _build_model(unet, init, dev)
     _check_config(config, model)
+    _check_memory(model.config, config.crop, config.batch_size, dev)
     trainer = _Trainer(model, prepare_images(images, config.crop), corruption, config, dev, ranks)
     meta = json.loads(json.dumps({"unet": model.config.to_dict(), "corruption": corruption.to_dict(),
                                   "train": asdict(config)}))  # tuples as JSON lists, as saved

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import plan_outputs
 from .jobs import Cancelled, ProgressFn, StopFn, UserError, check_stop, report
 
 NGFF_VERSION = "0.4"
@@ -171,6 +172,9 @@ def _prepare_output(job: SlideJob, shape: tuple[int, int], dtype: np.dtype, over
             return
         if not overwrite:
             raise UserError(f"{out} exists and holds another job's output; pass --overwrite to replace it")
+    # only a zarr store may be replaced, never a folder of other files or an input
+    plan_outputs([out], [p for p in (job.slide, job.head, job.backbone) if Path(p).exists()], overwrite)
+    if out.exists():
         import shutil
 
         shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -274,7 +278,7 @@ def segment_slide(
     import dask
 
     from .head import Head
-    from .io import _label_dtype
+    from .io import label_dtype
     from .slides import pick_level, slide_levels
 
     if chunk < 64 or halo < 0 or workers < 1:
@@ -283,7 +287,7 @@ def segment_slide(
     trained = Head.load(head)
     chosen = pick_level(slide_levels(slide), level, mpp if mpp is not None or level is not None else trained.context.mpp)
     job = SlideJob(str(slide), chosen.index, str(backbone), str(head), device, str(out), chunk, halo, uncertainty)
-    _prepare_output(job, chosen.shape, _label_dtype(np.asarray(trained.class_values)), overwrite)
+    _prepare_output(job, chosen.shape, label_dtype(max(trained.class_values)), overwrite)
     grid = chunk_grid(chosen.shape, chunk)
     wanted = tissue_chunks(job.slide, job.level, chunk) if tissue else set(grid)
     todo = [(y, x) for y, x in grid if (y, x) in wanted and not _marker(Path(out), y, x).exists()]

@@ -50,7 +50,7 @@ def test_bad_sizes_and_blocks_are_clear_errors():
 def test_config_round_trips_through_dict():
     cfg = PRESETS["small"]
     assert UNetConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="unknown backbone settings"):
+    with pytest.raises(ValueError, match="unknown settings"):
         UNetConfig.from_dict({**cfg.to_dict(), "wings": 2})
 
 

@@ -310,17 +310,17 @@ def test_a_large_zarr_image_segments_tile_by_tile_with_bounded_memory(kit, tmp_p
     monkeypatch.setattr(inference, "WHOLE_IMAGE_FEATURES_BYTES", 0)
     expected = segment(kit.backbone, kit.head, open_image(small))  # the same tiles, blended in memory
 
-    reads = []
+    reads, open_planes = [], inference.open_planes
 
-    def recording_open_image(path):
-        source = open_image(path)
+    def recording_open_planes(path):
+        [source] = open_planes(path)
         source.data = _RecordingArray(source.data)
         reads.append(source.data.reads)
-        return source
+        return [source]
 
     monkeypatch.setattr(inference, "IN_MEMORY_MAPS_BYTES", 0)
     monkeypatch.setattr(inference, "ZARR_CHUNK", 64)
-    monkeypatch.setattr(inference, "open_image", recording_open_image)
+    monkeypatch.setattr(inference, "open_planes", recording_open_planes)
     peaks = []
     for src in (small, large):
         tracemalloc.start()
@@ -498,7 +498,7 @@ def test_cli_bad_inputs_fail_cleanly_and_change_nothing(kit, tmp_path):
     (tmp_path / "corrupt" / "z.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     seg = ["segment", "--head", kit.head_path, "--out", out, "--device", "cpu"]
     cases = [
-        ([*seg, "--backbone", truncated, "--images", images], "truncated"),
+        ([*seg, "--backbone", truncated, "--images", images, "--overwrite"], "truncated"),
         ([*seg, "--backbone", kit.other_backbone_path, "--images", images, "--overwrite"], "trained with backbone"),
         ([*seg, "--backbone", kit.backbone_path, "--images", images], "already exists"),
         ([*seg, "--backbone", kit.backbone_path, "--images", images, tmp_path / "corrupt", "--overwrite"], "z.png"),
@@ -508,7 +508,7 @@ def test_cli_bad_inputs_fail_cleanly_and_change_nothing(kit, tmp_path):
         (["train-head", "--backbone", kit.backbone_path, "--images", images, "--labels", images, "--steps", "2",
           "--out", kit.head_path], "already exists"),
         (["reconstruct", "--backbone", kit.backbone_path, "--image", images / "a.png", "--out", kit.head_path],
-         "already exists"),
+         "use .tif or .zarr"),
     ]
     before, head_before = snapshot(tmp_path), kit.head_path.read_bytes()
     for args, fragment in cases:

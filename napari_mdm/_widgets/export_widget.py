@@ -137,6 +137,8 @@ class ExportWidget(Container):
             apply_classes(show_result(self.viewer, path.stem, labels, "labels", "export"), self.session.classes)
 
     def _start_layers(self, backbone, head, out_dir: Path | None):
+        from ..files import plan_outputs
+
         layers = list(self.image_layers.value)
         if not layers:
             raise UserError("select the image layers to segment")
@@ -145,9 +147,7 @@ class ExportWidget(Container):
         if fmt == "png" and any(len(shape) != 2 for _, shape, _ in jobs):
             raise UserError("png holds one 2-D mask: write stacks as tif or zarr")
         targets = {name: self._targets(name, out_dir, fmt, unc) for name, *_ in jobs} if out_dir else {}
-        clashes = [str(p) for outs in targets.values() for p in outs.values() if p.exists()]
-        if clashes and not overwrite:
-            raise UserError(f"{clashes[0]} already exists: tick 'overwrite files' or choose another folder")
+        plan_outputs([p for outs in targets.values() for p in outs.values()], overwrite=overwrite)
         compute = self._layers_job(backbone, head, jobs, targets)
         return self.jobs.start("Segmenting layers", compute, self._show_layers)
 
@@ -187,9 +187,9 @@ class ExportWidget(Container):
 
     def _targets(self, name: str, out_dir: Path, fmt: str, unc: bool) -> dict[str, Path]:
         """Output files of one image layer by kind: mask, uncertainty, probabilities, instances."""
-        from ..inference import output_paths
+        from ..naming import segmentation_outputs
 
-        mask, uncertainty = output_paths(Path(name), out_dir, fmt, unc, MASK_SUFFIX)
+        mask, uncertainty = segmentation_outputs(name, out_dir, fmt, unc, MASK_SUFFIX)
         extra = "zarr" if fmt == "zarr" else "tif"  # float maps and large ids do not fit png
         targets = {"mask": mask, "uncertainty": uncertainty,
                    "probabilities": out_dir / f"{name}_probabilities.{extra}" if self.probabilities.value else None,
