@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -219,7 +220,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for s in summary:
         print(f"{s['test_set']:<16} {s['method']:<12} {s['protocol']:<9} {s['shots']:>3}  {s['mean']:5.1f} ± {s['std']:.1f}")
     if not args.quick:
-        write(args.name, "python -m benchmarks.faces " + " ".join(argv or []), rows, summary, args)
+        command = " ".join(["python -m benchmarks.faces", *(sys.argv[1:] if argv is None else argv)])
+        write(args.name, command, rows, summary, args)
     return summary
 
 
