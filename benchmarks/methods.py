@@ -38,6 +38,18 @@ class FeatureSpec:
     timesteps: tuple[int, ...] = (50,)
     blocks: tuple[int, ...] | None = None
     filters: bool = False
+    project: int = 0
+    """The core's fast-path knobs (``FeatureConfig``): projected channels, bf16, feature scale."""
+    bfloat16: bool = False
+    feature_scale: float = 1.0
+
+    @property
+    def base(self) -> str | None:
+        """Key of the feature pass it reads: the backbone's shared pass, or its own for fast-path knobs."""
+        if self.backbone is None or (not self.project and not self.bfloat16 and self.feature_scale == 1):
+            return self.backbone
+        # leading principal components are nested: one pass at the largest ``project`` serves all
+        return f"{self.backbone}~t{self.timesteps}b{self.blocks}s{self.feature_scale}{'bf16' if self.bfloat16 else ''}"
 
 
 def blocks_of(spec: FeatureSpec, backbone: Backbone) -> tuple[int, ...]:
@@ -47,20 +59,26 @@ def blocks_of(spec: FeatureSpec, backbone: Backbone) -> tuple[int, ...]:
 def base_configs(specs: list[FeatureSpec], backbones: dict[str, Backbone]) -> dict[str, FeatureConfig]:
     """One feature pass per backbone covering every timestep and block its specs need."""
     wanted: dict[str, tuple[set, set]] = {}
+    own = {}
     for spec in specs:
-        if spec.backbone is not None:
+        if spec.base is not None and spec.base != spec.backbone:
+            project = max(spec.project, own[spec.base].project if spec.base in own else 0)
+            own[spec.base] = FeatureConfig(timesteps=spec.timesteps, blocks=blocks_of(spec, backbones[spec.backbone]),
+                                           filters=False, project=project, bfloat16=spec.bfloat16,
+                                           scale=spec.feature_scale)
+        elif spec.backbone is not None:
             steps, blocks = wanted.setdefault(spec.backbone, (set(), set()))
             steps.update(spec.timesteps)
             blocks.update(blocks_of(spec, backbones[spec.backbone]))
     # diffusion channels only: the filter bank is computed once, apart, and appended per spec
-    return {name: FeatureConfig(timesteps=tuple(sorted(s)), blocks=tuple(sorted(b)), filters=False)
-            for name, (s, b) in wanted.items()}
+    return {**{name: FeatureConfig(timesteps=tuple(sorted(s)), blocks=tuple(sorted(b)), filters=False, project=0)
+               for name, (s, b) in wanted.items()}, **own}
 
 
 def compute_bases(image: np.ndarray, backbones: dict[str, Backbone], configs: dict[str, FeatureConfig],
                   filters: bool) -> dict[str, np.ndarray]:
     """(C, H, W) float16 base features of one image: per backbone, plus ``"filters"``."""
-    bases = {name: extract_features(backbones[name], image, config) for name, config in configs.items()}
+    bases = {key: extract_features(backbones[key.split("~")[0]], image, config) for key, config in configs.items()}
     if filters:
         bases["filters"] = filter_features(image)
     return bases
@@ -79,7 +97,12 @@ def channel_index(spec: FeatureSpec, backbone: Backbone, config: FeatureConfig) 
 def spec_features(spec: FeatureSpec, bases: dict[str, np.ndarray], backbones: dict[str, Backbone],
                   configs: dict[str, FeatureConfig]) -> np.ndarray:
     parts = []
-    if spec.backbone is not None:
+    if spec.base is not None and spec.base != spec.backbone:
+        base, width = bases[spec.base], configs[spec.base].project
+        if spec.project and spec.project < width:  # the first components of each timestep
+            base = base[np.concatenate([t * width + np.arange(spec.project) for t in range(len(spec.timesteps))])]
+        parts.append(base)
+    elif spec.backbone is not None:
         base = bases[spec.backbone]
         config = configs[spec.backbone]
         index = channel_index(spec, backbones[spec.backbone], config)

@@ -69,6 +69,8 @@ class Settings:
     sweep: str | None = None
     sweep_timesteps: tuple[int, ...] = (0, 50, 150, 250)
     sweep_blocks: tuple[str, ...] = ("2-4", "5-7", "2-7")
+    variants: tuple[str, ...] = ()
+    """Extra head inputs with the core's fast-path knobs, e.g. 'fast=histology:blocks=3-7:project=64:filters'."""
 
 
 def parse_blocks(text: str) -> tuple[int, ...]:
@@ -77,6 +79,28 @@ def parse_blocks(text: str) -> tuple[int, ...]:
         a, b = text.split("-")
         return tuple(range(int(a), int(b) + 1))
     return tuple(int(v) for v in text.split(","))
+
+
+def parse_variant(text: str, backbones: dict[str, Backbone]) -> FeatureSpec:
+    """'NAME=BACKBONE:blocks=3-7:project=64:timesteps=50:scale=0.5:bf16:filters' -> a FeatureSpec."""
+    name, _, rest = text.partition("=")
+    backbone, *options = rest.split(":")
+    if backbone not in backbones:
+        raise SystemExit(f"--variant {text}: no backbone {backbone!r} ({', '.join(backbones)})")
+    fields: dict = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "blocks":
+            fields["blocks"] = parse_blocks(value)
+        elif key == "timesteps":
+            fields["timesteps"] = tuple(int(v) for v in value.split(","))
+        elif key in ("project", "scale"):
+            fields["project" if key == "project" else "feature_scale"] = (int if key == "project" else float)(value)
+        elif key in ("bf16", "filters"):
+            fields["bfloat16" if key == "bf16" else "filters"] = True
+        else:
+            raise SystemExit(f"--variant {text}: unknown option {option!r}")
+    return FeatureSpec(f"mlp({name})", backbone=backbone, **fields)
 
 
 def feature_specs(settings: Settings, backbones: dict[str, Backbone]) -> list[FeatureSpec]:
@@ -93,7 +117,7 @@ def feature_specs(settings: Settings, backbones: dict[str, Backbone]) -> list[Fe
             for blocks in settings.sweep_blocks:
                 specs.append(FeatureSpec(f"mlp({settings.sweep} t={t} b={blocks})", backbone=settings.sweep,
                                          timesteps=(t,), blocks=parse_blocks(blocks)))
-    return specs
+    return specs + [parse_variant(v, backbones) for v in settings.variants]
 
 
 def load_backbones(pairs: list[str], preset: str, include_shipped: bool) -> dict[str, Backbone]:
@@ -385,6 +409,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--sweep", metavar="BACKBONE", help="also sweep timesteps x blocks for this backbone")
     parser.add_argument("--sweep-timesteps", nargs="+", type=int)
     parser.add_argument("--sweep-blocks", nargs="+", help="block ranges, e.g. 2-4 5-7 2,5,7")
+    parser.add_argument("--variant", action="append", dest="variants", metavar="NAME=BACKBONE:OPTIONS",
+                        help="extra head input with fast-path knobs, e.g. fast=histology:blocks=3-7:project=64 "
+                             "(options: blocks, timesteps, project, scale, bf16, filters)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-speed", action="store_true", help="skip the 512x512 speed figures")
     parser.add_argument("--speed-only", action="store_true", help="only the 512x512 speed and memory figures")
@@ -398,7 +425,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
                  "methods": args.methods, "test_limit": args.test_limit, "max_size": args.max_size,
                  "ensemble": args.ensemble, "head_steps": args.head_steps, "unet_steps": args.unet_steps,
                  "unet_crop": args.unet_crop, "concat": args.concat,
-                 "sweep": args.sweep, "sweep_timesteps": args.sweep_timesteps, "sweep_blocks": args.sweep_blocks}
+                 "sweep": args.sweep, "sweep_timesteps": args.sweep_timesteps, "sweep_blocks": args.sweep_blocks,
+                 "variants": args.variants}
     settings = replace(settings, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None})
     if args.shots:
         settings = replace(settings, shots={d: tuple(args.shots) for d in settings.datasets})
@@ -430,7 +458,7 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {**asdict(settings), "specs": [asdict(s) for s in specs]},
         "backbones": {n: {"digest": b.digest, "provenance": b.provenance,
                           "channels": num_channels(b, base_configs([s for s in specs if s.backbone == n], backbones)[n])
-                          if any(s.backbone == n for s in specs) else None}
+                          if any(s.base == n for s in specs) else None}
                       for n, b in backbones.items()},
         "summary": summarize(records),
         "records": records,

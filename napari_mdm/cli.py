@@ -189,7 +189,7 @@ def cmd_train_head(args) -> int:
     plan_outputs([args.out], [*images, *label_paths, *_backbone_file(args)], args.overwrite)
     backbone = _backbone(args)
     config = FeatureConfig(timesteps=args.timesteps, blocks=args.blocks, tile=args.tile, scale=args.scale,
-                           **FEATURE_SETS[args.features])
+                           project=args.project, bfloat16=args.bf16, **FEATURE_SETS[args.features])
     head_cfg = HeadConfig(ensemble=args.ensemble, steps=args.steps, seed=args.seed)
     bar = _Bar("train-head")
     try:
@@ -372,6 +372,10 @@ def _add_train_head(sub) -> None:
     p.add_argument("--features", choices=FEATURE_SETS, default=DEFAULT_FEATURE_SET,
                    help="the backbone's diffusion features, the classic filter bank, or both (default: "
                         "%(default)s; 'filters' runs no network)")
+    p.add_argument("--project", type=_at_least(0), default=features.project,
+                   help="diffusion channels kept, projected onto the backbone's principal components "
+                        "(default: %(default)s; 0 keeps all channels: a slower head)")
+    p.add_argument("--bf16", action="store_true", help="run the backbone in bfloat16 (faster on CPUs with bf16 units)")
     p.add_argument("--ensemble", type=_at_least(1), default=head.ensemble)
     p.add_argument("--steps", type=_at_least(1), default=head.steps)
     p.add_argument("--seed", type=_at_least(0), default=head.seed)

@@ -30,9 +30,9 @@ HEAD_FORMAT = "napari-mdm-head/1"
 
 @dataclass(frozen=True)
 class HeadConfig:
-    ensemble: int = 10
+    ensemble: int = 5
     hidden: tuple[int, ...] = (128, 32)
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 1024
     lr: float = 1e-3
     pixels_per_class: int = 100_000

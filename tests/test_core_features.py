@@ -32,7 +32,7 @@ def image():
 
 
 def test_features_have_the_promised_shape_dtype_and_channels(backbone, image):
-    cfg = FeatureConfig(timesteps=(50, 200), blocks=(3, 5, 7))
+    cfg = FeatureConfig(timesteps=(50, 200), blocks=(3, 5, 7), project=0)
     feats = extract_features(backbone, image, cfg)
     expected = 2 * sum(backbone.model.block_channels[b] for b in (3, 5, 7)) + num_filter_channels()
     assert feats.shape == (expected, *image.shape[:2]) and feats.dtype == np.float16
@@ -43,7 +43,8 @@ def test_features_have_the_promised_shape_dtype_and_channels(backbone, image):
     rms = np.sqrt((feats[: backbone.model.block_channels[3]].astype(np.float32) ** 2).mean(0))
     assert np.median(np.abs(rms - 1)) < 0.01 and rms.max() < 1.01 and rms.min() > 0.8
     # the filter bank comes last, and only when asked for
-    diffusion_only = extract_features(backbone, image, FeatureConfig(timesteps=(50, 200), blocks=(3, 5, 7), filters=False))
+    diffusion_only = extract_features(backbone, image, FeatureConfig(timesteps=(50, 200), blocks=(3, 5, 7), filters=False,
+                                                                     project=0))
     assert np.array_equal(diffusion_only, feats[: expected - num_filter_channels()])
     np.testing.assert_allclose(feats[-num_filter_channels():].astype(np.float32), filter_features(image).astype(np.float32),
                                atol=0.02)
@@ -64,6 +65,32 @@ def test_filter_bank_alone_skips_the_network(image, monkeypatch):
         extract_features(backbone, image, FeatureConfig(diffusion=False, filters=False))
     # heads saved before the choice existed read the backbone
     assert FeatureConfig.from_dict({"timesteps": [50]}).diffusion
+
+
+def test_projection_keeps_the_leading_principal_components_the_same_everywhere(backbone, image):
+    from napari_mdm import projection
+
+    small = extract_features(backbone, image, FeatureConfig(timesteps=(50, 200), project=8, filters=False))
+    assert small.shape == (2 * 8, *image.shape[:2]) and small.dtype == np.float16 and np.isfinite(small).all()
+    larger = extract_features(backbone, image, FeatureConfig(timesteps=(50, 200), project=16, filters=False))
+    # components are nested: the first 8 of 16 are the 8, for each timestep
+    np.testing.assert_allclose(larger[np.r_[0:8, 16:24]].astype(np.float32), small.astype(np.float32), atol=0.02)
+    # the basis is fitted on fixed reference images: the same after it is forgotten
+    projection._BASES.clear()
+    again = extract_features(backbone, image, FeatureConfig(timesteps=(50, 200), project=8, filters=False))
+    np.testing.assert_array_equal(again, small)
+    # leading components carry far more of the variance than the 8/256 a random projection keeps
+    full = extract_features(backbone, image, FeatureConfig(timesteps=(50,), project=0, filters=False)).astype(np.float32)
+    centred = full.reshape(len(full), -1) - full.reshape(len(full), -1).mean(1, keepdims=True)
+    kept = small[:8].astype(np.float32).reshape(8, -1)
+    assert (kept - kept.mean(1, keepdims=True)).var(1).sum() > 0.1 * centred.var(1).sum()
+    # more components than the blocks have: all channels, unprojected
+    assert num_channels(backbone, FeatureConfig(project=10_000, filters=False)) == num_channels(
+        backbone, FeatureConfig(project=0, filters=False))
+    with pytest.raises(UserError, match="project must be"):
+        extract_features(backbone, image, FeatureConfig(project=-1))
+    # heads saved before the projection existed read every channel
+    assert FeatureConfig.from_dict({"timesteps": [50]}).project == 0
 
 
 def test_tiles_blend_without_seams(backbone, image):

@@ -1,0 +1,224 @@
+"""The paint -> predict loop (issue 14): our head against the ilastik-like forest, stage by stage.
+
+    python -m benchmarks.loop            # 512 and 1024 px, scribbles and full masks
+    python -m benchmarks.loop --quick    # CI-sized: 256 px, scribbles, forest / before / fast
+
+The image is scikit-image's ``ihc`` sample (512 x 512; 1024 x 1024 is it mirrored 2 x 2) with the
+demo's stain reference (``napari_mdm.demo``): labels on the left half only (the demo's strokes,
+or the reference itself as a full mask), Dice averaged over the three classes on the right half.
+Stages: features, head fit, prediction of the whole image (their sum is the first prediction),
+then one more stroke and retrain + repredict with the features cached. Each method and size runs
+in a fresh process, so its peak RSS (``ru_maxrss``) is its own. Results: ``results/NAME.json``, ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = {
+    # name: (FeatureConfig overrides, HeadConfig overrides); None is the forest on the filter bank
+    "forest": None,
+    "before": ({"project": 0, "blocks": "all"}, {"ensemble": 10, "steps": 300}),
+    "+early stop": ({"project": 0}, {"ensemble": 10, "steps": 300}),
+    "+projection": ({}, {"ensemble": 10, "steps": 300}),
+    "fast": ({}, {}),
+    "fast bf16": ({"bfloat16": True}, {}),
+}
+"""'before' is the default until issue 14 (decoder blocks 3-9 of the shipped backbone, all 784
+channels, ensemble 10 x 300 steps); each next row adds one knob; 'fast' is the default now."""
+
+
+def loop_image(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(size, size, 3) uint8 image and its stain reference: the ``ihc`` sample, mirrored to size."""
+    from napari_mdm.demo import sample_image, stain_reference
+
+    image = sample_image()
+    reps = -(-size // image.shape[0])
+    tiled = np.concatenate([np.concatenate([image[:, ::-1] if j % 2 else image for j in range(reps)], axis=1)[::-1]
+                            if i % 2 else
+                            np.concatenate([image[:, ::-1] if j % 2 else image for j in range(reps)], axis=1)
+                            for i in range(reps)], axis=0)[:size, :size]
+    return np.ascontiguousarray(tiled), stain_reference(tiled)
+
+
+def loop_labels(reference: np.ndarray, protocol: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels on the left half (strokes or the full reference) and the same plus one more stroke."""
+    from napari_mdm.demo import demo_scribbles
+
+    h, w = reference.shape
+    labels = demo_scribbles(reference) if protocol == "scribble" else reference.copy()
+    labels[:, w // 2:] = 0
+    more = labels.copy()
+    row = slice(h // 2, h // 2 + 3)
+    more[row, w // 2 : w // 2 + w // 8] = reference[row, w // 2 : w // 2 + w // 8]  # a stroke across the border
+    return labels, more
+
+
+def _ours(name: str, backbone_name: str, image: np.ndarray, labels: list[np.ndarray]) -> tuple[dict, np.ndarray]:
+    """Seconds per stage of the MLP head loop, and the first prediction's labels."""
+    from napari_mdm.checkpoint import load_backbone
+    from napari_mdm.features import FeatureConfig, extract_features, resolve_config
+    from napari_mdm.head import HeadConfig, fit_head
+    from napari_mdm.io import normalize_image
+
+    feature_overrides, head_overrides = METHODS[name]
+    backbone = load_backbone(backbone_name)
+    if feature_overrides.get("blocks") == "all":  # the decoder's second half, full resolution included
+        n = len(backbone.model.output_blocks)
+        feature_overrides = {**feature_overrides, "blocks": tuple(range(n // 3, n))}
+    config = resolve_config(backbone, FeatureConfig(**feature_overrides))
+    head_config = HeadConfig(**head_overrides)
+    out: dict = {"channels": None}
+    start = time.perf_counter()
+    features = extract_features(backbone, normalize_image(image), config)
+    out["features_s"], out["channels"] = time.perf_counter() - start, int(features.shape[0])
+    start = time.perf_counter()
+    head = fit_head([features], [labels[0]], head_config)
+    out["fit_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    prediction = head.predict(features).labels
+    out["predict_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    fit_head([features], [labels[1]], head_config).predict(features)
+    out["retrain_s"] = time.perf_counter() - start
+    return out, prediction
+
+
+def _forest(image: np.ndarray, labels: list[np.ndarray], threads: int) -> tuple[dict, np.ndarray]:
+    """The same stages for the ilastik-like filter bank + random forest (``benchmarks.methods``)."""
+    from napari_mdm.filterbank import filter_features
+    from napari_mdm.io import normalize_image
+
+    from .methods import fit_forest
+
+    def fit_predict(lab: np.ndarray) -> tuple[float, float, np.ndarray]:
+        start = time.perf_counter()
+        where = lab.ravel() > 0
+        forest = fit_forest(flat[where], lab.ravel()[where], seed=0)
+        forest.n_jobs = threads
+        fitted = time.perf_counter()
+        predicted = forest.predict(flat).reshape(lab.shape)
+        return fitted - start, time.perf_counter() - fitted, predicted
+
+    out: dict = {}
+    start = time.perf_counter()
+    features = filter_features(normalize_image(image))
+    flat = features.reshape(features.shape[0], -1).T.astype(np.float32)
+    out["features_s"], out["channels"] = time.perf_counter() - start, int(features.shape[0])
+    out["fit_s"], out["predict_s"], prediction = fit_predict(labels[0])
+    fit_s, predict_s, _ = fit_predict(labels[1])
+    out["retrain_s"] = fit_s + predict_s
+    return out, prediction
+
+
+def run_one(method: str, size: int, protocol: str, backbone: str, threads: int) -> dict:
+    """One method on one image size and label protocol, in this process: stages, Dice, peak RSS."""
+    import torch
+
+    from napari_mdm.metrics import dice
+
+    torch.set_num_threads(threads)
+    image, reference = loop_image(size)
+    labels = loop_labels(reference, protocol)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if method == "forest":
+        out, prediction = _forest(image, list(labels), threads)
+    else:
+        out, prediction = _ours(method, backbone, image, list(labels))
+    right = np.s_[:, size // 2:]
+    classes = np.unique(reference)
+    out["dice"] = 100 * float(np.mean([dice(prediction[right] == c, reference[right] == c) for c in classes]))
+    out["first_s"] = out["features_s"] + out["fit_s"] + out["predict_s"]
+    out = {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
+    return {"method": method, "size": size, "protocol": protocol, "labelled_percent": round(100 * float((labels[0] > 0).mean()), 2),
+            **out, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "rss_before_mib": round(base_rss)}
+
+
+def in_fresh_process(method: str, size: int, protocol: str, backbone: str, threads: int) -> dict:
+    """:func:`run_one` in a child process (its own peak RSS); its result is the last stdout line."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "benchmarks.loop", "--child", json.dumps([method, size, protocol, backbone, threads])]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    if done.returncode:
+        raise SystemExit(f"{method} at {size} px failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Benchmark `{result['name']}`", "", f"Command: `{result['command']}`  ",
+             f"Started {result['started']}, {result['wall_seconds'] / 60:.1f} min; {result['threads']} threads; "
+             f"load average {result['load_before']} before, {result['load_after']} after (a shared 2-core CPU).", "",
+             "| image | labels | method | channels | features s | head fit s | prediction s | first prediction s "
+             "| x forest | retrain + repredict s | peak RSS MiB | Dice % |", "|---|" * 1 + "---|" * 11]
+    forest = {(r["size"], r["protocol"]): r["first_s"] for r in result["rows"] if r["method"] == "forest"}
+    for r in result["rows"]:
+        ratio = r["first_s"] / forest[(r["size"], r["protocol"])] if (r["size"], r["protocol"]) in forest else None
+        lines.append(f"| {r['size']}² | {r['protocol']} ({r['labelled_percent']}%) | {r['method']} | {r['channels']} "
+                     f"| {r['features_s']} | {r['fit_s']} | {r['predict_s']} | {r['first_s']} "
+                     f"| {'' if ratio is None else f'{ratio:.2f}'} | {r['retrain_s']} | {r['peak_rss_mib']} | {r['dice']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="256 px, scribbles, forest / before / fast")
+    parser.add_argument("--sizes", nargs="+", type=int)
+    parser.add_argument("--protocols", nargs="+", choices=("scribble", "full"))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS))
+    parser.add_argument("--backbone", default="histology", help="backbone for our methods (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads and forest jobs (default: %(default)s)")
+    parser.add_argument("--name", help="results file name (default: loop, or loop_quick)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    quick = {"sizes": [256], "protocols": ["scribble"], "methods": ["forest", "before", "fast"]}
+    full = {"sizes": [512, 1024], "protocols": ["scribble", "full"], "methods": list(METHODS)}
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.name = args.name or ("loop_quick" if args.quick else "loop")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    if args.child:
+        print(json.dumps(run_one(*json.loads(args.child))))
+        return None
+    started, load_before = time.time(), round(os.getloadavg()[0], 2)
+    rows = []
+    for size in args.sizes:
+        for protocol in args.protocols:
+            for method in args.methods:
+                rows.append(in_fresh_process(method, size, protocol, args.backbone, args.threads))
+                print(f"[{time.strftime('%H:%M:%S')}] {rows[-1]}", flush=True)
+    result = {"name": args.name,
+              "command": "python -m benchmarks.loop " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+              "wall_seconds": round(time.time() - started, 1), "threads": args.threads, "backbone": args.backbone,
+              "load_before": load_before, "load_after": round(os.getloadavg()[0], 2),
+              "cpu": platform.processor() or platform.machine(), "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for suffix, text in (("json", json.dumps(result, indent=1)), ("md", markdown(result))):
+        tmp = args.out / f".{args.name}.{suffix}.tmp"
+        tmp.write_text(text)
+        tmp.replace(args.out / f"{args.name}.{suffix}")
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

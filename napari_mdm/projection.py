@@ -1,0 +1,72 @@
+"""A per-backbone PCA basis of decoder features, so the head sees tens of channels, not hundreds.
+
+The basis is fitted once per backbone and feature setting (timesteps, blocks, scale, seed,
+components) on fixed reference images that ship with scikit-image (the ``ihc`` histology sample
+and the ``astronaut`` photograph), deterministically: a head that records ``project=k`` and its
+backbone is applied with the same basis on any machine, and the feature cache's key (the
+feature settings) stays valid. Components are those of the blocks' per-pixel normalised
+activations concatenated, as the head would see them without the projection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .backbone import Backbone
+
+REFERENCE_SIDE = 256
+"""Side of each reference crop; features are sampled on a grid of a quarter of that side."""
+
+_BASES: dict[tuple, dict[int, torch.Tensor]] = {}
+
+
+def reference_images() -> list[np.ndarray]:
+    """(side, side, 3) float32 [0, 1] crops of scikit-image's bundled samples."""
+    from skimage import data
+
+    ihc, astronaut = data.immunohistochemistry(), data.astronaut()
+    s = REFERENCE_SIDE
+    crops = [ihc[:s, :s], ihc[-s:, -s:], ihc[128:128 + s, 256:256 + s], astronaut[:s, 128:128 + s]]
+    return [np.ascontiguousarray(c, dtype=np.float32) / 255 for c in crops]
+
+
+def _samples(backbone: Backbone, config) -> torch.Tensor:
+    """(timesteps, pixels, channels) normalised block activations on the reference grid."""
+    from .features import decoder_activations, unit_norm
+
+    grid = (REFERENCE_SIDE // 4, REFERENCE_SIDE // 4)
+    per_image = []
+    for image in reference_images():
+        acts, _, _ = decoder_activations(backbone, image, 0, 0, replace(config, draws=1))
+        maps = [F.interpolate(unit_norm(acts[b]) if config.normalize else acts[b], size=grid, mode="bilinear",
+                              align_corners=False) for b in config.blocks]
+        per_image.append(torch.cat(maps, dim=1).flatten(2).transpose(1, 2))  # (T, pixels, C)
+    return torch.cat(per_image, dim=1).double()
+
+
+def fit_basis(samples: torch.Tensor, components: int) -> torch.Tensor:
+    """(T, C, components) leading principal axes of (T, N, C) samples, signs fixed (largest entry
+    positive) so that the basis is the same wherever it is computed."""
+    centred = samples - samples.mean(1, keepdim=True)
+    cov = centred.transpose(1, 2) @ centred / max(1, samples.shape[1] - 1)
+    _, vectors = torch.linalg.eigh(cov)  # ascending eigenvalues
+    top = vectors.flip(-1)[..., :components]
+    signs = torch.sign(top.gather(1, top.abs().argmax(1, keepdim=True)))
+    return (top * signs).float()
+
+
+def projection_basis(backbone: Backbone, config) -> dict[int, torch.Tensor]:
+    """Per decoder block, the (timesteps x draws, C_block, project) slice of the basis, batched as
+    :func:`napari_mdm.features.decoder_activations` batches its inputs; computed once per backbone."""
+    key = (backbone.digest, id(backbone.model), config.timesteps, config.blocks, config.project, config.scale,
+           config.seed, config.normalize, config.bfloat16, str(backbone.device))
+    if key not in _BASES:
+        basis = fit_basis(_samples(backbone, config), config.project)
+        widths = [backbone.model.block_channels[b] for b in config.blocks]
+        parts = torch.split(basis, widths, dim=1)
+        _BASES[key] = {b: part.to(backbone.device) for b, part in zip(config.blocks, parts)}
+    return {b: part.repeat_interleave(config.draws, dim=0) for b, part in _BASES[key].items()}
