@@ -151,7 +151,8 @@ def in_fresh_process(method: str, size: int, protocol: str, backbone: str, threa
     """:func:`run_one` in a child process (its own peak RSS); its result is the last stdout line."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     command = [sys.executable, "-m", "benchmarks.loop", "--child", json.dumps([method, size, protocol, backbone, threads])]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
     if done.returncode:
         raise SystemExit(f"{method} at {size} px failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

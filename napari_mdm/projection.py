@@ -68,5 +68,5 @@ def projection_basis(backbone: Backbone, config) -> dict[int, torch.Tensor]:
         basis = fit_basis(_samples(backbone, config), config.project)
         widths = [backbone.model.block_channels[b] for b in config.blocks]
         parts = torch.split(basis, widths, dim=1)
-        _BASES[key] = {b: part.to(backbone.device) for b, part in zip(config.blocks, parts)}
+        _BASES[key] = {b: part.to(backbone.device) for b, part in zip(config.blocks, parts, strict=True)}
     return {b: part.repeat_interleave(config.draws, dim=0) for b, part in _BASES[key].items()}
