@@ -1,6 +1,7 @@
 """The paint -> predict loop (issue 14): our head against the ilastik-like forest, stage by stage.
 
-    python -m benchmarks.loop            # 512 and 1024 px, scribbles and full masks
+    python -m benchmarks.loop            # 512 and 1024 px, scribbles and full masks (the knob
+                                         # ladder at 512 px only)
     python -m benchmarks.loop --quick    # CI-sized: 256 px, scribbles, forest / before / fast
 
 The image is scikit-image's ``ihc`` sample (512 x 512; 1024 x 1024 is it mirrored 2 x 2) with the
@@ -179,14 +180,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", nargs="+", type=int)
     parser.add_argument("--protocols", nargs="+", choices=("scribble", "full"))
     parser.add_argument("--methods", nargs="+", choices=list(METHODS))
+    parser.add_argument("--smallest-only", nargs="*", choices=list(METHODS),
+                        help="methods measured at the smallest size only (default: the knob ladder's middle rows)")
     parser.add_argument("--backbone", default="histology", help="backbone for our methods (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads and forest jobs (default: %(default)s)")
     parser.add_argument("--name", help="results file name (default: loop, or loop_quick)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    quick = {"sizes": [256], "protocols": ["scribble"], "methods": ["forest", "before", "fast"]}
-    full = {"sizes": [512, 1024], "protocols": ["scribble", "full"], "methods": list(METHODS)}
+    quick = {"sizes": [256], "protocols": ["scribble"], "methods": ["forest", "before", "fast"], "smallest_only": []}
+    full = {"sizes": [512, 1024], "protocols": ["scribble", "full"], "methods": list(METHODS),
+            "smallest_only": ["before", "+early stop", "+projection"]}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -194,29 +198,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    args = parse_args(argv)
-    if args.child:
-        print(json.dumps(run_one(*json.loads(args.child))))
-        return None
-    started, load_before = time.time(), round(os.getloadavg()[0], 2)
-    rows = []
-    for size in args.sizes:
-        for protocol in args.protocols:
-            for method in args.methods:
-                rows.append(in_fresh_process(method, size, protocol, args.backbone, args.threads))
-                print(f"[{time.strftime('%H:%M:%S')}] {rows[-1]}", flush=True)
-    result = {"name": args.name,
-              "command": "python -m benchmarks.loop " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
-              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-              "wall_seconds": round(time.time() - started, 1), "threads": args.threads, "backbone": args.backbone,
-              "load_before": load_before, "load_after": round(os.getloadavg()[0], 2),
-              "cpu": platform.processor() or platform.machine(), "rows": rows}
+def write(args: argparse.Namespace, result: dict) -> None:
+    """The JSON and the table, written atomically (after every row, so a stopped run keeps its rows)."""
     args.out.mkdir(parents=True, exist_ok=True)
     for suffix, text in (("json", json.dumps(result, indent=1)), ("md", markdown(result))):
         tmp = args.out / f".{args.name}.{suffix}.tmp"
         tmp.write_text(text)
         tmp.replace(args.out / f"{args.name}.{suffix}")
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    if args.child:
+        print(json.dumps(run_one(*json.loads(args.child))))
+        return None
+    started = time.time()
+    result = {"name": args.name,
+              "command": "python -m benchmarks.loop " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "threads": args.threads,
+              "backbone": args.backbone, "load_before": round(os.getloadavg()[0], 2),
+              "cpu": platform.processor() or platform.machine(), "rows": []}
+    for size in args.sizes:
+        for protocol in args.protocols:
+            for method in args.methods:
+                if size != min(args.sizes) and method in args.smallest_only:
+                    continue
+                result["rows"].append(in_fresh_process(method, size, protocol, args.backbone, args.threads))
+                result.update(wall_seconds=round(time.time() - started, 1), load_after=round(os.getloadavg()[0], 2))
+                write(args, result)
+                print(f"[{time.strftime('%H:%M:%S')}] {result['rows'][-1]}", flush=True)
     print(markdown(result))
     return result
 

@@ -91,3 +91,35 @@ def test_throughput_measures_the_core_training_loop_and_writes_its_table(tmp_pat
     assert row["images_per_s"] > 0 and row["params_M"] < 2
     saved = json.loads((tmp_path / "throughput_cpu.json").read_text())
     assert saved["rows"] == [row] and "| tiny | " in (tmp_path / "throughput_cpu.md").read_text()
+
+
+def test_fast_path_variants_share_one_feature_pass_per_knob_setting():
+    from benchmarks.methods import base_configs
+    from benchmarks.run import parse_variant
+    from napari_mdm.checkpoint import random_backbone
+
+    backbones = {"random": random_backbone("tiny")}
+    p8 = parse_variant("p8=random:blocks=2-4:project=8", backbones)
+    p16 = parse_variant("p16=random:blocks=2-4:project=16:filters", backbones)
+    half = parse_variant("half=random:project=8:scale=0.5:bf16", backbones)
+    assert p8.name == "mlp(p8)" and p8.blocks == (2, 3, 4) and p16.filters and half.bfloat16
+    configs = base_configs([p8, p16, half], backbones)
+    assert p8.base == p16.base != half.base  # nested components: one pass at the larger projection
+    assert configs[p8.base].project == 16 and configs[half.base].scale == 0.5
+    with pytest.raises(SystemExit, match="unknown option"):
+        parse_variant("x=random:speed=11", backbones)
+
+
+def test_loop_benchmark_writes_every_stage_per_method(tmp_path):
+    from benchmarks import loop
+
+    result = loop.main(["--sizes", "128", "--protocols", "scribble", "--methods", "forest", "fast",
+                        "--backbone", "random-tiny", "--out", str(tmp_path), "--name", "ci"])
+    saved = json.loads((tmp_path / "ci.json").read_text())
+    assert saved["rows"] == result["rows"] and [r["method"] for r in saved["rows"]] == ["forest", "fast"]
+    for row in saved["rows"]:
+        assert row["size"] == 128 and row["protocol"] == "scribble" and 0 < row["labelled_percent"] < 50
+        assert row["first_s"] == pytest.approx(row["features_s"] + row["fit_s"] + row["predict_s"], abs=0.02)
+        assert row["retrain_s"] > 0 and row["peak_rss_mib"] >= row["rss_before_mib"] > 0 and 0 <= row["dice"] <= 100
+    assert [r["channels"] for r in saved["rows"]] == [144, 64 + 144]
+    assert "| 128² | scribble" in (tmp_path / "ci.md").read_text()
