@@ -110,6 +110,7 @@ def test_fast_path_variants_share_one_feature_pass_per_knob_setting():
         parse_variant("x=random:speed=11", backbones)
 
 
+@pytest.mark.slow
 def test_loop_benchmark_writes_every_stage_per_method(tmp_path):
     from benchmarks import loop
 
