@@ -39,9 +39,13 @@ def head_feature_config(head: Head, backbone: Backbone, draws: int | None = None
     if config is None:
         raise UserError("this head does not record the feature settings it was trained with "
                         "(train it with napari_mdm.pipeline.train_head): apply it to features with Head.predict")
-    if config.diffusion and trained_on and backbone.digest != "unsaved" and trained_on != backbone.digest:
+    # an unsaved backbone cannot be identified; with projected channels their count cannot tell it either
+    unknown = backbone.digest == "unsaved" and not (config.project and trained_on != "unsaved")
+    if config.diffusion and trained_on and not unknown and trained_on != backbone.digest:
+        projected = " (its feature channels are projected onto that backbone's principal components)"
         raise UserError(f"this head was trained with backbone {head.context.backbone_name or trained_on!r}, "
-                        f"not {backbone.name!r}: retrain the head or load its backbone")
+                        f"not {backbone.name!r}: retrain the head or load its backbone"
+                        + (projected if config.project else ""))
     return replace(config, draws=draws) if draws is not None else config
 
 
