@@ -243,7 +243,7 @@ def test_a_safetensors_header_length_ending_in_0x80_is_read(tmp_path):
 
 def test_a_head_written_with_a_long_backbone_path_loads_back(kit, tmp_path):
     """The issue's reproduction: 1 in 32 heads failed, e.g. one recording a 203-character backbone path."""
-    for n in range(150, 250):
+    for n in range(150, 150 + 256):  # the header length's low byte takes every value once
         head = Head(kit.head.net, kit.head.class_values, kit.head.mean, kit.head.std, kit.head.config,
                     replace(kit.head.context, backbone_name="b" * n))
         head.save(tmp_path / "h.safetensors")
