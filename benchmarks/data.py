@@ -32,7 +32,7 @@ class Split:
 def _natural_key(path: Path) -> tuple:
     stem = path.stem
     head = stem.rstrip("0123456789")
-    tail = stem[len(head):]
+    tail = stem[len(head) :]
     return head, int(tail) if tail else -1
 
 

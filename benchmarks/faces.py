@@ -75,8 +75,9 @@ class Features:
 
     def __init__(self, backbones: dict[str, object]):
         self.backbones = backbones
-        self.configs = {name: resolve_config(b, FeatureConfig(**FEATURE_SETS[DEFAULT_FEATURE_SET]))
-                        for name, b in backbones.items()}
+        self.configs = {
+            name: resolve_config(b, FeatureConfig(**FEATURE_SETS[DEFAULT_FEATURE_SET])) for name, b in backbones.items()
+        }
 
     def of(self, image: np.ndarray) -> dict[str, np.ndarray]:
         out = {"filters": filter_features(image).astype(np.float16)}
@@ -89,8 +90,10 @@ def sample_pixels(features: dict[str, np.ndarray], labels: np.ndarray, seed: int
     """Up to PIXELS_PER_CLASS labelled pixels per class: their features per method and labels."""
     rng = np.random.default_rng(seed)
     picks = np.concatenate([rng.permutation(np.flatnonzero(labels.ravel() == c))[:PIXELS_PER_CLASS] for c in CLASSES])
-    return {"labels": labels.ravel()[picks],
-            "features": {name: f.reshape(f.shape[0], -1)[:, picks] for name, f in features.items()}}
+    return {
+        "labels": labels.ravel()[picks],
+        "features": {name: f.reshape(f.shape[0], -1)[:, picks] for name, f in features.items()},
+    }
 
 
 def train_methods(store: list[dict], indices: list[int], head: HeadConfig, seed: int) -> dict:
@@ -102,8 +105,9 @@ def train_methods(store: list[dict], indices: list[int], head: HeadConfig, seed:
         if name == "filters":
             methods["forest"] = fit_forest(x.T, y, seed)
         else:
-            methods[name] = fit_head([x[:, None, :]], [y[None]], HeadConfig(**{**head.__dict__, "seed": seed}),
-                                     ignore=0)
+            methods[name] = fit_head(
+                [x[:, None, :]], [y[None]], HeadConfig(**{**head.__dict__, "seed": seed}), ignore=0
+            )
     return methods
 
 
@@ -166,30 +170,69 @@ def run(args: argparse.Namespace) -> list[dict]:
                 for name, method in methods.items():
                     scores.add((test_set, name, *run_key), predict(method, name, features), truth)
             log(f"{test_set}: tested {k + 1}/{len(tests)}")
-    return [{"test_set": key[0], "method": key[1], "protocol": key[2], "shots": key[3], "seed": key[4],
-             "miou": scores.miou(key)[0], "per_class": scores.miou(key)[1]} for key in scores.sums]
+    return [
+        {
+            "test_set": key[0],
+            "method": key[1],
+            "protocol": key[2],
+            "shots": key[3],
+            "seed": key[4],
+            "miou": scores.miou(key)[0],
+            "per_class": scores.miou(key)[1],
+        }
+        for key in scores.sums
+    ]
 
 
 def summarize(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["test_set"], r["method"], r["protocol"], r["shots"]), []).append(r)
-    return [{"test_set": t, "method": m, "protocol": p, "shots": s, "mean": float(np.mean([r["miou"] for r in rs])),
-             "std": float(np.std([r["miou"] for r in rs])), "seeds": len(rs),
-             "per_class": [round(float(v), 1) for v in np.mean([r["per_class"] for r in rs], axis=0)]}
-            for (t, m, p, s), rs in sorted(groups.items())]
+    return [
+        {
+            "test_set": t,
+            "method": m,
+            "protocol": p,
+            "shots": s,
+            "mean": float(np.mean([r["miou"] for r in rs])),
+            "std": float(np.std([r["miou"] for r in rs])),
+            "seeds": len(rs),
+            "per_class": [round(float(v), 1) for v in np.mean([r["per_class"] for r in rs], axis=0)],
+        }
+        for (t, m, p, s), rs in sorted(groups.items())
+    ]
 
 
 def write(name: str, command: str, rows: list[dict], summary: list[dict], args: argparse.Namespace) -> None:
-    RESULTS.joinpath(f"{name}.json").write_text(json.dumps(
-        {"command": command, "scale": args.scale, "classes": CLASS_NAMES, "paper": PAPER, "summary": summary,
-         "runs": rows}, indent=2) + "\n")
-    lines = [f"# Faces: FASSEG, mIoU % over {len(CLASSES)} classes (scale {args.scale})", "", f"`{command}`", "",
-             f"Paper for reference: {PAPER['method']}: {PAPER['miou']}.", "",
-             "| test set | method | labels | faces | mIoU | per class (" + ", ".join(CLASS_NAMES) + ") |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {s['test_set']} | {s['method']} | {s['protocol']} | {s['shots']} | {s['mean']:.1f} ± {s['std']:.1f} "
-              f"| {', '.join(map(str, s['per_class']))} |" for s in summary]
+    RESULTS.joinpath(f"{name}.json").write_text(
+        json.dumps(
+            {
+                "command": command,
+                "scale": args.scale,
+                "classes": CLASS_NAMES,
+                "paper": PAPER,
+                "summary": summary,
+                "runs": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    lines = [
+        f"# Faces: FASSEG, mIoU % over {len(CLASSES)} classes (scale {args.scale})",
+        "",
+        f"`{command}`",
+        "",
+        f"Paper for reference: {PAPER['method']}: {PAPER['miou']}.",
+        "",
+        "| test set | method | labels | faces | mIoU | per class (" + ", ".join(CLASS_NAMES) + ") |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s['test_set']} | {s['method']} | {s['protocol']} | {s['shots']} | {s['mean']:.1f} ± {s['std']:.1f} "
+        f"| {', '.join(map(str, s['per_class']))} |"
+        for s in summary
+    ]
     RESULTS.joinpath(f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -218,7 +261,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = run(args)
     summary = summarize(rows)
     for s in summary:
-        print(f"{s['test_set']:<16} {s['method']:<12} {s['protocol']:<9} {s['shots']:>3}  {s['mean']:5.1f} ± {s['std']:.1f}")
+        print(
+            f"{s['test_set']:<16} {s['method']:<12} {s['protocol']:<9} {s['shots']:>3}  {s['mean']:5.1f} ± {s['std']:.1f}"
+        )
     if not args.quick:
         command = " ".join(["python -m benchmarks.faces", *(sys.argv[1:] if argv is None else argv)])
         write(args.name, command, rows, summary, args)

@@ -47,10 +47,15 @@ def loop_image(size: int) -> tuple[np.ndarray, np.ndarray]:
 
     image = sample_image()
     reps = -(-size // image.shape[0])
-    tiled = np.concatenate([np.concatenate([image[:, ::-1] if j % 2 else image for j in range(reps)], axis=1)[::-1]
-                            if i % 2 else
-                            np.concatenate([image[:, ::-1] if j % 2 else image for j in range(reps)], axis=1)
-                            for i in range(reps)], axis=0)[:size, :size]
+    tiled = np.concatenate(
+        [
+            np.concatenate([image[:, ::-1] if j % 2 else image for j in range(reps)], axis=1)[::-1]
+            if i % 2
+            else np.concatenate([image[:, ::-1] if j % 2 else image for j in range(reps)], axis=1)
+            for i in range(reps)
+        ],
+        axis=0,
+    )[:size, :size]
     return np.ascontiguousarray(tiled), stain_reference(tiled)
 
 
@@ -60,7 +65,7 @@ def loop_labels(reference: np.ndarray, protocol: str) -> tuple[np.ndarray, np.nd
 
     h, w = reference.shape
     labels = demo_scribbles(reference) if protocol == "scribble" else reference.copy()
-    labels[:, w // 2:] = 0
+    labels[:, w // 2 :] = 0
     more = labels.copy()
     row = slice(h // 2, h // 2 + 3)
     more[row, w // 2 : w // 2 + w // 8] = reference[row, w // 2 : w // 2 + w // 8]  # a stroke across the border
@@ -138,39 +143,60 @@ def run_one(method: str, size: int, protocol: str, backbone: str, threads: int) 
         out, prediction = _forest(image, list(labels), threads)
     else:
         out, prediction = _ours(method, backbone, image, list(labels))
-    right = np.s_[:, size // 2:]
+    right = np.s_[:, size // 2 :]
     classes = np.unique(reference)
     out["dice"] = 100 * float(np.mean([dice(prediction[right] == c, reference[right] == c) for c in classes]))
     out["first_s"] = out["features_s"] + out["fit_s"] + out["predict_s"]
     out = {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
-    return {"method": method, "size": size, "protocol": protocol, "labelled_percent": round(100 * float((labels[0] > 0).mean()), 2),
-            **out, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "rss_before_mib": round(base_rss)}
+    return {
+        "method": method,
+        "size": size,
+        "protocol": protocol,
+        "labelled_percent": round(100 * float((labels[0] > 0).mean()), 2),
+        **out,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "rss_before_mib": round(base_rss),
+    }
 
 
 def in_fresh_process(method: str, size: int, protocol: str, backbone: str, threads: int) -> dict:
     """:func:`run_one` in a child process (its own peak RSS); its result is the last stdout line."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    command = [sys.executable, "-m", "benchmarks.loop", "--child", json.dumps([method, size, protocol, backbone, threads])]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env,
-                          cwd=Path(__file__).resolve().parents[1])
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.loop",
+        "--child",
+        json.dumps([method, size, protocol, backbone, threads]),
+    ]
+    done = subprocess.run(
+        command, check=False, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1]
+    )
     if done.returncode:
         raise SystemExit(f"{method} at {size} px failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# Benchmark `{result['name']}`", "", f"Command: `{result['command']}`  ",
-             f"Started {result['started']}, {result['wall_seconds'] / 60:.1f} min; {result['threads']} threads; "
-             f"load average {result['load_before']} before, {result['load_after']} after (a shared 2-core CPU).", "",
-             "| image | labels | method | channels | features s | head fit s | prediction s | first prediction s "
-             "| x forest | retrain + repredict s | peak RSS MiB | Dice % |", "|---|" * 1 + "---|" * 11]
+    lines = [
+        f"# Benchmark `{result['name']}`",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Started {result['started']}, {result['wall_seconds'] / 60:.1f} min; {result['threads']} threads; "
+        f"load average {result['load_before']} before, {result['load_after']} after (a shared 2-core CPU).",
+        "",
+        "| image | labels | method | channels | features s | head fit s | prediction s | first prediction s "
+        "| x forest | retrain + repredict s | peak RSS MiB | Dice % |",
+        "|---|" * 1 + "---|" * 11,
+    ]
     forest = {(r["size"], r["protocol"]): r["first_s"] for r in result["rows"] if r["method"] == "forest"}
     for r in result["rows"]:
         ratio = r["first_s"] / forest[(r["size"], r["protocol"])] if (r["size"], r["protocol"]) in forest else None
-        lines.append(f"| {r['size']}² | {r['protocol']} ({r['labelled_percent']}%) | {r['method']} | {r['channels']} "
-                     f"| {r['features_s']} | {r['fit_s']} | {r['predict_s']} | {r['first_s']} "
-                     f"| {'' if ratio is None else f'{ratio:.2f}'} | {r['retrain_s']} | {r['peak_rss_mib']} | {r['dice']:.1f} |")
+        lines.append(
+            f"| {r['size']}² | {r['protocol']} ({r['labelled_percent']}%) | {r['method']} | {r['channels']} "
+            f"| {r['features_s']} | {r['fit_s']} | {r['predict_s']} | {r['first_s']} "
+            f"| {'' if ratio is None else f'{ratio:.2f}'} | {r['retrain_s']} | {r['peak_rss_mib']} | {r['dice']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -180,8 +206,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", nargs="+", type=int)
     parser.add_argument("--protocols", nargs="+", choices=("scribble", "full"))
     parser.add_argument("--methods", nargs="+", choices=list(METHODS))
-    parser.add_argument("--smallest-only", nargs="*", choices=list(METHODS),
-                        help="methods measured at the smallest size only (default: the knob ladder's middle rows)")
+    parser.add_argument(
+        "--smallest-only",
+        nargs="*",
+        choices=list(METHODS),
+        help="methods measured at the smallest size only (default: the knob ladder's middle rows)",
+    )
     parser.add_argument("--backbone", default="histology", help="backbone for our methods (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads and forest jobs (default: %(default)s)")
     parser.add_argument("--name", help="results file name (default: loop, or loop_quick)")
@@ -189,8 +219,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = {"sizes": [256], "protocols": ["scribble"], "methods": ["forest", "before", "fast"], "smallest_only": []}
-    full = {"sizes": [512, 1024], "protocols": ["scribble", "full"], "methods": list(METHODS),
-            "smallest_only": ["before", "+early stop", "+projection"]}
+    full = {
+        "sizes": [512, 1024],
+        "protocols": ["scribble", "full"],
+        "methods": list(METHODS),
+        "smallest_only": ["before", "+early stop", "+projection"],
+    }
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -213,11 +247,17 @@ def main(argv: list[str] | None = None) -> dict | None:
         print(json.dumps(run_one(*json.loads(args.child))))
         return None
     started = time.time()
-    result = {"name": args.name,
-              "command": "python -m benchmarks.loop " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
-              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "threads": args.threads,
-              "backbone": args.backbone, "load_before": round(os.getloadavg()[0], 2),
-              "cpu": platform.processor() or platform.machine(), "rows": []}
+    result = {
+        "name": args.name,
+        "command": "python -m benchmarks.loop "
+        + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "threads": args.threads,
+        "backbone": args.backbone,
+        "load_before": round(os.getloadavg()[0], 2),
+        "cpu": platform.processor() or platform.machine(),
+        "rows": [],
+    }
     for size in args.sizes:
         for protocol in args.protocols:
             for method in args.methods:

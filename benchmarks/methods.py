@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.ensemble import RandomForestClassifier
 
-from napari_mdm.backbone import UNet, UNetConfig
-from napari_mdm.backbone import Backbone
+from napari_mdm.backbone import Backbone, UNet, UNetConfig
 from napari_mdm.features import FeatureConfig, default_blocks, extract_features
 from napari_mdm.filterbank import filter_features
 
@@ -63,20 +62,31 @@ def base_configs(specs: list[FeatureSpec], backbones: dict[str, Backbone]) -> di
     for spec in specs:
         if spec.base is not None and spec.base != spec.backbone:
             project = max(spec.project, own[spec.base].project if spec.base in own else 0)
-            own[spec.base] = FeatureConfig(timesteps=spec.timesteps, blocks=blocks_of(spec, backbones[spec.backbone]),
-                                           filters=False, project=project, bfloat16=spec.bfloat16,
-                                           scale=spec.feature_scale)
+            own[spec.base] = FeatureConfig(
+                timesteps=spec.timesteps,
+                blocks=blocks_of(spec, backbones[spec.backbone]),
+                filters=False,
+                project=project,
+                bfloat16=spec.bfloat16,
+                scale=spec.feature_scale,
+            )
         elif spec.backbone is not None:
             steps, blocks = wanted.setdefault(spec.backbone, (set(), set()))
             steps.update(spec.timesteps)
             blocks.update(blocks_of(spec, backbones[spec.backbone]))
     # diffusion channels only: the filter bank is computed once, apart, and appended per spec
-    return {**{name: FeatureConfig(timesteps=tuple(sorted(s)), blocks=tuple(sorted(b)), filters=False, project=0)
-               for name, (s, b) in wanted.items()}, **own}
+    return {
+        **{
+            name: FeatureConfig(timesteps=tuple(sorted(s)), blocks=tuple(sorted(b)), filters=False, project=0)
+            for name, (s, b) in wanted.items()
+        },
+        **own,
+    }
 
 
-def compute_bases(image: np.ndarray, backbones: dict[str, Backbone], configs: dict[str, FeatureConfig],
-                  filters: bool) -> dict[str, np.ndarray]:
+def compute_bases(
+    image: np.ndarray, backbones: dict[str, Backbone], configs: dict[str, FeatureConfig], filters: bool
+) -> dict[str, np.ndarray]:
     """(C, H, W) float16 base features of one image: per backbone, plus ``"filters"``."""
     bases = {key: extract_features(backbones[key.split("~")[0]], image, config) for key, config in configs.items()}
     if filters:
@@ -88,14 +98,18 @@ def channel_index(spec: FeatureSpec, backbone: Backbone, config: FeatureConfig) 
     """Channels of ``spec`` inside the base features of ``config`` (timestep-major, then blocks)."""
     widths = backbone.model.block_channels
     per_step = sum(widths[b] for b in config.blocks)
-    starts = dict(zip(config.blocks, np.cumsum([0] + [widths[b] for b in config.blocks])))
-    index = [config.timesteps.index(t) * per_step + starts[b] + np.arange(widths[b])
-             for t in spec.timesteps for b in blocks_of(spec, backbone)]
+    starts = dict(zip(config.blocks, np.cumsum([0] + [widths[b] for b in config.blocks]), strict=False))
+    index = [
+        config.timesteps.index(t) * per_step + starts[b] + np.arange(widths[b])
+        for t in spec.timesteps
+        for b in blocks_of(spec, backbone)
+    ]
     return np.concatenate(index)
 
 
-def spec_features(spec: FeatureSpec, bases: dict[str, np.ndarray], backbones: dict[str, Backbone],
-                  configs: dict[str, FeatureConfig]) -> np.ndarray:
+def spec_features(
+    spec: FeatureSpec, bases: dict[str, np.ndarray], backbones: dict[str, Backbone], configs: dict[str, FeatureConfig]
+) -> np.ndarray:
     parts = []
     if spec.base is not None and spec.base != spec.backbone:
         base, width = bases[spec.base], configs[spec.base].project
@@ -112,7 +126,9 @@ def spec_features(spec: FeatureSpec, bases: dict[str, np.ndarray], backbones: di
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def fit_forest(x: np.ndarray, y: np.ndarray, seed: int, per_class: int = 20_000, trees: int = 100) -> RandomForestClassifier:
+def fit_forest(
+    x: np.ndarray, y: np.ndarray, seed: int, per_class: int = 20_000, trees: int = 100
+) -> RandomForestClassifier:
     """ilastik's classifier: a random forest on a class-balanced subsample of labelled pixels."""
     rng = np.random.default_rng(seed)
     keep = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in np.unique(y)])
@@ -150,8 +166,16 @@ def _labelled_crop(image: np.ndarray, labels: np.ndarray, crop: int, rng: np.ran
     return img, lab
 
 
-def train_supervised_unet(images: list[np.ndarray], labels: list[np.ndarray], config: UNetConfig, seed: int,
-                          steps: int = 300, crop: int = 128, batch: int = 4, lr: float = 1e-3) -> UNet:
+def train_supervised_unet(
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    config: UNetConfig,
+    seed: int,
+    steps: int = 300,
+    crop: int = 128,
+    batch: int = 4,
+    lr: float = 1e-3,
+) -> UNet:
     """The backbone architecture with a 2-class output, trained from scratch with cross-entropy
     on random crops around labelled pixels (unlabelled pixels are ignored)."""
     torch.manual_seed(seed)

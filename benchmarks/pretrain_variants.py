@@ -62,13 +62,25 @@ def main(argv: list[str] | None = None) -> None:
             if steps_done(out) >= target:
                 continue
             corruption, loss = VARIANTS[name]
-            config = PretrainConfig(steps=target, batch_size=args.batch_size, crop=args.crop, loss=loss,
-                                    checkpoint_every=args.chunk)
+            config = PretrainConfig(
+                steps=target, batch_size=args.batch_size, crop=args.crop, loss=loss, checkpoint_every=args.chunk
+            )
             start = time.perf_counter()
-            result = pretrain(images, out=out, unet=args.preset, corruption=corruption, config=config, device="cpu",
-                              resume=True, provenance={"variant": name, "benchmark": "pretrain_variants"})
-            print(f"{name}: step {result.step}/{args.steps} loss={sum(result.losses[-50:]) / max(1, len(result.losses[-50:])):.4f} "
-                  f"chunk {time.perf_counter() - start:.0f}s", flush=True)
+            result = pretrain(
+                images,
+                out=out,
+                unet=args.preset,
+                corruption=corruption,
+                config=config,
+                device="cpu",
+                resume=True,
+                provenance={"variant": name, "benchmark": "pretrain_variants"},
+            )
+            print(
+                f"{name}: step {result.step}/{args.steps} loss={sum(result.losses[-50:]) / max(1, len(result.losses[-50:])):.4f} "
+                f"chunk {time.perf_counter() - start:.0f}s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

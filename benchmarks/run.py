@@ -21,17 +21,16 @@ import resource
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from skimage.transform import resize
 
-from napari_mdm.backbone import PRESETS, count_parameters
-from napari_mdm.backbone import Backbone
+from napari_mdm.backbone import PRESETS, Backbone, count_parameters
 from napari_mdm.checkpoint import load_backbone, random_backbone, shipped_backbones
 from napari_mdm.features import num_channels
 from napari_mdm.head import HeadConfig, class_scores, fit_head
@@ -40,8 +39,17 @@ from napari_mdm.metrics import dice
 
 from . import data, report
 from .labels import FOREGROUND, PROTOCOLS, SCRIBBLE_STYLES, make_labels
-from .methods import (CLASSES, FeatureSpec, base_configs, compute_bases, fit_forest, forest_scores, spec_features,
-                      train_supervised_unet, unet_scores)
+from .methods import (
+    CLASSES,
+    FeatureSpec,
+    base_configs,
+    compute_bases,
+    fit_forest,
+    forest_scores,
+    spec_features,
+    train_supervised_unet,
+    unet_scores,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL_SHOTS = {"glas": (8, 85), "monuseg": (3, 20)}
@@ -115,8 +123,14 @@ def feature_specs(settings: Settings, backbones: dict[str, Backbone]) -> list[Fe
     if settings.sweep:
         for t in settings.sweep_timesteps:
             for blocks in settings.sweep_blocks:
-                specs.append(FeatureSpec(f"mlp({settings.sweep} t={t} b={blocks})", backbone=settings.sweep,
-                                         timesteps=(t,), blocks=parse_blocks(blocks)))
+                specs.append(
+                    FeatureSpec(
+                        f"mlp({settings.sweep} t={t} b={blocks})",
+                        backbone=settings.sweep,
+                        timesteps=(t,),
+                        blocks=parse_blocks(blocks),
+                    )
+                )
     return specs + [parse_variant(v, backbones) for v in settings.variants]
 
 
@@ -151,14 +165,17 @@ def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
 def scale_labels(labels: np.ndarray, scale: float) -> np.ndarray:
     if scale == 1:
         return labels
-    return resize(labels, scaled_shape(labels.shape, scale), order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
+    return resize(labels, scaled_shape(labels.shape, scale), order=0, preserve_range=True, anti_aliasing=False).astype(
+        labels.dtype
+    )
 
 
 def upsample(scores: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if scores.shape[1:] == tuple(shape):
         return scores
-    return F.interpolate(torch.from_numpy(np.ascontiguousarray(scores))[None], size=shape, mode="bilinear",
-                         align_corners=False)[0].numpy()
+    return F.interpolate(
+        torch.from_numpy(np.ascontiguousarray(scores))[None], size=shape, mode="bilinear", align_corners=False
+    )[0].numpy()
 
 
 def plans(n_train: int, shots: tuple[int, ...], seeds: tuple[int, ...]) -> list[tuple[int, int, tuple[int, ...]]]:
@@ -190,17 +207,24 @@ class PixelStore:
             "fraction": float((labels > 0).mean()),
         }
 
-    def take(self, indices: tuple[int, ...], protocol: str,
-             select: Callable[[dict[str, np.ndarray]], np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def take(
+        self, indices: tuple[int, ...], protocol: str, select: Callable[[dict[str, np.ndarray]], np.ndarray]
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per image (C, 1, n) features, made from the stored base features by ``select``, and
         (1, n) labels, for ``fit_head``."""
         m = math.ceil(self.budget / len(indices))
         feats, labels = [], []
         for i in indices:
-            parts = [select({name: part[:, :m] for name, part in per_class.items()})
-                     for per_class in self.items[(i, protocol)]["features"]]
+            parts = [
+                select({name: part[:, :m] for name, part in per_class.items()})
+                for per_class in self.items[(i, protocol)]["features"]
+            ]
             feats.append(np.concatenate(parts, axis=1)[:, None, :])
-            labels.append(np.concatenate([np.full(part.shape[1], c, np.uint8) for part, c in zip(parts, CLASSES)])[None])
+            labels.append(
+                np.concatenate([np.full(part.shape[1], c, np.uint8) for part, c in zip(parts, CLASSES, strict=False)])[
+                    None
+                ]
+            )
         return feats, labels
 
     def fraction(self, indices: tuple[int, ...], protocol: str) -> float:
@@ -214,8 +238,9 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def run_split(split: data.Split, scale: float, settings: Settings, backbones: dict[str, Backbone],
-              specs: list[FeatureSpec]) -> list[dict]:
+def run_split(
+    split: data.Split, scale: float, settings: Settings, backbones: dict[str, Backbone], specs: list[FeatureSpec]
+) -> list[dict]:
     """Train every method on every plan of one dataset at one scale, then score all test images."""
     configs = base_configs(specs, backbones)
     need_filters = any(s.filters for s in specs) or "forest" in settings.methods
@@ -249,12 +274,17 @@ def run_split(split: data.Split, scale: float, settings: Settings, backbones: di
     for protocol in settings.protocols:
         for n, seed, subset in runs:
             fractions[(protocol, n, seed)] = store.fraction(subset, protocol)
-            head_config = HeadConfig(ensemble=settings.ensemble, steps=settings.head_steps,
-                                     pixels_per_class=settings.pixels_per_class, seed=seed)
+            head_config = HeadConfig(
+                ensemble=settings.ensemble,
+                steps=settings.head_steps,
+                pixels_per_class=settings.pixels_per_class,
+                seed=seed,
+            )
             for spec in specs:
                 start = time.perf_counter()
-                feats, labels = store.take(subset, protocol,
-                                           lambda b, spec=spec: spec_features(spec, b, backbones, configs))
+                feats, labels = store.take(
+                    subset, protocol, lambda b, spec=spec: spec_features(spec, b, backbones, configs)
+                )
                 head = fit_head(feats, labels, head_config, ignore=0)
                 fit_seconds.setdefault(spec.name, []).append(time.perf_counter() - start)
                 scorers[(spec.name, protocol, n, seed)] = _head_scorer(head, spec.name)
@@ -264,13 +294,19 @@ def run_split(split: data.Split, scale: float, settings: Settings, backbones: di
                 x = np.concatenate([f[:, 0, :].T for f in feats])
                 forest = fit_forest(x, np.concatenate([lab[0] for lab in labels]), seed, settings.forest_pixels)
                 fit_seconds.setdefault("rf(filters)", []).append(time.perf_counter() - start)
-                scorers[("rf(filters)", protocol, n, seed)] = lambda f, img, forest=forest: forest_scores(forest, f["filters"])
+                scorers[("rf(filters)", protocol, n, seed)] = lambda f, img, forest=forest: forest_scores(
+                    forest, f["filters"]
+                )
             if "unet" in settings.methods:
                 start = time.perf_counter()
-                model = train_supervised_unet([train_images[i] for i in subset],
-                                              [train_labels[(i, protocol)] for i in subset],
-                                              next(iter(backbones.values())).model.config, seed, settings.unet_steps,
-                                              settings.unet_crop)
+                model = train_supervised_unet(
+                    [train_images[i] for i in subset],
+                    [train_labels[(i, protocol)] for i in subset],
+                    next(iter(backbones.values())).model.config,
+                    seed,
+                    settings.unet_steps,
+                    settings.unet_crop,
+                )
                 fit_seconds.setdefault("unet(supervised)", []).append(time.perf_counter() - start)
                 scorers[("unet(supervised)", protocol, n, seed)] = lambda f, img, model=model: unet_scores(model, img)
             log(f"{split.dataset} x{scale}: trained {protocol} n={n} seed={seed}")
@@ -290,12 +326,29 @@ def run_split(split: data.Split, scale: float, settings: Settings, backbones: di
             dices[key][sample.name] = dice(predicted == FOREGROUND, mask)
         log(f"{split.dataset} x{scale}: tested {k + 1}/{len(tests)} ({sample.name})")
 
-    return [{"dataset": split.dataset, "scale": scale, "method": method, "protocol": protocol, "shots": n, "seed": seed,
-             "dice": float(np.mean(list(per_image.values()))), "per_image": per_image,
-             "label_fraction": fractions[(protocol, n, seed)]}
-            for (method, protocol, n, seed), per_image in dices.items()] + [
-            {"dataset": split.dataset, "scale": scale, "timing": {"train_feature_seconds": features_seconds,
-             "fit_seconds": {k: float(np.mean(v)) for k, v in fit_seconds.items()}}}]
+    return [
+        {
+            "dataset": split.dataset,
+            "scale": scale,
+            "method": method,
+            "protocol": protocol,
+            "shots": n,
+            "seed": seed,
+            "dice": float(np.mean(list(per_image.values()))),
+            "per_image": per_image,
+            "label_fraction": fractions[(protocol, n, seed)],
+        }
+        for (method, protocol, n, seed), per_image in dices.items()
+    ] + [
+        {
+            "dataset": split.dataset,
+            "scale": scale,
+            "timing": {
+                "train_feature_seconds": features_seconds,
+                "fit_seconds": {k: float(np.mean(v)) for k, v in fit_seconds.items()},
+            },
+        }
+    ]
 
 
 def _head_scorer(head, name: str) -> Scorer:
@@ -319,23 +372,39 @@ def summarize(records: list[dict]) -> list[dict]:
     for r in records:
         if "method" in r:
             groups.setdefault((r["dataset"], r["scale"], r["method"], r["protocol"], r["shots"]), []).append(r)
-    return [{"dataset": d, "scale": s, "method": m, "protocol": p, "shots": n,
-             "mean": 100 * float(np.mean([r["dice"] for r in rs])), "std": 100 * float(np.std([r["dice"] for r in rs])),
-             "seeds": len(rs), "test_images": len(rs[0]["per_image"]),
-             "label_fraction": float(np.mean([r["label_fraction"] for r in rs]))}
-            for (d, s, m, p, n), rs in sorted(groups.items())]
+    return [
+        {
+            "dataset": d,
+            "scale": s,
+            "method": m,
+            "protocol": p,
+            "shots": n,
+            "mean": 100 * float(np.mean([r["dice"] for r in rs])),
+            "std": 100 * float(np.std([r["dice"] for r in rs])),
+            "seeds": len(rs),
+            "test_images": len(rs[0]["per_image"]),
+            "label_fraction": float(np.mean([r["label_fraction"] for r in rs])),
+        }
+        for (d, s, m, p, n), rs in sorted(groups.items())
+    ]
 
 
 def measure_speed(backbones: dict[str, Backbone], specs: list[FeatureSpec], settings: Settings) -> dict:
     """Interactive figures on a 512 x 512 image: feature, head-training and prediction seconds."""
     sample = data.load_split("glas").test[0] if data.available() else None
-    image = read_image(sample.image)[:512, :512] if sample else np.random.default_rng(0).random((512, 512, 3), np.float32)
+    image = (
+        read_image(sample.image)[:512, :512] if sample else np.random.default_rng(0).random((512, 512, 3), np.float32)
+    )
     image = np.pad(image, ((0, 512 - image.shape[0]), (0, 512 - image.shape[1]), (0, 0)), mode="symmetric")
     truth = read_labels(sample.mask)[:512, :512] if sample else (image[..., 0] > 0.5).astype(np.uint8)
     truth = np.pad(truth, ((0, 512 - truth.shape[0]), (0, 512 - truth.shape[1])), mode="symmetric")
     labels = make_labels(truth, "scribble", 0)
-    out: dict = {"image": "512x512", "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-                 "load_average_before": round(os.getloadavg()[0], 2)}
+    out: dict = {
+        "image": "512x512",
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "load_average_before": round(os.getloadavg()[0], 2),
+    }
     configs = base_configs(specs, backbones)
     for name, backbone in backbones.items():
         start = time.perf_counter()
@@ -354,7 +423,9 @@ def measure_speed(backbones: dict[str, Backbone], specs: list[FeatureSpec], sett
     config = HeadConfig(ensemble=settings.ensemble, steps=settings.head_steps)
     start = time.perf_counter()
     head = fit_head([feats], [labels], config)
-    out[f"head_fit_seconds[{name}, scribbles {100 * (labels > 0).mean():.1f}% px, {config.steps} steps, ensemble {config.ensemble}]"] = round(time.perf_counter() - start, 2)
+    out[
+        f"head_fit_seconds[{name}, scribbles {100 * (labels > 0).mean():.1f}% px, {config.steps} steps, ensemble {config.ensemble}]"
+    ] = round(time.perf_counter() - start, 2)
     start = time.perf_counter()
     head.predict(feats)
     out[f"head_predict_seconds[{name}]"] = round(time.perf_counter() - start, 2)
@@ -374,8 +445,14 @@ def code_version() -> dict:
 
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                                  text=True, timeout=10).stdout.strip()
+            return subprocess.run(
+                ["git", *args],
+                cwd=Path(__file__).resolve().parents[1],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
@@ -388,7 +465,9 @@ def peak_rss_mib() -> float:
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="CI-sized: GlaS, 2 training images, 10 test images, 1 seed")
+    parser.add_argument(
+        "--quick", action="store_true", help="CI-sized: GlaS, 2 training images, 10 test images, 1 seed"
+    )
     parser.add_argument("--name", help="results file name (default: quick or full)")
     parser.add_argument("--backbone", action="append", default=[], metavar="NAME=PATH")
     parser.add_argument("--preset", default="tiny", help="architecture of the random backbone without checkpoints")
@@ -409,9 +488,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--sweep", metavar="BACKBONE", help="also sweep timesteps x blocks for this backbone")
     parser.add_argument("--sweep-timesteps", nargs="+", type=int)
     parser.add_argument("--sweep-blocks", nargs="+", help="block ranges, e.g. 2-4 5-7 2,5,7")
-    parser.add_argument("--variant", action="append", dest="variants", metavar="NAME=BACKBONE:OPTIONS",
-                        help="extra head input with fast-path knobs, e.g. fast=histology:blocks=3-7:project=64 "
-                             "(options: blocks, timesteps, project, scale, bf16, filters)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        dest="variants",
+        metavar="NAME=BACKBONE:OPTIONS",
+        help="extra head input with fast-path knobs, e.g. fast=histology:blocks=3-7:project=64 "
+        "(options: blocks, timesteps, project, scale, bf16, filters)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-speed", action="store_true", help="skip the 512x512 speed figures")
     parser.add_argument("--speed-only", action="store_true", help="only the 512x512 speed and memory figures")
@@ -419,15 +503,39 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     args = parser.parse_args(argv)
     settings = Settings()
     if args.quick:
-        settings = replace(settings, datasets=("glas",), shots=dict(QUICK_SHOTS), seeds=(0,), scales=(0.5,),
-                           test_limit=10, head_steps=100, ensemble=3, unet_steps=30, unet_crop=64)
-    overrides = {"datasets": args.datasets, "seeds": args.seeds, "scales": args.scales, "protocols": args.protocols,
-                 "methods": args.methods, "test_limit": args.test_limit, "max_size": args.max_size,
-                 "ensemble": args.ensemble, "head_steps": args.head_steps, "unet_steps": args.unet_steps,
-                 "unet_crop": args.unet_crop, "concat": args.concat,
-                 "sweep": args.sweep, "sweep_timesteps": args.sweep_timesteps, "sweep_blocks": args.sweep_blocks,
-                 "variants": args.variants}
-    settings = replace(settings, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None})
+        settings = replace(
+            settings,
+            datasets=("glas",),
+            shots=dict(QUICK_SHOTS),
+            seeds=(0,),
+            scales=(0.5,),
+            test_limit=10,
+            head_steps=100,
+            ensemble=3,
+            unet_steps=30,
+            unet_crop=64,
+        )
+    overrides = {
+        "datasets": args.datasets,
+        "seeds": args.seeds,
+        "scales": args.scales,
+        "protocols": args.protocols,
+        "methods": args.methods,
+        "test_limit": args.test_limit,
+        "max_size": args.max_size,
+        "ensemble": args.ensemble,
+        "head_steps": args.head_steps,
+        "unet_steps": args.unet_steps,
+        "unet_crop": args.unet_crop,
+        "concat": args.concat,
+        "sweep": args.sweep,
+        "sweep_timesteps": args.sweep_timesteps,
+        "sweep_blocks": args.sweep_blocks,
+        "variants": args.variants,
+    }
+    settings = replace(
+        settings, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
+    )
     if args.shots:
         settings = replace(settings, shots={d: tuple(args.shots) for d in settings.datasets})
     return args, settings
@@ -452,14 +560,21 @@ def main(argv: list[str] | None = None) -> dict:
     name = args.name or ("speed" if args.speed_only else "quick" if args.quick else "full")
     result = {
         "name": name,
-        "command": "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+        "command": "python -m benchmarks.run "
+        + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_seconds": round(time.time() - started, 1),
         "settings": {**asdict(settings), "specs": [asdict(s) for s in specs]},
-        "backbones": {n: {"digest": b.digest, "provenance": b.provenance,
-                          "channels": num_channels(b, base_configs([s for s in specs if s.backbone == n], backbones)[n])
-                          if any(s.base == n for s in specs) else None}
-                      for n, b in backbones.items()},
+        "backbones": {
+            n: {
+                "digest": b.digest,
+                "provenance": b.provenance,
+                "channels": num_channels(b, base_configs([s for s in specs if s.backbone == n], backbones)[n])
+                if any(s.base == n for s in specs)
+                else None,
+            }
+            for n, b in backbones.items()
+        },
         "summary": summarize(records),
         "records": records,
         "paper": report.PAPER,

@@ -68,10 +68,20 @@ def build_slide(path: Path, side: int, tissue: float = 0.5, seed: int = 0) -> No
     with tifffile.TiffWriter(path, ome=True, bigtiff=True) as tif:
         for i, step in enumerate((1, 4, 16)):
             shape = (n * BLOCK // step, n * BLOCK // step, 3)
-            options = {"subifds": 2, "metadata": {"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}} \
-                if i == 0 else {"subfiletype": 1}
-            tif.write(tiles(step), shape=shape, dtype=np.uint8, tile=(BLOCK // step,) * 2, photometric="rgb",
-                      compression="zlib", **options)
+            options = (
+                {"subifds": 2, "metadata": {"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}}
+                if i == 0
+                else {"subfiletype": 1}
+            )
+            tif.write(
+                tiles(step),
+                shape=shape,
+                dtype=np.uint8,
+                tile=(BLOCK // step,) * 2,
+                photometric="rgb",
+                compression="zlib",
+                **options,
+            )
 
 
 def _head(backbone, features: str, root: Path) -> Path:
@@ -99,17 +109,26 @@ def measure(side: int, workers: int, backbone: str, head: Path, root: Path) -> d
     slide = root / f"slide_{side}.ome.tif"
     if not slide.exists():
         build_slide(slide, side)
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         start = time.perf_counter()
-        result = segment_slide(backbone, head, slide, root / f"out_{side}_{workers}.ome.zarr", chunk=1024,
-                               scheduler=client, overwrite=True)
+        result = segment_slide(
+            backbone, head, slide, root / f"out_{side}_{workers}.ome.zarr", chunk=1024, scheduler=client, overwrite=True
+        )
         seconds = time.perf_counter() - start
         peaks = list(client.run(_worker_peak_mib).values())
     tissue_mp = result.computed * 1024 * 1024 / 1e6  # upper bound: edge chunks are smaller
-    return {"side": side, "workers": workers, "seconds": round(seconds, 1), "chunks": result.chunks,
-            "tissue_chunks": result.computed, "seconds_per_tissue_megapixel": round(seconds / max(tissue_mp, 1e-9), 2),
-            "peak_rss_mib_per_worker": [round(p) for p in peaks]}
+    return {
+        "side": side,
+        "workers": workers,
+        "seconds": round(seconds, 1),
+        "chunks": result.chunks,
+        "tissue_chunks": result.computed,
+        "seconds_per_tissue_megapixel": round(seconds / max(tissue_mp, 1e-9), 2),
+        "peak_rss_mib_per_worker": [round(p) for p in peaks],
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -138,13 +157,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def _write(rows: list[dict], name: str, features: str, backbone: str, argv: list[str] | None) -> None:
     command = "python -m benchmarks.slides " + " ".join(argv or [])
-    RESULTS.joinpath(f"{name}.json").write_text(json.dumps({"command": command, "features": features,
-                                                            "backbone": backbone, "rows": rows}, indent=2) + "\n")
-    lines = [f"# Whole-slide segmentation ({features} head, backbone {backbone})", "", f"`{command}`", "",
-             "| slide | workers | seconds | tissue chunks | s per tissue MP | peak RSS per worker (MiB) |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['side']}² | {r['workers']} | {r['seconds']} | {r['tissue_chunks']}/{r['chunks']} | "
-              f"{r['seconds_per_tissue_megapixel']} | {', '.join(map(str, r['peak_rss_mib_per_worker']))} |" for r in rows]
+    RESULTS.joinpath(f"{name}.json").write_text(
+        json.dumps({"command": command, "features": features, "backbone": backbone, "rows": rows}, indent=2) + "\n"
+    )
+    lines = [
+        f"# Whole-slide segmentation ({features} head, backbone {backbone})",
+        "",
+        f"`{command}`",
+        "",
+        "| slide | workers | seconds | tissue chunks | s per tissue MP | peak RSS per worker (MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['side']}² | {r['workers']} | {r['seconds']} | {r['tissue_chunks']}/{r['chunks']} | "
+        f"{r['seconds_per_tissue_megapixel']} | {', '.join(map(str, r['peak_rss_mib_per_worker']))} |"
+        for r in rows
+    ]
     RESULTS.joinpath(f"{name}.md").write_text("\n".join(lines) + "\n")
 
 

@@ -18,7 +18,7 @@ import json
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -51,15 +51,23 @@ def _millions(model: torch.nn.Module) -> float:
     return round(count_parameters(model) / 1e6, 2)
 
 
-def measure(preset: str, bf16: bool, compiled: bool, batch: int, crop: int, warmup: int, steps: int,
-            device: str) -> dict:
+def measure(
+    preset: str, bf16: bool, compiled: bool, batch: int, crop: int, warmup: int, steps: int, device: str
+) -> dict:
     """Images/s (and peak GPU memory) of ``steps`` training steps after ``warmup`` steps."""
     dev = resolve_device(device)
-    row = {"preset": preset, "params_M": None, "precision": "bf16" if bf16 else "fp32", "compile": compiled,
-           "batch": batch, "crop": crop}
+    row = {
+        "preset": preset,
+        "params_M": None,
+        "precision": "bf16" if bf16 else "fp32",
+        "compile": compiled,
+        "batch": batch,
+        "crop": crop,
+    }
     images = [np.random.default_rng(i).random((crop + 32, crop + 32, 3), dtype=np.float32) for i in range(4)]
-    config = PretrainConfig(steps=warmup + steps, batch_size=batch, crop=crop, amp=bf16, compile=compiled,
-                            checkpoint_every=10**9)
+    config = PretrainConfig(
+        steps=warmup + steps, batch_size=batch, crop=crop, amp=bf16, compile=compiled, checkpoint_every=10**9
+    )
     clock = _StepClock(warmup)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -69,22 +77,33 @@ def measure(preset: str, bf16: bool, compiled: bool, batch: int, crop: int, warm
     except torch.cuda.OutOfMemoryError:
         return {**row, "params_M": _millions(build_backbone(preset)), "images_per_s": None, "note": "out of GPU memory"}
     seconds = clock.seconds()
-    row.update(params_M=_millions(result.backbone.model), images_per_s=round(clock.timed * batch / seconds, 1), timed_steps=clock.timed,
-               seconds=round(seconds, 2))
+    row.update(
+        params_M=_millions(result.backbone.model),
+        images_per_s=round(clock.timed * batch / seconds, 1),
+        timed_steps=clock.timed,
+        seconds=round(seconds, 2),
+    )
     if dev.type == "cuda":
         row["peak_gpu_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return row
 
 
 def to_markdown(result: dict) -> str:
-    lines = [f"# Pretraining throughput `{result['name']}`", "",
-             f"Command: `{result['command']}`  ", f"Device: {result['device']}; measured {result['started']}.", "",
-             "| preset | params (M) | precision | compile | batch x crop | images/s | peak GPU GiB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Pretraining throughput `{result['name']}`",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Device: {result['device']}; measured {result['started']}.",
+        "",
+        "| preset | params (M) | precision | compile | batch x crop | images/s | peak GPU GiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         speed = r["images_per_s"] if r["images_per_s"] is not None else r.get("note", "")
-        lines.append(f"| {r['preset']} | {r['params_M']} | {r['precision']} | {'yes' if r['compile'] else 'no'} | "
-                     f"{r['batch']} x {r['crop']}² | {speed} | {r.get('peak_gpu_GiB', '')} |")
+        lines.append(
+            f"| {r['preset']} | {r['params_M']} | {r['precision']} | {'yes' if r['compile'] else 'no'} | "
+            f"{r['batch']} x {r['crop']}² | {speed} | {r.get('peak_gpu_GiB', '')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -105,9 +124,14 @@ def main(argv: list[str] | None = None) -> dict:
     precisions = [False, True] if dev.type == "cuda" else [False]
     compiles = [False] if args.no_compile else [False, True]
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or "cpu")
-    result = {"name": args.name or f"throughput_{dev.type}", "device": device_name, "torch": torch.__version__,
-              "command": "python -m benchmarks.throughput " + " ".join(sys.argv[1:] if argv is None else argv),
-              "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "rows": []}
+    result = {
+        "name": args.name or f"throughput_{dev.type}",
+        "device": device_name,
+        "torch": torch.__version__,
+        "command": "python -m benchmarks.throughput " + " ".join(sys.argv[1:] if argv is None else argv),
+        "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "rows": [],
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     for preset, bf16, compiled in itertools.product(args.presets, precisions, compiles):
         row = measure(preset, bf16, compiled, args.batch_size, args.crop, args.warmup, args.steps, args.device)

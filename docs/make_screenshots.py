@@ -129,10 +129,12 @@ def main(steps: int) -> None:
     viewer.close()
 
 
-WORKFLOW = (("segmentation", "1. Paint a few strokes per class, name the classes, Train & predict"),
-            ("uncertainty", "2. 'Where should I label next?': paint in the yellow boxes, train again"),
-            ("reconstruction", "3. Optional: see what the backbone sees (slider: t)"),
-            ("export", "4. Segment and export the masks (NAME_mask.tif opens as labels)"))
+WORKFLOW = (
+    ("segmentation", "1. Paint a few strokes per class, name the classes, Train & predict"),
+    ("uncertainty", "2. 'Where should I label next?': paint in the yellow boxes, train again"),
+    ("reconstruction", "3. Optional: see what the backbone sees (slider: t)"),
+    ("export", "4. Segment and export the masks (NAME_mask.tif opens as labels)"),
+)
 
 
 def workflow_figure() -> None:

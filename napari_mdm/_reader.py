@@ -16,9 +16,9 @@ from .naming import is_uncertainty, stem
 MASK_SUFFIX = "_mask"
 UNCERTAINTY_SUFFIX = "_uncertainty"
 MARKED_SUFFIXES = (".tif", ".tiff", ".zarr")
-PREFERRED_PATTERNS = tuple(f"*{name}{ext}" for name in (MASK_SUFFIX, UNCERTAINTY_SUFFIX)
-                           for ext in (*MARKED_SUFFIXES, ".png")) + \
-    tuple(f"*{name}.zarr{os.sep}" for name in (MASK_SUFFIX, UNCERTAINTY_SUFFIX))
+PREFERRED_PATTERNS = tuple(
+    f"*{name}{ext}" for name in (MASK_SUFFIX, UNCERTAINTY_SUFFIX) for ext in (*MARKED_SUFFIXES, ".png")
+) + tuple(f"*{name}.zarr{os.sep}" for name in (MASK_SUFFIX, UNCERTAINTY_SUFFIX))
 """File names napari should open with this reader without asking (napari's preference)."""
 
 

@@ -44,7 +44,7 @@ class UNetConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "UNetConfig":
+    def from_dict(cls, data: dict) -> UNetConfig:
         """Settings read from a file, checked (types, limits, consistency) before any model is built."""
         from .settings import from_settings
 
@@ -57,9 +57,16 @@ class UNetConfig:
         return config
 
 
-SETTING_LIMITS = {"base_channels": (1, 1024), "channel_mult": (1, 16), "num_res_blocks": (0, 8),
-                  "attention_at": (1, 1 << 16), "head_channels": (1, 1 << 14), "dropout": (0, 1),
-                  "in_channels": (3, 3), "out_channels": (3, 3)}
+SETTING_LIMITS = {
+    "base_channels": (1, 1024),
+    "channel_mult": (1, 16),
+    "num_res_blocks": (0, 8),
+    "attention_at": (1, 1 << 16),
+    "head_channels": (1, 1 << 14),
+    "dropout": (0, 1),
+    "in_channels": (3, 3),
+    "out_channels": (3, 3),
+}
 """What a checkpoint's U-Net settings may hold (RGB in and out; the ``paper`` preset is far inside)."""
 
 
@@ -263,7 +270,7 @@ class Backbone:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def to(self, device: torch.device | str) -> "Backbone":
+    def to(self, device: torch.device | str) -> Backbone:
         self.model.to(device)
         return self
 

@@ -86,7 +86,9 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     if path.exists():
         raise CheckpointError(f"{path} is not a file")
     names = ", ".join(shipped) or "none"
-    raise CheckpointError(f"no checkpoint {str(name_or_path)!r}: not a file, and not a shipped backbone (shipped: {names})")
+    raise CheckpointError(
+        f"no checkpoint {str(name_or_path)!r}: not a file, and not a shipped backbone (shipped: {names})"
+    )
 
 
 MAX_HEADER_BYTES = 100_000_000
@@ -127,7 +129,9 @@ def _check_safetensors(path: Path) -> None:
     raise CheckpointError(f"{path} is not a valid safetensors file (truncated or another format)")
 
 
-def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict, overwrite: bool = True) -> Path:
+def write_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict, overwrite: bool = True
+) -> Path:
     """Write tensors and a JSON-able ``meta`` dict atomically as safetensors."""
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_output(path, overwrite=overwrite) as tmp:
@@ -139,8 +143,9 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     """Read what :func:`write_tensors` wrote; any defect is a :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} is not a regular file (a folder, pipe or device)" if path.exists()
-                              else f"{path} does not exist")
+        raise CheckpointError(
+            f"{path} is not a regular file (a folder, pipe or device)" if path.exists() else f"{path} does not exist"
+        )
     _check_safetensors(path)
     try:
         tensors = load_file(str(path))
@@ -165,7 +170,12 @@ def file_digest(path: str | os.PathLike) -> str:
 
 
 def backbone_meta(model: UNet, corruption: CorruptionConfig, provenance: dict) -> dict:
-    return {"format": BACKBONE_FORMAT, "unet": model.config.to_dict(), "corruption": corruption.to_dict(), "provenance": provenance}
+    return {
+        "format": BACKBONE_FORMAT,
+        "unet": model.config.to_dict(),
+        "corruption": corruption.to_dict(),
+        "provenance": provenance,
+    }
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -173,8 +183,14 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def save_backbone(path: str | os.PathLike, model: UNet, corruption: CorruptionConfig, provenance: dict | None = None,
-                  half: bool = True, overwrite: bool = True) -> Path:
+def save_backbone(
+    path: str | os.PathLike,
+    model: UNet,
+    corruption: CorruptionConfig,
+    provenance: dict | None = None,
+    half: bool = True,
+    overwrite: bool = True,
+) -> Path:
     """Save inference weights (float16 by default: half the size, same features) and a JSON beside
     them; both obey ``overwrite`` and are checked before either is written."""
     refuse_existing(path, overwrite=True)  # a folder (even ".") has no side file
@@ -219,8 +235,11 @@ def check_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], so
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
-        parts = [f"{len(missing)} missing" if missing else "", f"{len(unexpected)} unexpected" if unexpected else "",
-                 f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else ""]
+        parts = [
+            f"{len(missing)} missing" if missing else "",
+            f"{len(unexpected)} unexpected" if unexpected else "",
+            f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else "",
+        ]
         raise CheckpointError(f"{source} does not match its architecture: weights {', '.join(p for p in parts if p)}")
 
 
@@ -238,7 +257,7 @@ def load_backbone(name_or_path: str | os.PathLike | None = None, device: str | t
     if name.startswith(RANDOM_PREFIX) and not Path(name).exists():
         from .backbone import PRESETS
 
-        preset = name[len(RANDOM_PREFIX):]
+        preset = name[len(RANDOM_PREFIX) :]
         if preset not in PRESETS:
             raise CheckpointError(f"unknown random backbone {name!r}: use random-{', random-'.join(PRESETS)}")
         return random_backbone(preset).to(device)

@@ -58,8 +58,14 @@ class _Bar:
         if self.bar is None or self.bar.total != total:
             if self.bar is not None:
                 self.bar.close()
-            self.bar = tqdm(total=total, desc=self.desc, unit="", dynamic_ncols=True, file=sys.stderr,
-                            disable=None if not os.environ.get("NAPARI_MDM_PROGRESS") else False)
+            self.bar = tqdm(
+                total=total,
+                desc=self.desc,
+                unit="",
+                dynamic_ncols=True,
+                file=sys.stderr,
+                disable=None if not os.environ.get("NAPARI_MDM_PROGRESS") else False,
+            )
         self.bar.n = done
         self.bar.set_postfix_str(info, refresh=False)
         self.bar.refresh()
@@ -76,8 +82,11 @@ def _backbone(args):
     if args.backbone is None:
         args.backbone = default_backbone_name()
         if args.backbone == FALLBACK_DEFAULT:
-            print(f"napari-mdm: using {FALLBACK_DEFAULT} (the untrained control: the shipped histology "
-                  "backbone, resources/histology.safetensors, is missing from this installation)", file=sys.stderr)
+            print(
+                f"napari-mdm: using {FALLBACK_DEFAULT} (the untrained control: the shipped histology "
+                "backbone, resources/histology.safetensors, is missing from this installation)",
+                file=sys.stderr,
+            )
     return load_backbone(args.backbone, device=resolve_device(args.device))
 
 
@@ -98,27 +107,28 @@ def _pair_labels(images: list[Path], labels: list[str]) -> list[Path]:
         for img in images:
             found = companion(img, folder, LABEL_TAGS, IMAGE_SUFFIXES)
             if found is None:
-                raise UserError(f"no labels for {img.name} in {folder} "
-                                f"(looked for {stem(img)}_mask.*, {stem(img)}_labels.*)")
+                raise UserError(
+                    f"no labels for {img.name} in {folder} (looked for {stem(img)}_mask.*, {stem(img)}_labels.*)"
+                )
             paired.append(found)
         return paired
     if len(labels) != len(images):
-        raise UserError(f"{len(images)} images but {len(labels)} label files: give one label file per image, "
-                        "or a folder of labels")
+        raise UserError(
+            f"{len(images)} images but {len(labels)} label files: give one label file per image, or a folder of labels"
+        )
     return [Path(p) for p in labels]
 
 
-def cmd_pretrain(args) -> int:
+def _pretraining_images(args) -> tuple[list, list[Path]]:
+    """Check the pretrain command's options and outputs before any work, then read its images
+    (each plane of a stack, rescaled by --scale)."""
     import numpy as np
 
-    from .backbone import PRESETS
-    from .checkpoint import load_backbone, resolve_checkpoint, sidecar_path
-    from .corruption import CorruptionConfig
+    from .checkpoint import resolve_checkpoint, sidecar_path
     from .files import plan_outputs, refuse_existing
     from .inference import open_planes
     from .io import collect_images
-    from .pretrain import PretrainConfig, pretrain, state_path
-    from .ranks import ranks_from_env
+    from .pretrain import state_path
 
     if args.resume and not state_path(args.out).exists():
         raise UserError(f"--resume: there is no saved training state {state_path(args.out)}")
@@ -135,26 +145,62 @@ def cmd_pretrain(args) -> int:
         from skimage.transform import rescale
 
         images = [rescale(im, args.scale, channel_axis=-1, anti_aliasing=True).astype(np.float32) for im in images]
-    corruption = CorruptionConfig(mode=args.mode, mask_shape=args.mask_shape)
-    config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
-                            loss=args.loss, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                            compile=args.compile)
+    return images, paths
+
+
+def cmd_pretrain(args) -> int:
+    import numpy as np
+
+    from .backbone import PRESETS
+    from .checkpoint import load_backbone
+    from .corruption import CorruptionConfig
+    from .pretrain import PretrainConfig, pretrain
+    from .ranks import ranks_from_env
+
+    images, paths = _pretraining_images(args)
+    config = PretrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        crop=args.crop,
+        lr=args.lr,
+        loss=args.loss,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        compile=args.compile,
+    )
     deadline = None if args.max_minutes is None else time.monotonic() + 60 * args.max_minutes
     init = load_backbone(args.init) if args.init else None
-    provenance = {"command": " ".join(["napari-mdm", *map(str, args.argv)]),
-                  "preset": None if init else args.preset, "mode": args.mode, "scale": args.scale,
-                  "data": sorted({str(p.parent) for p in paths})}
+    provenance = {
+        "command": " ".join(["napari-mdm", *map(str, args.argv)]),
+        "preset": None if init else args.preset,
+        "mode": args.mode,
+        "scale": args.scale,
+        "data": sorted({str(p.parent) for p in paths}),
+    }
     bar = _Bar("pretrain")
     try:
-        result = pretrain(images, out=args.out, unet=PRESETS[args.preset], corruption=corruption, config=config,
-                          device=args.device, resume=args.resume, init=init, provenance=provenance, progress=bar,
-                          should_stop=None if deadline is None else lambda: time.monotonic() > deadline)
+        result = pretrain(
+            images,
+            out=args.out,
+            unet=PRESETS[args.preset],
+            corruption=CorruptionConfig(mode=args.mode, mask_shape=args.mask_shape),
+            config=config,
+            device=args.device,
+            resume=args.resume,
+            init=init,
+            provenance=provenance,
+            progress=bar,
+            should_stop=None if deadline is None else lambda: time.monotonic() > deadline,
+        )
     finally:
         bar.close()
     loss = np.mean(result.losses[-50:]) if result.losses else float("nan")
-    state = f"stopped after --max-minutes {args.max_minutes} (continue with --resume)" if result.cancelled else "finished"
+    stopped = f"stopped after --max-minutes {args.max_minutes} (continue with --resume)"
     if ranks_from_env().main:  # under torchrun, one process speaks for the job
-        print(f"{state} at step {result.step}: mean loss of the last steps {loss:.4f}; wrote {args.out}")
+        print(
+            f"{stopped if result.cancelled else 'finished'} at step {result.step}: "
+            f"mean loss of the last steps {loss:.4f}; wrote {args.out}"
+        )
     return 0
 
 
@@ -188,18 +234,34 @@ def cmd_train_head(args) -> int:
     label_paths = _pair_labels(images, args.labels)
     plan_outputs([args.out], [*images, *label_paths, *_backbone_file(args)], args.overwrite)
     backbone = _backbone(args)
-    config = FeatureConfig(timesteps=args.timesteps, blocks=args.blocks, tile=args.tile, scale=args.scale,
-                           project=args.project, bfloat16=args.bf16, **FEATURE_SETS[args.features])
+    config = FeatureConfig(
+        timesteps=args.timesteps,
+        blocks=args.blocks,
+        tile=args.tile,
+        scale=args.scale,
+        project=args.project,
+        bfloat16=args.bf16,
+        **FEATURE_SETS[args.features],
+    )
     head_cfg = HeadConfig(ensemble=args.ensemble, steps=args.steps, seed=args.seed)
     bar = _Bar("train-head")
     try:
-        head = train_head(backbone, [read_image(p) for p in images], [read_labels(p) for p in label_paths], config,
-                          head_cfg, ignore=None if args.dense else 0, progress=bar)
+        head = train_head(
+            backbone,
+            [read_image(p) for p in images],
+            [read_labels(p) for p in label_paths],
+            config,
+            head_cfg,
+            ignore=None if args.dense else 0,
+            progress=bar,
+        )
     finally:
         bar.close()
     head.save(args.out, overwrite=args.overwrite)
-    print(f"trained a {head_cfg.ensemble}-member head on {len(images)} images "
-          f"({head.in_channels} feature channels, classes {head.class_values}); wrote {args.out}")
+    print(
+        f"trained a {head_cfg.ensemble}-member head on {len(images)} images "
+        f"({head.in_channels} feature channels, classes {head.class_values}); wrote {args.out}"
+    )
     return 0
 
 
@@ -210,13 +272,23 @@ def cmd_segment(args) -> int:
 
     head = Head.load(args.head)
     paths = collect_images(args.images, args.exclude)
-    plan_segmentation(head, paths, args.out, args.format, args.uncertainty, args.overwrite,
-                      [args.head, *_backbone_file(args)])
+    plan_segmentation(
+        head, paths, args.out, args.format, args.uncertainty, args.overwrite, [args.head, *_backbone_file(args)]
+    )
     backbone = _backbone(args)
     bar = _Bar("segment")
     try:
-        written = segment_files(backbone, head, paths, args.out, fmt=args.format, uncertainty=args.uncertainty,
-                                overwrite=args.overwrite, draws=args.draws, progress=bar)
+        written = segment_files(
+            backbone,
+            head,
+            paths,
+            args.out,
+            fmt=args.format,
+            uncertainty=args.uncertainty,
+            overwrite=args.overwrite,
+            draws=args.draws,
+            progress=bar,
+        )
     finally:
         bar.close()
     print(f"wrote {len(written)} masks to {args.out}")
@@ -229,14 +301,28 @@ def cmd_segment_slide(args) -> int:
 
     bar = _Bar("segment-slide")
     try:
-        result = segment_slide(args.backbone or default_backbone_name(), args.head, args.slide, args.out,
-                               level=args.level, mpp=args.mpp, chunk=args.chunk, tissue=not args.all_tiles,
-                               uncertainty=args.uncertainty, scheduler=args.scheduler, workers=args.workers,
-                               device=args.device, overwrite=args.overwrite, progress=bar)
+        result = segment_slide(
+            args.backbone or default_backbone_name(),
+            args.head,
+            args.slide,
+            args.out,
+            level=args.level,
+            mpp=args.mpp,
+            chunk=args.chunk,
+            tissue=not args.all_tiles,
+            uncertainty=args.uncertainty,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            device=args.device,
+            overwrite=args.overwrite,
+            progress=bar,
+        )
     finally:
         bar.close()
-    print(f"wrote {result.out}: {result.computed} chunks segmented, {result.resumed} done by an earlier run, "
-          f"{result.no_tissue} without tissue skipped, in {result.seconds:.0f} s")
+    print(
+        f"wrote {result.out}: {result.computed} chunks segmented, {result.resumed} done by an earlier run, "
+        f"{result.no_tissue} without tissue skipped, in {result.seconds:.0f} s"
+    )
     return 0
 
 
@@ -300,9 +386,12 @@ def cmd_demo(args) -> int:
 
 
 def _add_backbone_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default=None,
-                   help="checkpoint file, shipped name, or random-tiny / random-small (the untrained control); "
-                        "default: the shipped histology backbone, else random-tiny")
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="checkpoint file, shipped name, or random-tiny / random-small (the untrained control); "
+        "default: the shipped histology backbone, else random-tiny",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
 
 
@@ -325,16 +414,24 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--steps", type=_at_least(1), default=defaults.steps)
     p.add_argument("--batch-size", type=_at_least(1), default=defaults.batch_size)
     p.add_argument("--crop", type=_at_least(1), default=defaults.crop)
-    p.add_argument("--scale", type=float, default=1.0,
-                   help="downscale the images by this factor first (0.5: crops cover 4x the tissue); "
-                        "extract features with the same --scale")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="downscale the images by this factor first (0.5: crops cover 4x the tissue); "
+        "extract features with the same --scale",
+    )
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--seed", type=_at_least(0), default=defaults.seed)
     p.add_argument("--checkpoint-every", type=_at_least(1), default=defaults.checkpoint_every)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved state")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop after this many minutes and save (for time-limited machines; --resume goes on)")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop after this many minutes and save (for time-limited machines; --resume goes on)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (long GPU runs)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint (without --resume)")
     p.set_defaults(func=cmd_pretrain)
@@ -362,19 +459,36 @@ def _add_train_head(sub) -> None:
     p.add_argument("--images", nargs="+", required=True)
     p.add_argument("--exclude", nargs="*", default=["*_mask.*", "*_inst.*", "*_labels.*"])
     p.add_argument("--labels", nargs="+", required=True, help="label files (one per image) or a folder")
-    p.add_argument("--dense", action="store_true",
-                   help="labels are full masks in which 0 is a class (background), not 'unlabelled'")
+    p.add_argument(
+        "--dense",
+        action="store_true",
+        help="labels are full masks in which 0 is a class (background), not 'unlabelled'",
+    )
     p.add_argument("--timesteps", type=_ints, default=features.timesteps)
     p.add_argument("--blocks", type=_ints, default=features.blocks, help="decoder blocks (default: the backbone's)")
-    p.add_argument("--tile", type=_at_least(1), default=features.tile, help="tile side in pixels (default: %(default)s)")
-    p.add_argument("--scale", type=float, default=features.scale,
-                   help="resize images by this factor before the backbone (0.5 = half resolution)")
-    p.add_argument("--features", choices=FEATURE_SETS, default=DEFAULT_FEATURE_SET,
-                   help="the backbone's diffusion features, the classic filter bank, or both (default: "
-                        "%(default)s; 'filters' runs no network)")
-    p.add_argument("--project", type=_at_least(0), default=features.project,
-                   help="diffusion channels kept, projected onto the backbone's principal components "
-                        "(default: %(default)s; 0 keeps all channels: a slower head)")
+    p.add_argument(
+        "--tile", type=_at_least(1), default=features.tile, help="tile side in pixels (default: %(default)s)"
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=features.scale,
+        help="resize images by this factor before the backbone (0.5 = half resolution)",
+    )
+    p.add_argument(
+        "--features",
+        choices=FEATURE_SETS,
+        default=DEFAULT_FEATURE_SET,
+        help="the backbone's diffusion features, the classic filter bank, or both (default: "
+        "%(default)s; 'filters' runs no network)",
+    )
+    p.add_argument(
+        "--project",
+        type=_at_least(0),
+        default=features.project,
+        help="diffusion channels kept, projected onto the backbone's principal components "
+        "(default: %(default)s; 0 keeps all channels: a slower head)",
+    )
     p.add_argument("--bf16", action="store_true", help="run the backbone in bfloat16 (faster on CPUs with bf16 units)")
     p.add_argument("--ensemble", type=_at_least(1), default=head.ensemble)
     p.add_argument("--steps", type=_at_least(1), default=head.steps)
@@ -399,15 +513,22 @@ def _add_segment(sub) -> None:
 
 
 def _add_segment_slide(sub) -> None:
-    p = sub.add_parser("segment-slide", help="segment a whole slide (pyramidal TIFF/SVS/OME-TIFF, OME-Zarr, zarr) "
-                                             "into an OME-Zarr label image, on dask")
+    p = sub.add_parser(
+        "segment-slide",
+        help="segment a whole slide (pyramidal TIFF/SVS/OME-TIFF, OME-Zarr, zarr) "
+        "into an OME-Zarr label image, on dask",
+    )
     _add_backbone_options(p)
     p.add_argument("--head", required=True)
     p.add_argument("--slide", required=True)
     p.add_argument("--out", required=True, help="output OME-Zarr label image (NAME.ome.zarr)")
     p.add_argument("--level", type=int, default=None, help="pyramid level (0 = full resolution)")
-    p.add_argument("--mpp", type=float, default=None,
-                   help="microns per pixel to segment at (the nearest level; default: the head's, else level 0)")
+    p.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="microns per pixel to segment at (the nearest level; default: the head's, else level 0)",
+    )
     p.add_argument("--chunk", type=int, default=1024, help="output chunk side: one dask task each")
     p.add_argument("--all-tiles", action="store_true", help="segment blank background too (no tissue detection)")
     p.add_argument("--uncertainty", action="store_true", help="also write the uncertainty (uncertainty/0)")
@@ -424,8 +545,11 @@ def _add_evaluate_gui_demo(sub) -> None:
     p.add_argument("--metric", choices=("dice", "iou", "miou", "aji"), default="dice")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("gui", help="napari with the plugin's widgets and the histology sample (or PATHS); "
-                                   "without a screen, the headless demo")
+    p = sub.add_parser(
+        "gui",
+        help="napari with the plugin's widgets and the histology sample (or PATHS); "
+        "without a screen, the headless demo",
+    )
     p.add_argument("paths", nargs="*", help="images or masks to open instead of the sample")
     p.add_argument("--out", default="napari-mdm-demo", help="demo output folder when there is no screen")
     p.set_defaults(func=cmd_gui)
@@ -439,8 +563,14 @@ def _add_evaluate_gui_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="napari-mdm", description="Few-shot segmentation with masked-diffusion features.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_pretrain, _add_reconstruct, _add_train_head, _add_segment, _add_segment_slide,
-                _add_evaluate_gui_demo):
+    for add in (
+        _add_pretrain,
+        _add_reconstruct,
+        _add_train_head,
+        _add_segment,
+        _add_segment_slide,
+        _add_evaluate_gui_demo,
+    ):
         add(sub)
     return parser
 
@@ -476,8 +606,11 @@ def _report(err: BaseException, command: str) -> int | None:
         print(f"{prefix}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     if isinstance(err, (MemoryError, RuntimeError)) and _out_of_memory(err):
-        print(f"{prefix}: error: out of memory: use smaller images (large ones as zarr or tif, segmented with "
-              "--format zarr), a smaller --tile, --crop or --batch-size", file=sys.stderr)
+        print(
+            f"{prefix}: error: out of memory: use smaller images (large ones as zarr or tif, segmented with "
+            "--format zarr), a smaller --tile, --crop or --batch-size",
+            file=sys.stderr,
+        )
         return 2
     return None
 

@@ -63,13 +63,22 @@ class CorruptionConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CorruptionConfig":
+    def from_dict(cls, data: dict) -> CorruptionConfig:
         from .settings import from_settings
 
-        return from_settings(cls, data, {"num_timesteps": (1, 100_000), "patch_size": (1, 4096),
-                                         "block_patches": (1, 4096), "maskdm_mask_ratio": (0, 1),
-                                         "umd_clean_fraction": (0, 1), "umd_clean_mask_ratio": (0, 1),
-                                         "umd_noisy_mask_ratio": (0, 1)})
+        return from_settings(
+            cls,
+            data,
+            {
+                "num_timesteps": (1, 100_000),
+                "patch_size": (1, 4096),
+                "block_patches": (1, 4096),
+                "maskdm_mask_ratio": (0, 1),
+                "umd_clean_fraction": (0, 1),
+                "umd_clean_mask_ratio": (0, 1),
+                "umd_noisy_mask_ratio": (0, 1),
+            },
+        )
 
 
 class Corrupted(NamedTuple):
@@ -127,7 +136,9 @@ def _crop_mask(b: int, h: int, w: int, ratio: torch.Tensor, gen: torch.Generator
     return mask
 
 
-def random_mask(shape: tuple[int, int, int], ratio: torch.Tensor, config: CorruptionConfig, gen: torch.Generator, device) -> torch.Tensor:
+def random_mask(
+    shape: tuple[int, int, int], ratio: torch.Tensor, config: CorruptionConfig, gen: torch.Generator, device
+) -> torch.Tensor:
     """A (B, 1, H, W) mask (1 = masked) with per-sample ``ratio``, of the config's mask shape."""
     b, h, w = shape
     if config.mask_shape == "crop":
@@ -149,13 +160,19 @@ def corrupt_batch(x0: torch.Tensor, config: CorruptionConfig, gen: torch.Generat
     if config.mode == "umd":
         clean = torch.rand(b, generator=gen, device=device) < config.umd_clean_fraction
         t = torch.where(clean, torch.zeros_like(t), t)
-        ratio = torch.where(clean.cpu(), torch.tensor(config.umd_clean_mask_ratio), torch.tensor(config.umd_noisy_mask_ratio))
+        ratio = torch.where(
+            clean.cpu(), torch.tensor(config.umd_clean_mask_ratio), torch.tensor(config.umd_noisy_mask_ratio)
+        )
     else:
         ratio = torch.full((b,), config.maskdm_mask_ratio if config.mode == "maskdm" else 0.0)
     noise = torch.randn(x0.shape, generator=gen, device=device)
     ab = alpha_bar(t, config).to(device).view(-1, 1, 1, 1)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-    mask = random_mask((b, h, w), ratio, config, gen, device) if config.mode != "ddpm" else torch.zeros(b, 1, h, w, device=device)
+    mask = (
+        random_mask((b, h, w), ratio, config, gen, device)
+        if config.mode != "ddpm"
+        else torch.zeros(b, 1, h, w, device=device)
+    )
     return Corrupted(x_t * (1 - mask), t, mask, noise)
 
 

@@ -59,12 +59,19 @@ def demo_scribbles(reference: np.ndarray, seed: int = 0) -> np.ndarray:
     from .scribbles import scribbles_from_mask
 
     labels = scribbles_from_mask(reference, strokes=(6, 25, 6), erode=(3, 1, 4), seed=seed)
-    labels[:, reference.shape[1] // 2:] = 0
+    labels[:, reference.shape[1] // 2 :] = 0
     return labels
 
 
-DEMO_OUTPUTS = ("ihc.tif", "ihc_scribbles.tif", "ihc_reference.tif", "ihc_prediction.tif", "ihc_uncertainty.tif",
-                "head.safetensors", "summary.json")
+DEMO_OUTPUTS = (
+    "ihc.tif",
+    "ihc_scribbles.tif",
+    "ihc_reference.tif",
+    "ihc_prediction.tif",
+    "ihc_uncertainty.tif",
+    "head.safetensors",
+    "summary.json",
+)
 
 
 def _timed(timings: dict[str, float], label: str, work):
@@ -76,8 +83,9 @@ def _timed(timings: dict[str, float], label: str, work):
     return result
 
 
-def _write_outputs(out: Path, image: np.ndarray, layers: dict[str, np.ndarray], uncertainty: np.ndarray,
-                   head, summary: dict) -> None:
+def _write_outputs(
+    out: Path, image: np.ndarray, layers: dict[str, np.ndarray], uncertainty: np.ndarray, head, summary: dict
+) -> None:
     """The files a user opens afterwards, named so napari shows them as layers."""
     from .files import atomic_output
     from .io import write_array, write_labels
@@ -99,8 +107,8 @@ def run_demo(out: str | os.PathLike, backbone: str | None = None, device: str = 
     """
     from .checkpoint import default_backbone_name, load_backbone
     from .devices import resolve_device
-    from .files import plan_outputs
     from .features import FeatureCache, FeatureConfig, resolve_config
+    from .files import plan_outputs
     from .io import normalize_image
     from .metrics import dice
     from .pipeline import train_head
@@ -122,9 +130,10 @@ def run_demo(out: str | os.PathLike, backbone: str | None = None, device: str = 
     head = _timed(timings, "head training", lambda: train_head(loaded, [normalized], [scribbles], config, cache=cache))
     prediction = _timed(timings, "prediction", lambda: head.predict(features))
 
-    right = np.s_[:, image.shape[1] // 2:]
-    scores = {CLASS_NAMES[c]: round(100 * dice(prediction.labels[right] == c, reference[right] == c), 1)
-              for c in CLASS_NAMES}
+    right = np.s_[:, image.shape[1] // 2 :]
+    scores = {
+        CLASS_NAMES[c]: round(100 * dice(prediction.labels[right] == c, reference[right] == c), 1) for c in CLASS_NAMES
+    }
     summary = {
         "backbone": loaded.name,
         "device": str(loaded.device),
@@ -136,8 +145,14 @@ def run_demo(out: str | os.PathLike, backbone: str | None = None, device: str = 
     }
     layers = {"scribbles": scribbles, "reference": reference, "prediction": prediction.labels}
     _write_outputs(out, image, layers, prediction.uncertainty, head, summary)
-    print("Dice against the stain reference on the unscribbled right half: "
-          + ", ".join(f"{k} {v}" for k, v in scores.items()), file=sys.stderr)
-    print(f"wrote {out}/: ihc.tif, ihc_{{scribbles,reference,prediction,uncertainty}}.tif, head.safetensors, "
-          f"summary.json (look at them: napari-mdm gui {out}/*.tif)", file=sys.stderr)
+    print(
+        "Dice against the stain reference on the unscribbled right half: "
+        + ", ".join(f"{k} {v}" for k, v in scores.items()),
+        file=sys.stderr,
+    )
+    print(
+        f"wrote {out}/: ihc.tif, ihc_{{scribbles,reference,prediction,uncertainty}}.tif, head.safetensors, "
+        f"summary.json (look at them: napari-mdm gui {out}/*.tif)",
+        file=sys.stderr,
+    )
     return 0

@@ -32,8 +32,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     except (RuntimeError, ValueError):
         raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"device {name!r} is not available here: this machine has {torch.cuda.device_count()} "
-                        "CUDA device(s), numbered from 0")
+        raise UserError(
+            f"device {name!r} is not available here: this machine has {torch.cuda.device_count()} "
+            "CUDA device(s), numbered from 0"
+        )
     return device
 
 

@@ -61,15 +61,32 @@ class FeatureConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FeatureConfig":
+    def from_dict(cls, data: dict) -> FeatureConfig:
         from .settings import from_settings
 
         if not isinstance(data, dict):
             raise ValueError(f"feature settings must be a JSON object, got {type(data).__name__}")
-        values = {"filters": False, "diffusion": True, "project": 0, "bfloat16": False, **data}  # heads saved before the options existed
-        return from_settings(cls, values, {"timesteps": (0, 100_000), "blocks": (0, 1000), "tile": (1, 1 << 16),
-                                           "overlap": (0, 0.9), "scale": (0.05, 4), "seed": (0, 1 << 63),
-                                           "draws": (1, 1000), "project": (0, 1 << 16)})
+        values = {
+            "filters": False,
+            "diffusion": True,
+            "project": 0,
+            "bfloat16": False,
+            **data,
+        }  # heads saved before the options existed
+        return from_settings(
+            cls,
+            values,
+            {
+                "timesteps": (0, 100_000),
+                "blocks": (0, 1000),
+                "tile": (1, 1 << 16),
+                "overlap": (0, 0.9),
+                "scale": (0.05, 4),
+                "seed": (0, 1 << 63),
+                "draws": (1, 1000),
+                "project": (0, 1 << 16),
+            },
+        )
 
 
 def default_blocks(backbone: Backbone) -> tuple[int, ...]:
@@ -151,9 +168,14 @@ def steps_per_tile(backbone: Backbone, config: FeatureConfig) -> int:
     return network + int(config.filters)
 
 
-def decoder_activations(backbone: Backbone, region: np.ndarray, y0: int, x0: int, config: FeatureConfig,
-                        on_step: Callable[[], None] = lambda: None,
-                        ) -> tuple[dict[int, torch.Tensor], tuple[int, int], tuple[int, int]]:
+def decoder_activations(
+    backbone: Backbone,
+    region: np.ndarray,
+    y0: int,
+    x0: int,
+    config: FeatureConfig,
+    on_step: Callable[[], None] = lambda: None,
+) -> tuple[dict[int, torch.Tensor], tuple[int, int], tuple[int, int]]:
     """The chosen decoder blocks' activations at their own resolution for an (h, w, 3) [0, 1]
     region, batched timestep-major (then draws); with the padded network input's size and the
     region's size at the backbone's scale. ``on_step()`` runs after each block of the network."""
@@ -171,8 +193,11 @@ def decoder_activations(backbone: Backbone, region: np.ndarray, y0: int, x0: int
             steps.append(t)
     device = backbone.device
     batch = torch.from_numpy(np.stack(inputs)).to(device)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bfloat16), \
-            per_block(backbone.model, on_step):
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bfloat16),
+        per_block(backbone.model, on_step),
+    ):
         acts = backbone.model.decoder_features(batch, torch.tensor(steps, device=device), config.blocks)
     return {b: a.float() for b, a in acts.items()}, tuple(batch.shape[-2:]), (sh, sw)
 
@@ -182,17 +207,25 @@ def unit_norm(a: torch.Tensor) -> torch.Tensor:
     return a * (a.shape[1] ** 0.5) / a.norm(dim=1, keepdim=True).clamp_min(1e-6)
 
 
-def _to_region(a: torch.Tensor, padded: tuple[int, int], scaled: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+def _to_region(
+    a: torch.Tensor, padded: tuple[int, int], scaled: tuple[int, int], size: tuple[int, int]
+) -> torch.Tensor:
     """A block's maps upsampled to the padded input, the margin cut off, resized to the region."""
     sh, sw = scaled
     if tuple(a.shape[-2:]) != padded:
         a = F.interpolate(a, size=padded, mode="bilinear", align_corners=False)
-    a = a[:, :, MARGIN:MARGIN + sh, MARGIN:MARGIN + sw]
+    a = a[:, :, MARGIN : MARGIN + sh, MARGIN : MARGIN + sw]
     return F.interpolate(a, size=size, mode="bilinear", align_corners=False) if scaled != size else a
 
 
-def tile_features(backbone: Backbone, region: np.ndarray, y0: int, x0: int, config: FeatureConfig,
-                  on_step: Callable[[], None] = lambda: None) -> torch.Tensor:
+def tile_features(
+    backbone: Backbone,
+    region: np.ndarray,
+    y0: int,
+    x0: int,
+    config: FeatureConfig,
+    on_step: Callable[[], None] = lambda: None,
+) -> torch.Tensor:
     """(C, h, w) float32 features of an (h, w, 3) [0, 1] region whose corner is at (y0, x0);
     ``on_step()`` runs after each of its :func:`steps_per_tile` steps.
 
@@ -211,9 +244,15 @@ def tile_features(backbone: Backbone, region: np.ndarray, y0: int, x0: int, conf
             from .projection import projection_basis
 
             basis = projection_basis(backbone, config)  # per block: (T * draws, C_b, project)
-            projected = sum(F.interpolate(torch.einsum("nchw,nck->nkhw", unit_norm(acts[b]) if config.normalize
-                                                       else acts[b], basis[b]),
-                                          size=padded, mode="bilinear", align_corners=False) for b in config.blocks)
+            projected = sum(
+                F.interpolate(
+                    torch.einsum("nchw,nck->nkhw", unit_norm(acts[b]) if config.normalize else acts[b], basis[b]),
+                    size=padded,
+                    mode="bilinear",
+                    align_corners=False,
+                )
+                for b in config.blocks
+            )
             per_step = [_to_region(projected, padded, scaled, (h, w))]
         else:
             per_step = [_to_region(acts[b], padded, scaled, (h, w)) for b in config.blocks]
@@ -307,13 +346,20 @@ class FeatureCache:
         from .files import atomic_output
 
         with atomic_output(self._disk_path(key)) as tmp:
-            arr = zarr.create_array(store=str(tmp), shape=feats.shape, dtype=feats.dtype,
-                                    chunks=(feats.shape[0], 256, 256))
+            arr = zarr.create_array(
+                store=str(tmp), shape=feats.shape, dtype=feats.dtype, chunks=(feats.shape[0], 256, 256)
+            )
             arr[...] = feats
             arr.attrs["signature"] = key
 
-    def get(self, image: np.ndarray, backbone: Backbone, config: FeatureConfig | None = None,
-            progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> np.ndarray:
+    def get(
+        self,
+        image: np.ndarray,
+        backbone: Backbone,
+        config: FeatureConfig | None = None,
+        progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
+    ) -> np.ndarray:
         """Cached features of ``image``, computing (and caching) them on a miss."""
         config = resolve_config(backbone, config)
         key = feature_signature(image, backbone, config)

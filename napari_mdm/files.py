@@ -41,15 +41,18 @@ def refuse_existing(target: str | os.PathLike, overwrite: bool) -> None:
     is a folder (other than a zarr store) that a file would replace."""
     target = Path(target)
     if len(os.fsencode(target.name)) > MAX_NAME_BYTES:
-        raise UserError(f"cannot write {target}: the file name is {len(os.fsencode(target.name))} bytes long, "
-                        f"above the limit of {MAX_NAME_BYTES}")
+        raise UserError(
+            f"cannot write {target}: the file name is {len(os.fsencode(target.name))} bytes long, "
+            f"above the limit of {MAX_NAME_BYTES}"
+        )
     try:
         is_folder, exists = target.is_dir(), target.exists() or target.is_symlink()
     except OSError as err:  # a folder name over the limit, a loop of links
         raise UserError(f"cannot write {target}: {err.strerror or err}") from None
     if is_folder and not (target.suffix.lower() == ".zarr" and _is_zarr_store(target)):
-        raise UserError(f"cannot write {target}: it is a folder, and napari-mdm never replaces a folder "
-                        "with a file: name a file")
+        raise UserError(
+            f"cannot write {target}: it is a folder, and napari-mdm never replaces a folder with a file: name a file"
+        )
     if not overwrite and exists:
         raise UserError(f"{target} already exists; pass --overwrite (or overwrite=True) to replace it")
 
@@ -84,8 +87,9 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def plan_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike] = (),
-                 overwrite: bool = False) -> list[Path]:
+def plan_outputs(
+    outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike] = (), overwrite: bool = False
+) -> list[Path]:
     """Check every output of a command before any work (see the module doc); returns them."""
     outputs = [Path(p) for p in outputs]
     inputs = [Path(p) for p in inputs]
@@ -93,8 +97,10 @@ def plan_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os
     for out in outputs:
         key = os.path.realpath(out)
         if key in seen:
-            raise UserError(f"several outputs of this run would go to the same output {out.name} in {out.parent}: "
-                            "rename the inputs or write them to other places")
+            raise UserError(
+                f"several outputs of this run would go to the same output {out.name} in {out.parent}: "
+                "rename the inputs or write them to other places"
+            )
         seen[key] = out
         for source in inputs:
             if _same(out, source) or Path(os.path.realpath(source)).is_relative_to(key):
@@ -128,8 +134,10 @@ def atomic_output(target: str | os.PathLike, overwrite: bool = True) -> Iterator
             os.chmod(tmp, 0o666 & ~umask)  # some writers create 0600 temporaries
         if target.is_dir() and not target.is_symlink():
             if tmp.is_file():
-                raise UserError(f"cannot write {target}: it is a folder, and napari-mdm never replaces a folder "
-                                "with a file: name a file")
+                raise UserError(
+                    f"cannot write {target}: it is a folder, and napari-mdm never replaces a folder "
+                    "with a file: name a file"
+                )
             old = _temporary(target, "old")
             os.replace(target, old)
             os.replace(tmp, target)

@@ -22,7 +22,7 @@ Borders are reflected. Used as a baseline (with a random forest) and as extra he
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -30,8 +30,16 @@ from scipy import ndimage as ndi
 from .jobs import ProgressFn, StopFn, UserError, check_stop, report
 
 DEFAULT_SCALES = (0.7, 1.0, 1.6, 3.5, 5.0, 10.0)
-FILTERS = ("gaussian", "gradient_magnitude", "laplacian", "dog", "structure_eig_max", "structure_eig_min",
-           "hessian_eig_max", "hessian_eig_min")
+FILTERS = (
+    "gaussian",
+    "gradient_magnitude",
+    "laplacian",
+    "dog",
+    "structure_eig_max",
+    "structure_eig_min",
+    "hessian_eig_max",
+    "hessian_eig_min",
+)
 CHANNELS = ("r", "g", "b")
 
 

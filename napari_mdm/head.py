@@ -9,8 +9,9 @@ uncertainty: Jensen-Shannon divergence of the members (entropy of the mean minus
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,12 +44,22 @@ class HeadConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "HeadConfig":
+    def from_dict(cls, data: dict) -> HeadConfig:
         from .settings import from_settings
 
-        return from_settings(cls, data, {"ensemble": (1, 1000), "hidden": (1, 1 << 16), "steps": (0, 1 << 40),
-                                         "batch_size": (1, 1 << 40), "lr": (0, 1e6),
-                                         "pixels_per_class": (1, 1 << 40), "seed": (0, 1 << 63)})
+        return from_settings(
+            cls,
+            data,
+            {
+                "ensemble": (1, 1000),
+                "hidden": (1, 1 << 16),
+                "steps": (0, 1 << 40),
+                "batch_size": (1, 1 << 40),
+                "lr": (0, 1e6),
+                "pixels_per_class": (1, 1 << 40),
+                "seed": (0, 1 << 63),
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -70,8 +81,13 @@ class HeadContext:
     """Microns per pixel of the training images, when known: slides are segmented at the level nearest it."""
 
     @classmethod
-    def for_backbone(cls, backbone: Backbone, features: FeatureConfig, class_names: dict[int, str] | None = None,
-                     mpp: float | None = None) -> "HeadContext":
+    def for_backbone(
+        cls,
+        backbone: Backbone,
+        features: FeatureConfig,
+        class_names: dict[int, str] | None = None,
+        mpp: float | None = None,
+    ) -> HeadContext:
         return cls(features, backbone.digest, backbone.name, dict(class_names or {}), mpp=mpp)
 
     def to_dict(self) -> dict:
@@ -82,17 +98,19 @@ class HeadContext:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "HeadContext":
+    def from_dict(cls, data: dict) -> HeadContext:
         """Read a saved context, also the free-form one of heads saved before it was typed."""
         features = data.get("features")
         names = data.get("class_names") or {}
-        return cls(features=FeatureConfig.from_dict(features) if features else None,
-                   backbone_digest=data.get("backbone_digest", data.get("backbone")),
-                   backbone_name=data.get("backbone_name"),
-                   class_names={int(k): str(v) for k, v in names.items()},
-                   class_colors={int(k): str(v) for k, v in (data.get("class_colors") or {}).items()},
-                   pixels=int(data.get("pixels", 0)),
-                   mpp=None if data.get("mpp") is None else float(data["mpp"]))
+        return cls(
+            features=FeatureConfig.from_dict(features) if features else None,
+            backbone_digest=data.get("backbone_digest", data.get("backbone")),
+            backbone_name=data.get("backbone_name"),
+            class_names={int(k): str(v) for k, v in names.items()},
+            class_colors={int(k): str(v) for k, v in (data.get("class_colors") or {}).items()},
+            pixels=int(data.get("pixels", 0)),
+            mpp=None if data.get("mpp") is None else float(data["mpp"]),
+        )
 
 
 class EnsembleMLP(nn.Module):
@@ -104,7 +122,7 @@ class EnsembleMLP(nn.Module):
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         self.norms = nn.ModuleList()
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
             bound = 1 / a**0.5
             self.weights.append(nn.Parameter(torch.empty(members, a, b).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(members, 1, b).uniform_(-bound, bound)))
@@ -113,7 +131,7 @@ class EnsembleMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training-time pass: each member gets its own batch, BatchNorm uses batch statistics."""
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=False)):
             x = torch.baddbmm(b, x, w)
             if i < len(self.norms):
                 e, n, c = x.shape
@@ -126,8 +144,8 @@ class EnsembleMLP(nn.Module):
         """Eval-mode layers with each BatchNorm folded into the next linear layer: (E, a, b) weights."""
         layers = []
         scale_shift = None
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            w, b = w.detach().clone(), b.detach().clone()
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            w, b = weight.detach().clone(), bias.detach().clone()
             if scale_shift is not None:
                 scale, shift = scale_shift
                 b = b + torch.bmm(shift, w)
@@ -168,8 +186,15 @@ class Head:
     """A trained ensemble plus what it needs to be applied safely: its class values, input
     standardisation, and the feature settings and backbone it was trained with."""
 
-    def __init__(self, net: EnsembleMLP, class_values: list[int], mean: torch.Tensor, std: torch.Tensor,
-                 config: HeadConfig, context: HeadContext | None = None):
+    def __init__(
+        self,
+        net: EnsembleMLP,
+        class_values: list[int],
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        config: HeadConfig,
+        context: HeadContext | None = None,
+    ):
         self.net = net.eval()
         self._layers = net.folded()
         self.class_values = class_values
@@ -183,8 +208,10 @@ class Head:
 
     def check_features(self, channels: int) -> None:
         if channels != self.in_channels:
-            raise UserError(f"this head was trained on {self.in_channels} feature channels but got {channels}: "
-                            "use the backbone and feature settings it was trained with")
+            raise UserError(
+                f"this head was trained on {self.in_channels} feature channels but got {channels}: "
+                "use the backbone and feature settings it was trained with"
+            )
 
     @torch.inference_mode()
     def member_probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -192,8 +219,13 @@ class Head:
         x = (pixels.float() - self.mean) / self.std
         return F.softmax(self.net.predict_logits(x, self._layers), dim=-1)
 
-    def predict_maps(self, features: np.ndarray | torch.Tensor, chunk: int = 65536,
-                     progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> np.ndarray:
+    def predict_maps(
+        self,
+        features: np.ndarray | torch.Tensor,
+        chunk: int = 65536,
+        progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
+    ) -> np.ndarray:
         """(C, H, W) features -> (2K + 1, H, W) float32: mean probabilities, vote fractions, JS divergence.
 
         These maps blend linearly across tiles; :func:`maps_to_prediction` turns them into labels.
@@ -217,20 +249,25 @@ class Head:
             report(progress, i + 1, len(chunks), "pixels")
         return out.reshape(2 * k + 1, h, w).numpy()
 
-    def predict(self, features: np.ndarray | torch.Tensor, progress: ProgressFn | None = None,
-                should_stop: StopFn | None = None) -> Prediction:
+    def predict(
+        self, features: np.ndarray | torch.Tensor, progress: ProgressFn | None = None, should_stop: StopFn | None = None
+    ) -> Prediction:
         maps = self.predict_maps(features, progress=progress, should_stop=should_stop)
         return maps_to_prediction(maps, self.class_values)
 
     def save(self, path: str | os.PathLike, overwrite: bool = True) -> None:
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         tensors.update({"input.mean": self.mean, "input.std": self.std})
-        meta = {"format": HEAD_FORMAT, "config": self.config.to_dict(), "class_values": self.class_values,
-                "context": self.context.to_dict()}
+        meta = {
+            "format": HEAD_FORMAT,
+            "config": self.config.to_dict(),
+            "class_values": self.class_values,
+            "context": self.context.to_dict(),
+        }
         write_tensors(path, tensors, meta, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Head":
+    def load(cls, path: str | os.PathLike) -> Head:
         tensors, meta = read_tensors(path)
         if meta.get("format") != HEAD_FORMAT:
             raise CheckpointError(f"{path} is not a napari-mdm head (format {meta.get('format')!r})")
@@ -239,22 +276,34 @@ class Head:
             class_values = _class_values(meta["class_values"])
             mean, std = tensors["input.mean"].float(), tensors["input.std"].float()
             raw_context = meta.get("context") or {}
-            if (mean.ndim != 1 or std.shape != mean.shape or not isinstance(raw_context, dict)
-                    or not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all())):
+            if (
+                mean.ndim != 1
+                or std.shape != mean.shape
+                or not isinstance(raw_context, dict)
+                or not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all())
+            ):
                 raise ValueError("the input statistics or the context are malformed")
             context = HeadContext.from_dict(raw_context)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise CheckpointError(f"{path} is an incomplete or newer napari-mdm head "
-                                  f"({type(err).__name__}: {first_line(err)})") from None
-        net = build_checked(lambda: EnsembleMLP(config.ensemble, mean.numel(), config.hidden, len(class_values)),
-                            {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, path)
+            raise CheckpointError(
+                f"{path} is an incomplete or newer napari-mdm head ({type(err).__name__}: {first_line(err)})"
+            ) from None
+        net = build_checked(
+            lambda: EnsembleMLP(config.ensemble, mean.numel(), config.hidden, len(class_values)),
+            {k[4:]: v for k, v in tensors.items() if k.startswith("net.")},
+            path,
+        )
         return cls(net, class_values, mean, std, config, context)
 
 
 def _class_values(values) -> list[int]:
     """A head's class values as read from its file: at least two distinct label ids."""
-    if (not isinstance(values, list) or len(values) < 2 or len(set(map(repr, values))) != len(values)
-            or not all(type(v) is int and 0 <= v <= MAX_LABEL for v in values)):
+    if (
+        not isinstance(values, list)
+        or len(values) < 2
+        or len(set(map(repr, values))) != len(values)
+        or not all(type(v) is int and 0 <= v <= MAX_LABEL for v in values)
+    ):
         raise ValueError(f"class values must be at least two distinct label ids in 0..{MAX_LABEL}")
     return values
 
@@ -280,8 +329,13 @@ def maps_to_prediction(maps: np.ndarray, class_values: Sequence[int]) -> Predict
     return Prediction(labels, probs.astype(np.float32), np.maximum(js, 0).astype(np.float32), list(class_values))
 
 
-def _sample_pixels(features: Sequence[np.ndarray], labels: Sequence[np.ndarray], class_values: list[int],
-                   per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _sample_pixels(
+    features: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    class_values: list[int],
+    per_class: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``per_class`` labelled pixels of each class, drawn across all images."""
     xs, ys = [], []
     for k, value in enumerate(class_values):
@@ -289,7 +343,7 @@ def _sample_pixels(features: Sequence[np.ndarray], labels: Sequence[np.ndarray],
         total = sum(len(w) for w in where)
         keep = rng.permutation(total)[: min(per_class, total)]
         offsets = np.cumsum([0] + [len(w) for w in where])
-        for i, (feat, idx) in enumerate(zip(features, where)):
+        for i, (feat, idx) in enumerate(zip(features, where, strict=False)):
             mine = keep[(keep >= offsets[i]) & (keep < offsets[i + 1])] - offsets[i]
             if len(mine):
                 xs.append(feat.reshape(feat.shape[0], -1)[:, idx[np.sort(mine)]].T)
@@ -299,7 +353,7 @@ def _sample_pixels(features: Sequence[np.ndarray], labels: Sequence[np.ndarray],
 
 def check_labels(labels: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]], ignore: int | None) -> list[int]:
     """The class values present, or a clear error for missing, one-class or misshapen labels."""
-    for i, (lab, shape) in enumerate(zip(labels, shapes)):
+    for i, (lab, shape) in enumerate(zip(labels, shapes, strict=False)):
         if lab.shape != tuple(shape):
             raise UserError(f"labels {i + 1} have shape {lab.shape} but their image is {tuple(shape)}")
     present = sorted({int(v) for lab in labels for v in np.unique(lab)} - ({ignore} if ignore is not None else set()))
@@ -323,11 +377,14 @@ def fit_head(
     """Train the ensemble on (C, H, W) features and (H, W) labels; label ``ignore`` is unlabelled."""
     config = config or HeadConfig()
     if config.ensemble < 1 or config.batch_size < 1 or not config.lr > 0:
-        raise UserError(f"ensemble ({config.ensemble}) and batch size ({config.batch_size}) must be at least 1 "
-                        f"and the learning rate ({config.lr}) above 0")
+        raise UserError(
+            f"ensemble ({config.ensemble}) and batch size ({config.batch_size}) must be at least 1 "
+            f"and the learning rate ({config.lr}) above 0"
+        )
     if config.steps < 1 or config.seed < 0:
-        raise UserError(f"steps ({config.steps}) must be at least 1 (0 would train nothing) and the seed "
-                        f"({config.seed}) 0 or more")
+        raise UserError(
+            f"steps ({config.steps}) must be at least 1 (0 would train nothing) and the seed ({config.seed}) 0 or more"
+        )
     if not features:
         raise UserError("no images to train on")
     channels = {f.shape[0] for f in features}
@@ -351,8 +408,9 @@ def fit_head(
     net.train()
     for step in range(config.steps):
         check_stop(should_stop)
-        idx = torch.cat([p[torch.randint(len(p), (config.ensemble, per_class), generator=gen, device=device)]
-                         for p in pools], dim=1)  # (E, B): each member its own class-balanced batch
+        idx = torch.cat(
+            [p[torch.randint(len(p), (config.ensemble, per_class), generator=gen, device=device)] for p in pools], dim=1
+        )  # (E, B): each member its own class-balanced batch
         logits = net(x[idx])
         loss = F.cross_entropy(logits.reshape(-1, k), y[idx].reshape(-1))
         opt.zero_grad(set_to_none=True)

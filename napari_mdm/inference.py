@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -19,9 +19,7 @@ from .backbone import Backbone
 from .features import FeatureConfig, extract_features, num_channels, tile_features
 from .files import atomic_output, plan_outputs
 from .head import Head, Prediction, maps_to_prediction
-from .files import plan_outputs
 from .io import MARKER_KEY, ImageSource, label_dtype, read_array, split_stack, write_array, write_labels
-from .naming import segmentation_outputs, stem
 from .jobs import ProgressFn, StopFn, UserError, check_stop, report
 from .naming import segmentation_outputs, stem
 from .tiling import run_tiled
@@ -37,15 +35,18 @@ def head_feature_config(head: Head, backbone: Backbone, draws: int | None = None
     (a filter-bank-only head works with any)."""
     config, trained_on = head.context.features, head.context.backbone_digest
     if config is None:
-        raise UserError("this head does not record the feature settings it was trained with "
-                        "(train it with napari_mdm.pipeline.train_head): apply it to features with Head.predict")
+        raise UserError(
+            "this head does not record the feature settings it was trained with "
+            "(train it with napari_mdm.pipeline.train_head): apply it to features with Head.predict"
+        )
     # an unsaved backbone cannot be identified; with projected channels their count cannot tell it either
     unknown = backbone.digest == "unsaved" and not (config.project and trained_on != "unsaved")
     if config.diffusion and trained_on and not unknown and trained_on != backbone.digest:
         projected = " (its feature channels are projected onto that backbone's principal components)"
-        raise UserError(f"this head was trained with backbone {head.context.backbone_name or trained_on!r}, "
-                        f"not {backbone.name!r}: retrain the head or load its backbone"
-                        + (projected if config.project else ""))
+        raise UserError(
+            f"this head was trained with backbone {head.context.backbone_name or trained_on!r}, "
+            f"not {backbone.name!r}: retrain the head or load its backbone" + (projected if config.project else "")
+        )
     return replace(config, draws=draws) if draws is not None else config
 
 
@@ -53,8 +54,15 @@ def _as_source(image) -> ImageSource:
     return image if isinstance(image, ImageSource) else ImageSource.from_array(image)
 
 
-def segment_maps(backbone: Backbone, head: Head, image, out, draws: int | None = None,
-                 progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> None:
+def segment_maps(
+    backbone: Backbone,
+    head: Head,
+    image,
+    out,
+    draws: int | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> None:
     """Fill ``out`` (2K + 1, H, W) with the head's blended maps (see :meth:`Head.predict_maps`).
 
     When the image's features fit in ``WHOLE_IMAGE_FEATURES_BYTES`` they are blended first and the
@@ -73,8 +81,14 @@ def segment_maps(backbone: Backbone, head: Head, image, out, draws: int | None =
     run_tiled(source.shape, compute, out, config.tile, config.overlap, progress, should_stop)
 
 
-def segment(backbone: Backbone, head: Head, image, draws: int | None = None,
-            progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> Prediction:
+def segment(
+    backbone: Backbone,
+    head: Head,
+    image,
+    draws: int | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> Prediction:
     """Labels, probabilities and uncertainty for one 2-D image (array or :class:`ImageSource`)."""
     source = _as_source(image)
     maps = np.zeros((2 * len(head.class_values) + 1, *source.shape), dtype=np.float32)
@@ -82,8 +96,14 @@ def segment(backbone: Backbone, head: Head, image, draws: int | None = None,
     return maps_to_prediction(maps, head.class_values)
 
 
-def segment_stack(backbone: Backbone, head: Head, stack, draws: int | None = None,
-                  progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> list[Prediction]:
+def segment_stack(
+    backbone: Backbone,
+    head: Head,
+    stack,
+    draws: int | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> list[Prediction]:
     """Each 2-D plane of a stack (N, H, W[, C]) segmented on its own."""
     planes = split_stack(stack)
     results = []
@@ -94,9 +114,17 @@ def segment_stack(backbone: Backbone, head: Head, stack, draws: int | None = Non
     return results
 
 
-def _segment_large_to_zarr(backbone: Backbone, head: Head, source: ImageSource, labels_path: Path,
-                           unc_path: Path | None, overwrite: bool, draws: int | None,
-                           progress: ProgressFn | None, should_stop: StopFn | None) -> None:
+def _segment_large_to_zarr(
+    backbone: Backbone,
+    head: Head,
+    source: ImageSource,
+    labels_path: Path,
+    unc_path: Path | None,
+    overwrite: bool,
+    draws: int | None,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+) -> None:
     """Maps in a temporary zarr store, then labels (and uncertainty) written chunk by chunk."""
     import zarr
 
@@ -104,8 +132,13 @@ def _segment_large_to_zarr(backbone: Backbone, head: Head, source: ImageSource, 
     h, w = source.shape
     chunk = ZARR_CHUNK
     with tempfile.TemporaryDirectory() as scratch:
-        maps = zarr.create_array(store=os.path.join(scratch, "maps.zarr"), shape=(2 * k + 1, h, w),
-                                 chunks=(2 * k + 1, chunk, chunk), dtype="float32", fill_value=0.0)
+        maps = zarr.create_array(
+            store=os.path.join(scratch, "maps.zarr"),
+            shape=(2 * k + 1, h, w),
+            chunks=(2 * k + 1, chunk, chunk),
+            dtype="float32",
+            fill_value=0.0,
+        )
         segment_maps(backbone, head, source, maps, draws, progress, should_stop)
         targets = [(labels_path, "labels")] + ([(unc_path, "uncertainty")] if unc_path else [])
         for path, what in targets:
@@ -132,10 +165,16 @@ def open_planes(path: str | os.PathLike) -> list[ImageSource]:
     return [ImageSource.from_array(plane, name=f"{path} (plane {i + 1})") for i, plane in enumerate(planes)]
 
 
-def plan_segmentation(head: Head, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, fmt: str,
-                      uncertainty: bool, overwrite: bool,
-                      also_read: Sequence[str | os.PathLike] = (),
-                      mask_suffix: str = "") -> list[tuple[Path, Path, Path | None]]:
+def plan_segmentation(
+    head: Head,
+    paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    fmt: str,
+    uncertainty: bool,
+    overwrite: bool,
+    also_read: Sequence[str | os.PathLike] = (),
+    mask_suffix: str = "",
+) -> list[tuple[Path, Path, Path | None]]:
     """(image, mask, uncertainty map) for each image, every output checked before any work
     (:func:`napari_mdm.files.plan_outputs`) against each other, existing files and the inputs
     (the images and ``also_read``: head, backbone); masks never go into the images' own folder."""
@@ -160,13 +199,23 @@ def _check_inputs(head: Head, planned) -> None:
         if labels_path.suffix == ".png" and len(planes) > 1:
             raise UserError(f"{path} is a stack of {len(planes)} images: png holds one 2-D image; use tif or zarr")
         if any(_maps_too_large(p, head) for p in planes) and (labels_path.suffix != ".zarr" or len(planes) > 1):
-            raise UserError(f"{path} is too large to segment in memory; write it as zarr (--format zarr)"
-                            + (" and split the stack into single images" if len(planes) > 1 else ""))
+            raise UserError(
+                f"{path} is too large to segment in memory; write it as zarr (--format zarr)"
+                + (" and split the stack into single images" if len(planes) > 1 else "")
+            )
 
 
-def _segment_in_memory(backbone: Backbone, head: Head, planes: list[ImageSource], labels_path: Path,
-                       unc_path: Path | None, overwrite: bool, draws: int | None, should_stop: StopFn | None,
-                       progress: ProgressFn | None = None) -> None:
+def _segment_in_memory(
+    backbone: Backbone,
+    head: Head,
+    planes: list[ImageSource],
+    labels_path: Path,
+    unc_path: Path | None,
+    overwrite: bool,
+    draws: int | None,
+    should_stop: StopFn | None,
+    progress: ProgressFn | None = None,
+) -> None:
     """Each plane segmented, the masks (and maps) written as one image or one stack."""
     labels, uncertainty = [], []
     for plane in planes:  # keep only what is written, not each plane's probabilities
@@ -179,10 +228,20 @@ def _segment_in_memory(backbone: Backbone, head: Head, planes: list[ImageSource]
         write_array(unc_path, squeeze(uncertainty), overwrite=overwrite, kind="uncertainty")
 
 
-def segment_files(backbone: Backbone, head: Head, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                  fmt: str = "tif", uncertainty: bool = False, overwrite: bool = False, draws: int | None = None,
-                  progress: ProgressFn | None = None, should_stop: StopFn | None = None,
-                  tile_progress: ProgressFn | None = None, mask_suffix: str = "") -> list[Path]:
+def segment_files(
+    backbone: Backbone,
+    head: Head,
+    paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    fmt: str = "tif",
+    uncertainty: bool = False,
+    overwrite: bool = False,
+    draws: int | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    tile_progress: ProgressFn | None = None,
+    mask_suffix: str = "",
+) -> list[Path]:
     """Segment image files (a stack: plane by plane, into one stacked mask) into ``out_dir`` as
     NAME{mask_suffix}.fmt (+ NAME_uncertainty). Every output is planned and every input opened
     before the first is written, and each is written atomically, so a cancel leaves the finished
@@ -195,11 +254,13 @@ def segment_files(backbone: Backbone, head: Head, paths: Sequence[str | os.PathL
         check_stop(should_stop)
         planes = open_planes(path)
         if _maps_too_large(planes[0], head):
-            _segment_large_to_zarr(backbone, head, planes[0], labels_path, unc_path, overwrite, draws, tile_progress,
-                                   should_stop)
+            _segment_large_to_zarr(
+                backbone, head, planes[0], labels_path, unc_path, overwrite, draws, tile_progress, should_stop
+            )
         else:
-            _segment_in_memory(backbone, head, planes, labels_path, unc_path, overwrite, draws, should_stop,
-                               tile_progress)
+            _segment_in_memory(
+                backbone, head, planes, labels_path, unc_path, overwrite, draws, should_stop, tile_progress
+            )
         written.append(labels_path)
         report(progress, i + 1, len(planned), f"{path.name} -> {labels_path.name}")
     return written

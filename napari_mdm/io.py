@@ -19,9 +19,9 @@ regions are normalised on read with the same rules, so nothing holds the whole i
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -44,10 +44,14 @@ def _channels_last(arr, name: str):
             if isinstance(arr, np.ndarray):
                 return np.moveaxis(arr, 0, -1)
             return _LazyView(arr, (*arr.shape[1:], arr.shape[0]), _channel_first_region)
-        raise UserError(f"{name} has shape {arr.shape}: a stack of {arr.shape[0]} images? Open it as a stack "
-                        "(each plane is segmented as its own 2-D image)")
-    raise UserError(f"{name} has {arr.ndim} dimensions {arr.shape}; napari-mdm segments 2-D grey or RGB images "
-                    "(a stack is split into 2-D images)")
+        raise UserError(
+            f"{name} has shape {arr.shape}: a stack of {arr.shape[0]} images? Open it as a stack "
+            "(each plane is segmented as its own 2-D image)"
+        )
+    raise UserError(
+        f"{name} has {arr.ndim} dimensions {arr.shape}; napari-mdm segments 2-D grey or RGB images "
+        "(a stack is split into 2-D images)"
+    )
 
 
 def _grey_region(arr, ys: slice, xs: slice) -> np.ndarray:
@@ -73,7 +77,7 @@ def _intensity_range(arr) -> tuple[float, float]:
     dtype = np.dtype(arr.dtype)
     if dtype == np.uint8:
         return 0.0, 255.0
-    if dtype == bool:
+    if dtype.kind == "b":
         return 0.0, 1.0
     step = max(1, int(np.sqrt(arr.shape[0] * arr.shape[1] / _SAMPLE_PIXELS)))
     sample = np.asarray(arr[::step, ::step]).astype(np.float64)
@@ -112,7 +116,7 @@ class ImageSource:
     name: str = "image"
 
     @classmethod
-    def from_array(cls, arr, name: str = "image") -> "ImageSource":
+    def from_array(cls, arr, name: str = "image") -> ImageSource:
         arr = arr if hasattr(arr, "shape") and hasattr(arr, "dtype") else np.asarray(arr)
         view = _channels_last(arr, name)
         if np.dtype(view.dtype).kind not in "biuf":
@@ -130,8 +134,9 @@ class ImageSource:
         try:
             pixels = np.asarray(self.data[y0:y1, x0:x1])
         except Exception as err:  # a corrupt chunk of a lazily read file shows up only here
-            raise UserError(f"cannot read {self.name} at rows {y0}-{y1}, columns {x0}-{x1}: "
-                            f"{type(err).__name__}: {first_line(err)}") from None
+            raise UserError(
+                f"cannot read {self.name} at rows {y0}-{y1}, columns {x0}-{x1}: {type(err).__name__}: {first_line(err)}"
+            ) from None
         return _to_rgb01(pixels, self.lo, self.hi)
 
     def read(self) -> np.ndarray:
@@ -264,8 +269,10 @@ def _check_lossless(path: Path) -> None:
         except Exception:  # noqa: BLE001 (unreadable files are refused by read_array with its message)
             return
     if lossy:
-        raise UserError(f"{path}: labels stored with lossy (JPEG-like) compression have changed ids; "
-                        "save them losslessly (png, tif without JPEG compression, zarr)")
+        raise UserError(
+            f"{path}: labels stored with lossy (JPEG-like) compression have changed ids; "
+            "save them losslessly (png, tif without JPEG compression, zarr)"
+        )
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
@@ -294,9 +301,15 @@ def collect_images(paths: Iterable[str | os.PathLike], exclude: Sequence[str] = 
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir() and p.suffix.lower() != ".zarr":
-            found.extend(sorted(c for c in p.iterdir() if c.suffix.lower() in IMAGE_SUFFIXES
-                                and not c.name.startswith(".")
-                                and (c.is_file() or c.is_dir() and c.suffix.lower() == ".zarr")))
+            found.extend(
+                sorted(
+                    c
+                    for c in p.iterdir()
+                    if c.suffix.lower() in IMAGE_SUFFIXES
+                    and not c.name.startswith(".")
+                    and (c.is_file() or c.is_dir() and c.suffix.lower() == ".zarr")
+                )
+            )
         elif p.exists():
             found.append(p)
         else:
@@ -338,8 +351,9 @@ def write_array(path: str | os.PathLike, data: np.ndarray, overwrite: bool = Fal
     if suffix == ".png" and data.dtype.kind == "f":
         raise UserError(f"cannot write float data to {path}: use .tif or .zarr")
     if suffix == ".png" and not (data.ndim == 2 or data.ndim == 3 and data.shape[-1] in (3, 4)):
-        raise UserError(f"cannot write an array of shape {data.shape} to {path}: png holds one 2-D image; "
-                        "use .tif or .zarr")
+        raise UserError(
+            f"cannot write an array of shape {data.shape} to {path}: png holds one 2-D image; use .tif or .zarr"
+        )
     with atomic_output(path, overwrite=overwrite) as tmp:
         if suffix == ".zarr":
             import zarr

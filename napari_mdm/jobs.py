@@ -5,7 +5,7 @@ The CLI passes a progress bar, the widgets pass a worker's ``yield``, tests pass
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 ProgressFn = Callable[[int, int, str], None]
 """``progress(done, total, info)``: called after each unit of work (step, tile, image)."""
@@ -28,19 +28,19 @@ class Cancelled(Exception):
     """Raised inside a job when ``should_stop()`` returned True; outputs are left untouched."""
 
 
-def report(progress: Optional[ProgressFn], done: int, total: int, info: str = "") -> None:
+def report(progress: ProgressFn | None, done: int, total: int, info: str = "") -> None:
     """Call ``progress`` if one was given."""
     if progress is not None:
         progress(done, total, info)
 
 
-def check_stop(should_stop: Optional[StopFn]) -> None:
+def check_stop(should_stop: StopFn | None) -> None:
     """Raise :class:`Cancelled` when the caller asked to stop."""
     if should_stop is not None and should_stop():
         raise Cancelled("cancelled by the user")
 
 
-def staged(progress: Optional[ProgressFn], stage: str) -> Optional[ProgressFn]:
+def staged(progress: ProgressFn | None, stage: str) -> ProgressFn | None:
     """A progress callback that prefixes each message with the stage of the job (None stays None)."""
     if progress is None:
         return None

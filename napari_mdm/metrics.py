@@ -61,7 +61,11 @@ def aji(pred: np.ndarray, truth: np.ndarray) -> float:
     if pred_ids:
         np.add.at(overlap, (t_idx[p_mask], p_idx), 1)
     t_area = np.bincount(t_index, minlength=len(true_ids))
-    p_area = np.bincount(np.searchsorted(pred_ids, pred[pred > 0]), minlength=len(pred_ids)) if pred_ids else np.zeros(1, int)
+    p_area = (
+        np.bincount(np.searchsorted(pred_ids, pred[pred > 0]), minlength=len(pred_ids))
+        if pred_ids
+        else np.zeros(1, int)
+    )
     union = t_area[:, None] + p_area[None, :] - overlap
     used = np.zeros(len(p_area), bool)
     inter_sum = union_sum = 0

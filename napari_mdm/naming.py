@@ -26,8 +26,9 @@ def is_uncertainty(path: str | os.PathLike) -> bool:
     return stem(path).endswith(UNCERTAINTY_TAG)
 
 
-def companion(image: str | os.PathLike, folder: str | os.PathLike, tags: tuple[str, ...],
-              suffixes: tuple[str, ...]) -> Path | None:
+def companion(
+    image: str | os.PathLike, folder: str | os.PathLike, tags: tuple[str, ...], suffixes: tuple[str, ...]
+) -> Path | None:
     """The first existing FOLDER/STEM{tag}{suffix} for the image's stem (tags in order, then the
     bare stem), other than the image itself; None when there is none."""
     name, folder = stem(image), Path(folder)
@@ -39,8 +40,9 @@ def companion(image: str | os.PathLike, folder: str | os.PathLike, tags: tuple[s
     return None
 
 
-def segmentation_outputs(name: str, out_dir: str | os.PathLike, fmt: str, uncertainty: bool,
-                         mask_suffix: str = "") -> tuple[Path, Path | None]:
+def segmentation_outputs(
+    name: str, out_dir: str | os.PathLike, fmt: str, uncertainty: bool, mask_suffix: str = ""
+) -> tuple[Path, Path | None]:
     """Where the mask of the image (or layer) ``name`` goes, and its uncertainty map when asked:
     OUT/NAME{mask_suffix}.fmt and OUT/NAME_uncertainty.tif (.zarr when fmt is zarr: png cannot
     hold floats)."""

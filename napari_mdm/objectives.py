@@ -30,7 +30,9 @@ def _distance(pred: torch.Tensor, target: torch.Tensor, kind: str, weight: torch
     return (err * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def pretraining_loss(pred: torch.Tensor, x0: torch.Tensor, c: Corrupted, config: CorruptionConfig, loss: str = "ssim") -> torch.Tensor:
+def pretraining_loss(
+    pred: torch.Tensor, x0: torch.Tensor, c: Corrupted, config: CorruptionConfig, loss: str = "ssim"
+) -> torch.Tensor:
     """The loss of one batch for the config's mode.
 
     mdm: ``loss`` between the predicted and the clean image. ddpm: error on the noise.

@@ -3,7 +3,7 @@ context the head needs to be applied later. The CLI, the plugin and the demo all
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -39,7 +39,17 @@ def train_head(
     check_labels(labels, [image.shape[:2] for image in images], ignore)
     config = resolve_config(backbone, features)
     cache = cache if cache is not None else FeatureCache()
-    feats = [cache.get(image, backbone, config, staged(progress, f"features {i + 1}/{len(images)}"), should_stop)
-             for i, image in enumerate(images)]
-    return fit_head(feats, labels, head, ignore=ignore, context=HeadContext.for_backbone(backbone, config, class_names, mpp),
-                    device=backbone.device, progress=staged(progress, "head"), should_stop=should_stop)
+    feats = [
+        cache.get(image, backbone, config, staged(progress, f"features {i + 1}/{len(images)}"), should_stop)
+        for i, image in enumerate(images)
+    ]
+    return fit_head(
+        feats,
+        labels,
+        head,
+        ignore=ignore,
+        context=HeadContext.for_backbone(backbone, config, class_names, mpp),
+        device=backbone.device,
+        progress=staged(progress, "head"),
+        should_stop=should_stop,
+    )

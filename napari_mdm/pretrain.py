@@ -11,16 +11,23 @@ import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from .backbone import Backbone, UNet, UNetConfig, build_backbone
-from .checkpoint import (CheckpointError, check_state, file_digest, load_state, read_tensors, save_backbone,
-                         write_tensors)
+from .checkpoint import (
+    CheckpointError,
+    check_state,
+    file_digest,
+    load_state,
+    read_tensors,
+    save_backbone,
+    write_tensors,
+)
 from .corruption import CorruptionConfig, corrupt_batch
 from .devices import available_memory_bytes, resolve_device
 from .jobs import Cancelled, ProgressFn, StopFn, UserError, check_stop, first_line, report
@@ -128,9 +135,11 @@ def _check_memory(config: UNetConfig, crop: int, batch: int, device: torch.devic
     need = training_memory_bytes(config, crop, batch, 2 if device.type == "cuda" else 4)
     have = available_memory_bytes(device)
     if need > have:
-        raise UserError(f"crop {crop} with batch size {batch} needs at least {need / 2**30:,.1f} GiB for one "
-                        f"training step, but {have / 2**30:,.1f} GiB is available on {device}: use a smaller "
-                        "--crop or --batch-size")
+        raise UserError(
+            f"crop {crop} with batch size {batch} needs at least {need / 2**30:,.1f} GiB for one "
+            f"training step, but {have / 2**30:,.1f} GiB is available on {device}: use a smaller "
+            "--crop or --batch-size"
+        )
 
 
 def prepare_images(images: Sequence[np.ndarray], crop: int) -> list[np.ndarray]:
@@ -192,8 +201,9 @@ def _load_state(path: Path, model: UNet, ema: EMA, opt: torch.optim.Optimizer, m
         if type(saved["step"]) is not int or saved["step"] < 0 or not 0 <= float(saved.get("wall_seconds", 0.0)):
             raise ValueError(f"step {saved['step']!r}")
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
-        raise CheckpointError(f"cannot resume from {path}: its saved state is damaged ({type(err).__name__}: "
-                              f"{first_line(err)})") from None
+        raise CheckpointError(
+            f"cannot resume from {path}: its saved state is damaged ({type(err).__name__}: {first_line(err)})"
+        ) from None
     return saved
 
 
@@ -212,8 +222,10 @@ def _check_config(config: PretrainConfig, model: UNet) -> None:
     if config.crop < divisor or config.crop % divisor:
         raise UserError(f"crop {config.crop} must be a positive multiple of {divisor} for this backbone")
     if config.batch_size < 1 or config.checkpoint_every < 1 or config.log_every < 1 or not config.lr > 0:
-        raise UserError(f"batch size ({config.batch_size}), checkpoint interval ({config.checkpoint_every}) and "
-                        f"log interval ({config.log_every}) must be at least 1 and the learning rate ({config.lr}) above 0")
+        raise UserError(
+            f"batch size ({config.batch_size}), checkpoint interval ({config.checkpoint_every}) and "
+            f"log interval ({config.log_every}) must be at least 1 and the learning rate ({config.lr}) above 0"
+        )
     if config.seed < 0:
         raise UserError(f"seed must be 0 or more, got {config.seed}")
 
@@ -223,8 +235,15 @@ class _Trainer:
     AdamW step, EMA. Each step's randomness comes from (seed, step, and the rank of a torchrun
     job's process), so resumes are exact; under torchrun gradients are averaged over processes."""
 
-    def __init__(self, model: UNet, data: list[np.ndarray], corruption: CorruptionConfig, config: PretrainConfig,
-                 dev: torch.device, ranks: Ranks):
+    def __init__(
+        self,
+        model: UNet,
+        data: list[np.ndarray],
+        corruption: CorruptionConfig,
+        config: PretrainConfig,
+        dev: torch.device,
+        ranks: Ranks,
+    ):
         self.model, self.data, self.corruption, self.config, self.dev = model, data, corruption, config, dev
         self.ranks = ranks
         self.ema = EMA(model, config.ema_decay)
@@ -285,17 +304,23 @@ class _Checkpointer:
         trainer.ema.copy_to(eval_model)
         eval_model.eval().requires_grad_(False)
         wall = round(self.wall_before + time.perf_counter() - self.start, 1)
-        self.record.update(steps=step, total_steps=self.steps_before + step, wall_seconds=wall,
-                           final_loss=float(np.mean(losses[-50:])) if losses else None)
+        self.record.update(
+            steps=step,
+            total_steps=self.steps_before + step,
+            wall_seconds=wall,
+            final_loss=float(np.mean(losses[-50:])) if losses else None,
+        )
         if self.out is None or not trainer.ranks.main:  # one process of a torchrun job writes
             return Backbone(eval_model, trainer.corruption, dict(self.record))
-        _save_state(state_path(self.out), trainer.model, trainer.ema, trainer.opt, step,
-                    {**self.meta, "wall_seconds": wall})
+        _save_state(
+            state_path(self.out), trainer.model, trainer.ema, trainer.opt, step, {**self.meta, "wall_seconds": wall}
+        )
         save_backbone(self.out, eval_model, trainer.corruption, self.record)
         # the file holds float16 weights: use exactly those, so a head trained now matches the file
         load_state(eval_model, read_tensors(self.out)[0], Path(self.out))
-        return Backbone(eval_model, trainer.corruption, dict(self.record), digest=file_digest(self.out),
-                        name=str(self.out))
+        return Backbone(
+            eval_model, trainer.corruption, dict(self.record), digest=file_digest(self.out), name=str(self.out)
+        )
 
 
 def _provenance(provenance: dict | None, trainer: _Trainer, init: Backbone | None) -> dict:
@@ -318,8 +343,9 @@ def _provenance(provenance: dict | None, trainer: _Trainer, init: Backbone | Non
     }
 
 
-def _train_loop(trainer: _Trainer, checkpointer: _Checkpointer, step: int, progress: ProgressFn | None,
-                should_stop: StopFn | None) -> tuple[int, list[float], bool]:
+def _train_loop(
+    trainer: _Trainer, checkpointer: _Checkpointer, step: int, progress: ProgressFn | None, should_stop: StopFn | None
+) -> tuple[int, list[float], bool]:
     """Steps until the configured count or a cancel; returns (step reached, losses, cancelled)."""
     config, log = trainer.config, _LossLog(trainer.config.log_every)
     start, start_step = time.perf_counter(), step
@@ -333,8 +359,12 @@ def _train_loop(trainer: _Trainer, checkpointer: _Checkpointer, step: int, progr
             if log.add(loss, step, last=step == config.steps):
                 rate = (step - start_step) / max(time.perf_counter() - start, 1e-9)
                 eta = (config.steps - step) / max(rate, 1e-9)
-                report(progress if ranks.main else None, step, config.steps,
-                       f"loss={log.values[-1]:.4f} img/s={rate * config.batch_size * ranks.world:.1f} eta={eta:.0f}s")
+                report(
+                    progress if ranks.main else None,
+                    step,
+                    config.steps,
+                    f"loss={log.values[-1]:.4f} img/s={rate * config.batch_size * ranks.world:.1f} eta={eta:.0f}s",
+                )
             if checkpointer.out is not None and step % config.checkpoint_every == 0 and step < config.steps:
                 checkpointer.save(step, log.values)
     except Cancelled:
@@ -373,8 +403,9 @@ def pretrain(
     _check_config(config, model)
     _check_memory(model.config, config.crop, config.batch_size, dev)
     trainer = _Trainer(model, prepare_images(images, config.crop), corruption, config, dev, ranks)
-    meta = json.loads(json.dumps({"unet": model.config.to_dict(), "corruption": corruption.to_dict(),
-                                  "train": asdict(config)}))  # tuples as JSON lists, as saved
+    meta = json.loads(
+        json.dumps({"unet": model.config.to_dict(), "corruption": corruption.to_dict(), "train": asdict(config)})
+    )  # tuples as JSON lists, as saved
     step, wall_before = 0, 0.0
     if resume and out is not None and state_path(out).exists():
         saved = _load_state(state_path(out), model, trainer.ema, trainer.opt, meta)

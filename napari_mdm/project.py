@@ -45,9 +45,15 @@ def save_project(path: str | os.PathLike, project: Project) -> Path:
     path = Path(path)
     path = path if path.suffix == SUFFIX else path.with_name(path.name + SUFFIX)
     names = list(project.images)
-    meta = {"format": PROJECT_FORMAT, "images": names, "labelled": [n for n in names if n in project.labels],
-            "classes": {str(i): {"name": n, "color": c} for i, (n, c) in project.classes.items()},
-            "backbone": project.backbone, "features": project.features, "head": project.head is not None}
+    meta = {
+        "format": PROJECT_FORMAT,
+        "images": names,
+        "labelled": [n for n in names if n in project.labels],
+        "classes": {str(i): {"name": n, "color": c} for i, (n, c) in project.classes.items()},
+        "backbone": project.backbone,
+        "features": project.features,
+        "head": project.head is not None,
+    }
     with atomic_output(path) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("project.json", json.dumps(meta, indent=2))
@@ -76,9 +82,14 @@ def load_project(path: str | os.PathLike) -> Project:
             if meta.get("format") != PROJECT_FORMAT:
                 raise UserError(f"{path} is not a napari-mdm project (format {meta.get('format')!r})")
             names = meta["images"]
-            images = {n: np.load(io.BytesIO(zf.read(f"images/{i}.npy")), allow_pickle=False) for i, n in enumerate(names)}
-            labels = {n: np.load(io.BytesIO(zf.read(f"labels/{i}.npy")), allow_pickle=False)
-                      for i, n in enumerate(names) if n in meta["labelled"]}
+            images = {
+                n: np.load(io.BytesIO(zf.read(f"images/{i}.npy")), allow_pickle=False) for i, n in enumerate(names)
+            }
+            labels = {
+                n: np.load(io.BytesIO(zf.read(f"labels/{i}.npy")), allow_pickle=False)
+                for i, n in enumerate(names)
+                if n in meta["labelled"]
+            }
             head = None
             if meta.get("head"):
                 head_file = path.with_name(f".{path.name}.head.safetensors")

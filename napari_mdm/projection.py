@@ -30,7 +30,7 @@ def reference_images() -> list[np.ndarray]:
 
     ihc, astronaut = data.immunohistochemistry(), data.astronaut()
     s = REFERENCE_SIDE
-    crops = [ihc[:s, :s], ihc[-s:, -s:], ihc[128:128 + s, 256:256 + s], astronaut[:s, 128:128 + s]]
+    crops = [ihc[:s, :s], ihc[-s:, -s:], ihc[128 : 128 + s, 256 : 256 + s], astronaut[:s, 128 : 128 + s]]
     return [np.ascontiguousarray(c, dtype=np.float32) / 255 for c in crops]
 
 
@@ -42,8 +42,12 @@ def _samples(backbone: Backbone, config) -> torch.Tensor:
     per_image = []
     for image in reference_images():
         acts, _, _ = decoder_activations(backbone, image, 0, 0, replace(config, draws=1))
-        maps = [F.interpolate(unit_norm(acts[b]) if config.normalize else acts[b], size=grid, mode="bilinear",
-                              align_corners=False) for b in config.blocks]
+        maps = [
+            F.interpolate(
+                unit_norm(acts[b]) if config.normalize else acts[b], size=grid, mode="bilinear", align_corners=False
+            )
+            for b in config.blocks
+        ]
         per_image.append(torch.cat(maps, dim=1).flatten(2).transpose(1, 2))  # (T, pixels, C)
     return torch.cat(per_image, dim=1).double()
 
@@ -62,8 +66,18 @@ def fit_basis(samples: torch.Tensor, components: int) -> torch.Tensor:
 def projection_basis(backbone: Backbone, config) -> dict[int, torch.Tensor]:
     """Per decoder block, the (timesteps x draws, C_block, project) slice of the basis, batched as
     :func:`napari_mdm.features.decoder_activations` batches its inputs; computed once per backbone."""
-    key = (backbone.digest, id(backbone.model), config.timesteps, config.blocks, config.project, config.scale,
-           config.seed, config.normalize, config.bfloat16, str(backbone.device))
+    key = (
+        backbone.digest,
+        id(backbone.model),
+        config.timesteps,
+        config.blocks,
+        config.project,
+        config.scale,
+        config.seed,
+        config.normalize,
+        config.bfloat16,
+        str(backbone.device),
+    )
     if key not in _BASES:
         basis = fit_basis(_samples(backbone, config), config.project)
         widths = [backbone.model.block_channels[b] for b in config.blocks]

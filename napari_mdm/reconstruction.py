@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -15,8 +15,15 @@ from .jobs import ProgressFn, StopFn, UserError, check_stop
 from .tiling import pad_to, run_tiled
 
 
-def reconstruct(backbone: Backbone, image, timesteps: Sequence[int], seed: int = 0, tile: int = 512,
-                progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+def reconstruct(
+    backbone: Backbone,
+    image,
+    timesteps: Sequence[int],
+    seed: int = 0,
+    tile: int = 512,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(corrupted, reconstructed), each (T, H, W, 3) float32 in [0, 1], for each timestep."""
     timesteps = [int(t) for t in timesteps]
     total = backbone.corruption.num_timesteps

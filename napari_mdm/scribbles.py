@@ -5,7 +5,7 @@ scribble protocol (strokes from ground-truth masks)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -18,8 +18,9 @@ def _branches(skeleton: np.ndarray) -> np.ndarray:
     return skeleton & (neighbours <= 2)
 
 
-def scribbles_from_mask(reference: np.ndarray, strokes: Sequence[int], erode: Sequence[int], seed: int,
-                        width: int = 1) -> np.ndarray:
+def scribbles_from_mask(
+    reference: np.ndarray, strokes: Sequence[int], erode: Sequence[int], seed: int, width: int = 1
+) -> np.ndarray:
     """Labels (0 = unlabelled) with a few strokes inside each class region of ``reference``.
 
     ``reference`` holds class values 1..K; ``strokes[k]`` and ``erode[k]`` are for class k + 1.
@@ -29,7 +30,7 @@ def scribbles_from_mask(reference: np.ndarray, strokes: Sequence[int], erode: Se
     """
     rng = np.random.default_rng(seed)
     labels = np.zeros(reference.shape, dtype=np.uint8)
-    for index, (count, radius) in enumerate(zip(strokes, erode)):
+    for index, (count, radius) in enumerate(zip(strokes, erode, strict=False)):
         value = index + 1
         region = reference == value
         inner = ndi.binary_erosion(region, disk(radius)) if radius else region

@@ -18,8 +18,9 @@ MAX_ITEMS = 16
 def _number(key: str, value: Any, default: Any, limit: tuple[float, float] | None) -> Any:
     if isinstance(default, bool) or isinstance(value, bool):
         if not isinstance(value, bool) or not isinstance(default, bool):
-            raise ValueError(f"{key} must be {'true or false' if isinstance(default, bool) else 'a number'}, "
-                             f"got {value!r}")
+            raise ValueError(
+                f"{key} must be {'true or false' if isinstance(default, bool) else 'a number'}, got {value!r}"
+            )
         return value
     if isinstance(default, int) and not isinstance(value, int):
         raise ValueError(f"{key} must be an integer, got {value!r}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -49,9 +49,15 @@ class SlideJob:
         from .checkpoint import RANDOM_PREFIX, file_digest, resolve_checkpoint
 
         built_in = self.backbone.startswith(RANDOM_PREFIX) and not Path(self.backbone).exists()
-        return {"slide": str(Path(self.slide).resolve()), "level": self.level, "chunk": self.chunk,
-                "halo": self.halo, "head": file_digest(self.head), "uncertainty": self.uncertainty,
-                "backbone": self.backbone if built_in else file_digest(resolve_checkpoint(self.backbone))}
+        return {
+            "slide": str(Path(self.slide).resolve()),
+            "level": self.level,
+            "chunk": self.chunk,
+            "halo": self.halo,
+            "head": file_digest(self.head),
+            "uncertainty": self.uncertainty,
+            "backbone": self.backbone if built_in else file_digest(resolve_checkpoint(self.backbone)),
+        }
 
 
 @dataclass
@@ -138,13 +144,17 @@ def tissue_chunks(slide: str, level: int, chunk: int) -> set[tuple[int, int]]:
 
 def _ngff_attrs(levels: int, name: str, source: str) -> dict:
     return {
-        "multiscales": [{
-            "version": NGFF_VERSION,
-            "name": name,
-            "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-            "datasets": [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [2.0**i] * 2}]}
-                         for i in range(levels)],
-        }],
+        "multiscales": [
+            {
+                "version": NGFF_VERSION,
+                "name": name,
+                "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+                "datasets": [
+                    {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [2.0**i] * 2}]}
+                    for i in range(levels)
+                ],
+            }
+        ],
         "image-label": {"version": NGFF_VERSION, "source": {"image": source}},
     }
 
@@ -183,10 +193,12 @@ def _prepare_output(job: SlideJob, shape: tuple[int, int], dtype: np.dtype, over
     for i, level_shape in enumerate(shapes):
         group.create_array(str(i), shape=level_shape, chunks=(job.chunk, job.chunk), dtype=dtype, fill_value=0)
     if job.uncertainty:
-        group.create_group("uncertainty").create_array("0", shape=shape, chunks=(job.chunk, job.chunk),
-                                                       dtype="float32", fill_value=0.0)
-    group.attrs.update({**_ngff_attrs(len(shapes), Path(job.out).name, job.slide),
-                        "napari-mdm": {"job": signature, "complete": False}})
+        group.create_group("uncertainty").create_array(
+            "0", shape=shape, chunks=(job.chunk, job.chunk), dtype="float32", fill_value=0.0
+        )
+    group.attrs.update(
+        {**_ngff_attrs(len(shapes), Path(job.out).name, job.slide), "napari-mdm": {"job": signature, "complete": False}}
+    )
     (out / DONE_DIR).mkdir()
 
 
@@ -285,7 +297,9 @@ def segment_slide(
         raise UserError(f"chunk must be at least 64 (got {chunk}), halo at least 0 ({halo}), workers at least 1")
     start = time.perf_counter()
     trained = Head.load(head)
-    chosen = pick_level(slide_levels(slide), level, mpp if mpp is not None or level is not None else trained.context.mpp)
+    chosen = pick_level(
+        slide_levels(slide), level, mpp if mpp is not None or level is not None else trained.context.mpp
+    )
     job = SlideJob(str(slide), chosen.index, str(backbone), str(head), device, str(out), chunk, halo, uncertainty)
     _prepare_output(job, chosen.shape, label_dtype(max(trained.class_values)), overwrite)
     grid = chunk_grid(chosen.shape, chunk)

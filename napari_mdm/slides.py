@@ -132,8 +132,9 @@ def pick_level(levels: list[SlideLevel], level: int | None = None, mpp: float | 
     return min(levels, key=lambda lv: abs(np.log(lv.mpp / mpp)))
 
 
-def open_slide(path: str | os.PathLike, level: int | None = None, mpp: float | None = None
-               ) -> tuple[ImageSource, SlideLevel]:
+def open_slide(
+    path: str | os.PathLike, level: int | None = None, mpp: float | None = None
+) -> tuple[ImageSource, SlideLevel]:
     """One level of a slide as a lazily read image (see :func:`pick_level`)."""
     levels, arrays = _levels_and_arrays(path)
     chosen = pick_level(levels, level, mpp)

@@ -23,8 +23,9 @@ def suggest_regions(uncertainty: np.ndarray, count: int = 5, size: int = 48) -> 
     half = size // 2
     # only centres whose window lies inside the image
     valid = np.full((h, w), -np.inf, dtype=np.float32)
-    valid[half : h - (size - half) + 1, half : w - (size - half) + 1] = \
-        mean[half : h - (size - half) + 1, half : w - (size - half) + 1]
+    valid[half : h - (size - half) + 1, half : w - (size - half) + 1] = mean[
+        half : h - (size - half) + 1, half : w - (size - half) + 1
+    ]
     boxes: list[Box] = []
     for _ in range(count):
         y, x = np.unravel_index(np.argmax(valid), valid.shape)

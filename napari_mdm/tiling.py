@@ -8,8 +8,8 @@ or zarr) with no image-sized weight map.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 

@@ -61,8 +61,27 @@ def test_pick_tests_spreads_over_the_list():
 @pytest.mark.slow
 @pytest.mark.skipif(not data.available(), reason=f"benchmark data not found under {data.DATA_ROOT}")
 def test_quick_mode_end_to_end(tmp_path):
-    result = main(["--quick", "--max-size", "96", "--shots", "1", "--test-limit", "2", "--unet-steps", "5",
-                   "--head-steps", "20", "--no-shipped", "--no-speed", "--out", str(tmp_path), "--name", "ci"])
+    result = main(
+        [
+            "--quick",
+            "--max-size",
+            "96",
+            "--shots",
+            "1",
+            "--test-limit",
+            "2",
+            "--unet-steps",
+            "5",
+            "--head-steps",
+            "20",
+            "--no-shipped",
+            "--no-speed",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "ci",
+        ]
+    )
     saved = json.loads((tmp_path / "ci.json").read_text())
     assert saved["command"].startswith("python -m benchmarks.run --quick")
     assert (tmp_path / "ci.md").read_text().startswith("# Benchmark `ci`")
@@ -84,8 +103,25 @@ def test_quick_mode_end_to_end(tmp_path):
 def test_throughput_measures_the_core_training_loop_and_writes_its_table(tmp_path):
     from benchmarks import throughput
 
-    result = throughput.main(["--presets", "tiny", "--batch-size", "2", "--crop", "32", "--warmup", "1",
-                              "--steps", "2", "--no-compile", "--device", "cpu", "--out", str(tmp_path)])
+    result = throughput.main(
+        [
+            "--presets",
+            "tiny",
+            "--batch-size",
+            "2",
+            "--crop",
+            "32",
+            "--warmup",
+            "1",
+            "--steps",
+            "2",
+            "--no-compile",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     (row,) = result["rows"]  # fp32 only: the core trains in fp32 on a CPU
     assert row["preset"] == "tiny" and row["precision"] == "fp32" and row["timed_steps"] == 2
     assert row["images_per_s"] > 0 and row["params_M"] < 2
@@ -114,8 +150,23 @@ def test_fast_path_variants_share_one_feature_pass_per_knob_setting():
 def test_loop_benchmark_writes_every_stage_per_method(tmp_path):
     from benchmarks import loop
 
-    result = loop.main(["--sizes", "128", "--protocols", "scribble", "--methods", "forest", "fast",
-                        "--backbone", "random-tiny", "--out", str(tmp_path), "--name", "ci"])
+    result = loop.main(
+        [
+            "--sizes",
+            "128",
+            "--protocols",
+            "scribble",
+            "--methods",
+            "forest",
+            "fast",
+            "--backbone",
+            "random-tiny",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "ci",
+        ]
+    )
     saved = json.loads((tmp_path / "ci.json").read_text())
     assert saved["rows"] == result["rows"] and [r["method"] for r in saved["rows"]] == ["forest", "fast"]
     for row in saved["rows"]:

@@ -25,13 +25,70 @@ def test_pretrain_train_head_segment_evaluate(tmp_path, capsys):
         write_labels(tmp_path / "truth" / f"{name}.png", epithelium[crop])
     images, ckpt, head = tmp_path / "images", tmp_path / "bb.safetensors", tmp_path / "head.safetensors"
 
-    assert cli.main(["pretrain", "--images", str(images), "--out", str(ckpt), "--preset", "tiny", "--steps", "4",
-                     "--batch-size", "2", "--crop", "32", "--scale", "0.5", "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "pretrain",
+                "--images",
+                str(images),
+                "--out",
+                str(ckpt),
+                "--preset",
+                "tiny",
+                "--steps",
+                "4",
+                "--batch-size",
+                "2",
+                "--crop",
+                "32",
+                "--scale",
+                "0.5",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert ckpt.is_file() and ckpt.with_suffix(".json").is_file()
-    assert cli.main(["train-head", "--backbone", str(ckpt), "--images", str(images / "a.png"), str(images / "b.png"),
-                     "--labels", str(images), "--dense", "--ensemble", "2", "--steps", "60", "--out", str(head)]) == 0
-    assert cli.main(["segment", "--backbone", str(ckpt), "--head", str(head), "--images", str(images / "c.png"),
-                     "--out", str(tmp_path / "pred"), "--uncertainty"]) == 0
+    assert (
+        cli.main(
+            [
+                "train-head",
+                "--backbone",
+                str(ckpt),
+                "--images",
+                str(images / "a.png"),
+                str(images / "b.png"),
+                "--labels",
+                str(images),
+                "--dense",
+                "--ensemble",
+                "2",
+                "--steps",
+                "60",
+                "--out",
+                str(head),
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "segment",
+                "--backbone",
+                str(ckpt),
+                "--head",
+                str(head),
+                "--images",
+                str(images / "c.png"),
+                "--out",
+                str(tmp_path / "pred"),
+                "--uncertainty",
+            ]
+        )
+        == 0
+    )
     prediction = read_labels(tmp_path / "pred" / "c.tif")
     assert prediction.shape == (160, 160) and set(np.unique(prediction)) <= {0, 1}
     assert read_array(tmp_path / "pred" / "c_uncertainty.tif").shape == (160, 160)
@@ -52,11 +109,44 @@ def test_filter_bank_only_head_round_trip(tmp_path):
     write_labels(tmp_path / "a_mask.png", epithelium[CROPS["a"]])
     write_array(tmp_path / "c.png", image[CROPS["c"]])
     head = tmp_path / "head.safetensors"
-    assert cli.main(["train-head", "--images", str(tmp_path / "a.png"), "--labels", str(tmp_path / "a_mask.png"),
-                     "--dense", "--features", "filters", "--ensemble", "2", "--steps", "60", "--out", str(head)]) == 0
+    assert (
+        cli.main(
+            [
+                "train-head",
+                "--images",
+                str(tmp_path / "a.png"),
+                "--labels",
+                str(tmp_path / "a_mask.png"),
+                "--dense",
+                "--features",
+                "filters",
+                "--ensemble",
+                "2",
+                "--steps",
+                "60",
+                "--out",
+                str(head),
+            ]
+        )
+        == 0
+    )
     # the head never read a network, so any backbone applies it
-    assert cli.main(["segment", "--backbone", "random-small", "--head", str(head), "--images", str(tmp_path / "c.png"),
-                     "--out", str(tmp_path / "pred")]) == 0
+    assert (
+        cli.main(
+            [
+                "segment",
+                "--backbone",
+                "random-small",
+                "--head",
+                str(head),
+                "--images",
+                str(tmp_path / "c.png"),
+                "--out",
+                str(tmp_path / "pred"),
+            ]
+        )
+        == 0
+    )
     loaded = Head.load(head)
     assert loaded.in_channels == num_filter_channels() and not loaded.context.features.diffusion
     prediction = read_labels(tmp_path / "pred" / "c.tif")

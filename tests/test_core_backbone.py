@@ -70,7 +70,8 @@ def test_the_shipped_backbone_is_the_default_and_says_how_it_was_made():
         assert made[key], key
     assert json.loads(path.with_suffix(".json").read_text())["provenance"] == made
     # the CLI's --backbone accepts it by name, and omitting --backbone gives the same weights
-    args = cli.build_parser().parse_args(["reconstruct", "--backbone", "histology", "--image", "x.png",
-                                          "--out", "y.tif", "--device", "cpu"])
+    args = cli.build_parser().parse_args(
+        ["reconstruct", "--backbone", "histology", "--image", "x.png", "--out", "y.tif", "--device", "cpu"]
+    )
     named = cli._backbone(args)
     assert named.digest == backbone.digest

@@ -2,8 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_mdm.corruption import (CorruptionConfig, alpha_bar, corrupt_batch, corrupt_region, hashed_patch_mask,
-                                   random_mask)
+from napari_mdm.corruption import (
+    CorruptionConfig,
+    alpha_bar,
+    corrupt_batch,
+    corrupt_region,
+    hashed_patch_mask,
+    random_mask,
+)
 
 
 def test_mdm_mask_ratio_follows_t_over_T_and_masked_pixels_are_zero():

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_mdm.backbone import build_backbone, randomize
-from napari_mdm.backbone import Backbone
+from napari_mdm.backbone import Backbone, build_backbone, randomize
 from napari_mdm.checkpoint import random_backbone
 from napari_mdm.corruption import CorruptionConfig
 from napari_mdm.feature_sets import FEATURE_SETS
@@ -43,11 +42,13 @@ def test_features_have_the_promised_shape_dtype_and_channels(backbone, image):
     rms = np.sqrt((feats[: backbone.model.block_channels[3]].astype(np.float32) ** 2).mean(0))
     assert np.median(np.abs(rms - 1)) < 0.01 and rms.max() < 1.01 and rms.min() > 0.8
     # the filter bank comes last, and only when asked for
-    diffusion_only = extract_features(backbone, image, FeatureConfig(timesteps=(50, 200), blocks=(3, 5, 7), filters=False,
-                                                                     project=0))
+    diffusion_only = extract_features(
+        backbone, image, FeatureConfig(timesteps=(50, 200), blocks=(3, 5, 7), filters=False, project=0)
+    )
     assert np.array_equal(diffusion_only, feats[: expected - num_filter_channels()])
-    np.testing.assert_allclose(feats[-num_filter_channels():].astype(np.float32), filter_features(image).astype(np.float32),
-                               atol=0.02)
+    np.testing.assert_allclose(
+        feats[-num_filter_channels() :].astype(np.float32), filter_features(image).astype(np.float32), atol=0.02
+    )
 
 
 def test_filter_bank_alone_skips_the_network(image, monkeypatch):
@@ -80,13 +81,16 @@ def test_projection_keeps_the_leading_principal_components_the_same_everywhere(b
     again = extract_features(backbone, image, FeatureConfig(timesteps=(50, 200), project=8, filters=False))
     np.testing.assert_array_equal(again, small)
     # leading components carry far more of the variance than the 8/256 a random projection keeps
-    full = extract_features(backbone, image, FeatureConfig(timesteps=(50,), project=0, filters=False)).astype(np.float32)
+    full = extract_features(backbone, image, FeatureConfig(timesteps=(50,), project=0, filters=False)).astype(
+        np.float32
+    )
     centred = full.reshape(len(full), -1) - full.reshape(len(full), -1).mean(1, keepdims=True)
     kept = small[:8].astype(np.float32).reshape(8, -1)
     assert (kept - kept.mean(1, keepdims=True)).var(1).sum() > 0.1 * centred.var(1).sum()
     # more components than the blocks have: all channels, unprojected
     assert num_channels(backbone, FeatureConfig(project=10_000, filters=False)) == num_channels(
-        backbone, FeatureConfig(project=0, filters=False))
+        backbone, FeatureConfig(project=0, filters=False)
+    )
     with pytest.raises(UserError, match="project must be"):
         extract_features(backbone, image, FeatureConfig(project=-1))
     # heads saved before the projection existed read every channel

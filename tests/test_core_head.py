@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_mdm.backbone import build_backbone, randomize
-from napari_mdm.backbone import Backbone
+from napari_mdm.backbone import Backbone, build_backbone, randomize
 from napari_mdm.checkpoint import random_backbone
 from napari_mdm.corruption import CorruptionConfig
 from napari_mdm.features import FeatureConfig, extract_features

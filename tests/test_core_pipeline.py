@@ -36,13 +36,27 @@ def test_train_head_fills_and_reuses_the_cache(tiny_backbone):
     image, labels = _halves(0)
     cache = FeatureCache()
     reported = []
-    train_head(tiny_backbone, [image], [labels], FEATURES, FAST, cache=cache,
-               progress=lambda done, total, info: reported.append(info))
+    train_head(
+        tiny_backbone,
+        [image],
+        [labels],
+        FEATURES,
+        FAST,
+        cache=cache,
+        progress=lambda done, total, info: reported.append(info),
+    )
     assert len(cache) == 1 and any(info.startswith("features 1/1") for info in reported)
     assert any(info.startswith("head") for info in reported)
     reported.clear()
-    train_head(tiny_backbone, [image], [labels], FEATURES, FAST, cache=cache,
-               progress=lambda done, total, info: reported.append(info))
+    train_head(
+        tiny_backbone,
+        [image],
+        [labels],
+        FEATURES,
+        FAST,
+        cache=cache,
+        progress=lambda done, total, info: reported.append(info),
+    )
     assert len(cache) == 1 and not any(info.startswith("features 1/1 tile") for info in reported)
 
 

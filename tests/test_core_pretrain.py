@@ -42,8 +42,14 @@ def test_pretraining_lowers_the_loss(tmp_path):
 
 @pytest.mark.parametrize("mode", ["ddpm", "umd", "maskdm"])
 def test_other_modes_train(mode):
-    result = pretrain(_images(1), None, "tiny", CorruptionConfig(mode=mode),
-                      PretrainConfig(steps=3, batch_size=2, crop=32), device="cpu")
+    result = pretrain(
+        _images(1),
+        None,
+        "tiny",
+        CorruptionConfig(mode=mode),
+        PretrainConfig(steps=3, batch_size=2, crop=32),
+        device="cpu",
+    )
     assert result.step == 3 and all(np.isfinite(result.losses))
 
 
@@ -76,24 +82,53 @@ def test_resume_refuses_other_settings(tmp_path):
     cfg = PretrainConfig(steps=2, batch_size=2, crop=32)
     pretrain(_images(1), tmp_path / "c.safetensors", "tiny", None, cfg, device="cpu")
     with pytest.raises(CheckpointError, match="differ"):
-        pretrain(_images(1), tmp_path / "c.safetensors", "tiny", CorruptionConfig(mode="ddpm"), cfg, device="cpu",
-                 resume=True)
+        pretrain(
+            _images(1),
+            tmp_path / "c.safetensors",
+            "tiny",
+            CorruptionConfig(mode="ddpm"),
+            cfg,
+            device="cpu",
+            resume=True,
+        )
 
 
 def test_progress_reports_every_step_and_fine_tuning_starts_from_init():
     seen = []
     base = pretrain(_images(1), None, "tiny", None, PretrainConfig(steps=2, batch_size=2, crop=32), device="cpu")
-    tuned = pretrain(_images(1), None, "tiny", None, PretrainConfig(steps=0, crop=32), device="cpu", init=base.backbone,
-                     progress=lambda d, t, info: seen.append((d, t, info)))
+    tuned = pretrain(
+        _images(1),
+        None,
+        "tiny",
+        None,
+        PretrainConfig(steps=0, crop=32),
+        device="cpu",
+        init=base.backbone,
+        progress=lambda d, t, info: seen.append((d, t, info)),
+    )
     for key, value in base.backbone.model.state_dict().items():
         torch.testing.assert_close(tuned.backbone.model.state_dict()[key], value)
     # chained runs keep their history: total steps and the provenance of what they started from
-    again = pretrain(_images(1), None, "tiny", None, PretrainConfig(steps=1, batch_size=2, crop=32), device="cpu",
-                     init=tuned.backbone).backbone.provenance
+    again = pretrain(
+        _images(1),
+        None,
+        "tiny",
+        None,
+        PretrainConfig(steps=1, batch_size=2, crop=32),
+        device="cpu",
+        init=tuned.backbone,
+    ).backbone.provenance
     assert again["steps"] == 1 and again["total_steps"] == 3
     assert again["init_provenance"]["init_provenance"] == base.backbone.provenance
-    pretrain(_images(1), None, "tiny", None, PretrainConfig(steps=3, batch_size=2, crop=32), device="cpu",
-             progress=lambda d, t, info: seen.append((d, t, info)))
+    pretrain(
+        _images(1),
+        None,
+        "tiny",
+        None,
+        PretrainConfig(steps=3, batch_size=2, crop=32),
+        device="cpu",
+        progress=lambda d, t, info: seen.append((d, t, info)),
+    )
     assert [s[0] for s in seen] == [1, 2, 3] and all("loss=" in s[2] and "eta=" in s[2] for s in seen)
 
 

@@ -33,8 +33,15 @@ def demo_run(tmp_path_factory):
 def test_demo_trains_segments_and_writes_everything(demo_run):
     summary = json.loads((demo_run / "summary.json").read_text())
     names = {p.name for p in demo_run.iterdir()}
-    assert {"ihc.tif", "ihc_scribbles.tif", "ihc_reference.tif", "ihc_prediction.tif", "ihc_uncertainty.tif",
-            "head.safetensors", "summary.json"} <= names
+    assert {
+        "ihc.tif",
+        "ihc_scribbles.tif",
+        "ihc_reference.tif",
+        "ihc_prediction.tif",
+        "ihc_uncertainty.tif",
+        "head.safetensors",
+        "summary.json",
+    } <= names
     prediction, reference = read_labels(demo_run / "ihc_prediction.tif"), read_labels(demo_run / "ihc_reference.tif")
     assert prediction.shape == reference.shape == (512, 512)
     # scribbles on the left half only; the right half is recovered well beyond chance
@@ -43,8 +50,9 @@ def test_demo_trains_segments_and_writes_everything(demo_run):
     assert summary["backbone"] == "random-tiny" and summary["scribbled_percent"] < 2
     # no frame of high uncertainty along the image border (mirrored context around tiles)
     uncertainty = read_array(demo_run / "ihc_uncertainty.tif")
-    frame = np.concatenate([uncertainty[:3].ravel(), uncertainty[-3:].ravel(),
-                            uncertainty[:, :3].ravel(), uncertainty[:, -3:].ravel()])
+    frame = np.concatenate(
+        [uncertainty[:3].ravel(), uncertainty[-3:].ravel(), uncertainty[:, :3].ravel(), uncertainty[:, -3:].ravel()]
+    )
     assert frame.mean() < 3 * uncertainty.mean()
 
 

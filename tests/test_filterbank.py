@@ -23,7 +23,7 @@ def test_shape_dtype_and_names():
 def test_constant_image_has_only_smoothing():
     feats = filter_features(np.full((32, 32, 3), 0.25, np.float32), scales=(1.0, 3.5))
     names = filter_names((1.0, 3.5))
-    for name, values in zip(names, feats.astype(np.float32)):
+    for name, values in zip(names, feats.astype(np.float32), strict=False):
         expected = 0.25 if name.split("/")[1] == "gaussian" else 0.0
         np.testing.assert_allclose(values, expected, atol=2e-3, err_msg=name)
 
@@ -48,7 +48,10 @@ def test_bright_blob_is_a_laplacian_minimum():
     log = channel(feats, "r/laplacian/3.5", (3.5,))
     assert np.unravel_index(np.argmin(log), log.shape) == (20, 20) and log[20, 20] < 0
     # both Hessian eigenvalues negative at the top of a bright blob, equal by symmetry
-    hi, lo = channel(feats, "r/hessian_eig_max/3.5", (3.5,))[20, 20], channel(feats, "r/hessian_eig_min/3.5", (3.5,))[20, 20]
+    hi, lo = (
+        channel(feats, "r/hessian_eig_max/3.5", (3.5,))[20, 20],
+        channel(feats, "r/hessian_eig_min/3.5", (3.5,))[20, 20],
+    )
     assert lo <= hi < 0 and hi == pytest.approx(lo, rel=0.02)
     assert channel(feats, "r/dog/3.5", (3.5,))[20, 20] < 0  # wider smoothing lowers a peak
 
@@ -61,8 +64,15 @@ def test_colour_channels_are_separate():
     assert channel(feats, "r/gaussian/1", (1.0,)).max() == pytest.approx(0.0, abs=1e-3)
 
 
-@pytest.mark.parametrize("image, scales", [(np.zeros((8, 8)), (1.0,)), (np.zeros((8, 8, 4)), (1.0,)),
-                                            (np.zeros((8, 8, 3)), ()), (np.zeros((8, 8, 3)), (1.0, -2.0))])
+@pytest.mark.parametrize(
+    "image, scales",
+    [
+        (np.zeros((8, 8)), (1.0,)),
+        (np.zeros((8, 8, 4)), (1.0,)),
+        (np.zeros((8, 8, 3)), ()),
+        (np.zeros((8, 8, 3)), (1.0, -2.0)),
+    ],
+)
 def test_bad_input_is_a_user_error(image, scales):
     with pytest.raises(UserError):
         filter_features(image, scales)

@@ -7,16 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_core_pretrain import _fixed_batch_loss, _images
 
 from napari_mdm.checkpoint import random_backbone
 from napari_mdm.corruption import CorruptionConfig
 from napari_mdm.features import FeatureConfig, extract_features
-from napari_mdm.head import HeadConfig, fit_head
-from napari_mdm.head import HeadContext
+from napari_mdm.head import HeadConfig, HeadContext, fit_head
 from napari_mdm.inference import segment
 from napari_mdm.pretrain import PretrainConfig, pretrain
-
-from test_core_pretrain import _fixed_batch_loss, _images
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -34,16 +32,18 @@ def _two_textures(h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray]:
 
 def test_pretraining_on_cuda_runs_in_bf16_and_lowers_the_loss():
     images = _images()
-    result = pretrain(images, None, "tiny", config=PretrainConfig(steps=40, batch_size=4, crop=32, lr=2e-3),
-                      device="cuda")
+    result = pretrain(
+        images, None, "tiny", config=PretrainConfig(steps=40, batch_size=4, crop=32, lr=2e-3), device="cuda"
+    )
     provenance = result.backbone.provenance
     assert provenance["device"].startswith("cuda") and provenance["precision"] == "bf16"
     assert np.isfinite(result.losses).all()
     corruption = CorruptionConfig()
     untrained = pretrain(images, None, "tiny", config=PretrainConfig(steps=0, crop=32), device="cpu")
     trained = result.backbone.model.cpu().float()
-    assert _fixed_batch_loss(trained, images, corruption) < 0.8 * _fixed_batch_loss(untrained.backbone.model, images,
-                                                                                   corruption)
+    assert _fixed_batch_loss(trained, images, corruption) < 0.8 * _fixed_batch_loss(
+        untrained.backbone.model, images, corruption
+    )
 
 
 def test_features_and_masks_on_cuda_match_the_cpu():
@@ -56,8 +56,12 @@ def test_features_and_masks_on_cuda_match_the_cpu():
     assert on_gpu.shape == on_cpu.shape
     np.testing.assert_allclose(on_gpu, on_cpu, atol=2e-2 * float(np.abs(on_cpu).max()))
 
-    head = fit_head([on_cpu.astype(np.float16)], [labels], HeadConfig(ensemble=2, steps=100),
-                    context=HeadContext.for_backbone(cpu_backbone, config))
+    head = fit_head(
+        [on_cpu.astype(np.float16)],
+        [labels],
+        HeadConfig(ensemble=2, steps=100),
+        context=HeadContext.for_backbone(cpu_backbone, config),
+    )
     cpu_labels = segment(cpu_backbone, head, image).labels
     gpu_labels = segment(gpu_backbone, head, image).labels
     assert set(np.unique(cpu_labels)) == {1, 2}

@@ -33,10 +33,12 @@ def test_manifest_is_valid():
 
 def test_widget_modules_do_not_import_torch():
     """napari starts fast: torch and the heavy core load only when a widget does work."""
-    code = ("import sys, napari_mdm._widgets.backbone_widget, napari_mdm._widgets.segmentation_widget, "
-            "napari_mdm._widgets.reconstruction_widget, napari_mdm._widgets.export_widget, "
-            "napari_mdm._reader, napari_mdm._writer, napari_mdm._sample_data; "
-            "print(sorted(m for m in ('torch', 'napari_mdm.features', 'napari_mdm.head') if m in sys.modules))")
+    code = (
+        "import sys, napari_mdm._widgets.backbone_widget, napari_mdm._widgets.segmentation_widget, "
+        "napari_mdm._widgets.reconstruction_widget, napari_mdm._widgets.export_widget, "
+        "napari_mdm._reader, napari_mdm._writer, napari_mdm._sample_data; "
+        "print(sorted(m for m in ('torch', 'napari_mdm.features', 'napari_mdm.head') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

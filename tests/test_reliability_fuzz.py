@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_reliability_support import leftovers, snapshot
 
 from napari_mdm import inference
 from napari_mdm.checkpoint import load_backbone, read_tensors
@@ -27,8 +28,6 @@ from napari_mdm.inference import segment_files
 from napari_mdm.io import normalize_image
 from napari_mdm.jobs import UserError
 from napari_mdm.naming import segmentation_outputs, stem
-
-from test_reliability_support import leftovers, snapshot
 
 DTYPES = ["uint8", "uint16", "int16", "int32", "float16", "float32", "float64", "bool"]
 LAYOUTS = ["grey", "grey1", "grey+alpha", "rgb", "rgba", "stack", "5-d"]
@@ -40,10 +39,17 @@ def images(draw):
     h, w = draw(st.integers(1, 80)), draw(st.integers(1, 80))
     layout = draw(st.sampled_from(LAYOUTS))
     dtype = np.dtype(draw(st.sampled_from(DTYPES)))
-    shape = {"grey": (h, w), "grey1": (h, w, 1), "grey+alpha": (h, w, 2), "rgb": (h, w, 3), "rgba": (h, w, 4),
-             "stack": (draw(st.integers(5, 7)), h, w), "5-d": (1, 1, h, w, 3)}[layout]
+    shape = {
+        "grey": (h, w),
+        "grey1": (h, w, 1),
+        "grey+alpha": (h, w, 2),
+        "rgb": (h, w, 3),
+        "rgba": (h, w, 4),
+        "stack": (draw(st.integers(5, 7)), h, w),
+        "5-d": (1, 1, h, w, 3),
+    }[layout]
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    if dtype == bool:
+    if dtype.kind == "b":
         return rng.random(shape) < 0.5
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
@@ -103,9 +109,13 @@ def checkpoint_files(draw, kit):
     if kind == "length":
         return struct.pack("<Q", draw(st.integers(0, 2**64 - 1))) + draw(st.binary(max_size=32))
     if kind == "table":
-        entry = st.fixed_dictionaries({"dtype": st.sampled_from(DTYPE_NAMES),
-                                       "shape": st.lists(st.integers(0, 2**40), max_size=4),
-                                       "data_offsets": st.lists(st.integers(0, 2**40), min_size=2, max_size=2)})
+        entry = st.fixed_dictionaries(
+            {
+                "dtype": st.sampled_from(DTYPE_NAMES),
+                "shape": st.lists(st.integers(0, 2**40), max_size=4),
+                "data_offsets": st.lists(st.integers(0, 2**40), min_size=2, max_size=2),
+            }
+        )
         table = draw(st.dictionaries(st.text(min_size=1, max_size=6), entry, max_size=3))
         return _safetensors(table, draw(st.binary(max_size=64)))
     path = kit.backbone_path if kind == "backbone setting" else kit.head_path
@@ -114,8 +124,11 @@ def checkpoint_files(draw, kit):
     settings_ = dict(meta.get(section) or {})
     key = draw(st.sampled_from(sorted(settings_) + ["new"]))
     settings_[key] = draw(JSON_VALUES | st.integers(0, 4096) | st.lists(st.integers(0, 64), max_size=6))
-    meta = {**meta, section: settings_, **draw(st.dictionaries(st.sampled_from(["class_values", "format"]),
-                                                                JSON_VALUES, max_size=1))}
+    meta = {
+        **meta,
+        section: settings_,
+        **draw(st.dictionaries(st.sampled_from(["class_values", "format"]), JSON_VALUES, max_size=1)),
+    }
     flat = {k: v.contiguous() for k, v in tensors.items()}
     from safetensors.torch import save
 
@@ -147,18 +160,28 @@ def _fake_segment(backbone, head, image, draws=None, progress=None, should_stop=
     """The planning is under test here, not the network: a constant prediction of the right shape."""
     h, w = image.shape
     k = len(head.class_values)
-    return Prediction(np.full((h, w), head.class_values[0], np.uint8), np.full((k, h, w), 1 / k, np.float32),
-                      np.zeros((h, w), np.float32), list(head.class_values))
+    return Prediction(
+        np.full((h, w), head.class_values[0], np.uint8),
+        np.full((k, h, w), 1 / k, np.float32),
+        np.zeros((h, w), np.float32),
+        list(head.class_values),
+    )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(names=st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from([".png", ".tif"])), min_size=1, max_size=4,
-                      unique=True),
-       where=st.sampled_from(["beside"] * 4 + ["images folder", "inside images", "under a file"]),
-       fmt=st.sampled_from(["tif", "zarr", "png"]), uncertainty=st.booleans(), overwrite=st.booleans(),
-       existing=st.booleans())
-def test_any_output_plan_writes_everything_or_nothing_and_never_touches_an_input(kit, names, where, fmt, uncertainty,
-                                                                                  overwrite, existing):
+@given(
+    names=st.lists(
+        st.tuples(st.sampled_from(NAMES), st.sampled_from([".png", ".tif"])), min_size=1, max_size=4, unique=True
+    ),
+    where=st.sampled_from(["beside"] * 4 + ["images folder", "inside images", "under a file"]),
+    fmt=st.sampled_from(["tif", "zarr", "png"]),
+    uncertainty=st.booleans(),
+    overwrite=st.booleans(),
+    existing=st.booleans(),
+)
+def test_any_output_plan_writes_everything_or_nothing_and_never_touches_an_input(
+    kit, names, where, fmt, uncertainty, overwrite, existing
+):
     with tempfile.TemporaryDirectory() as scratch, pytest.MonkeyPatch.context() as mp:
         mp.setattr(inference, "segment", _fake_segment)
         root = Path(scratch)
@@ -168,8 +191,12 @@ def test_any_output_plan_writes_everything_or_nothing_and_never_touches_an_input
         for i, p in enumerate(paths):
             iio.imwrite(p, np.full((6, 5, 3), 40 * i, np.uint8))
         (root / "blocker").write_text("a file")
-        out = {"beside": root / "out", "images folder": images, "inside images": images / "out",
-               "under a file": root / "blocker" / "out"}[where]
+        out = {
+            "beside": root / "out",
+            "images folder": images,
+            "inside images": images / "out",
+            "under a file": root / "blocker" / "out",
+        }[where]
         first = segmentation_outputs(stem(paths[0]), out, fmt, uncertainty)[0]
         if existing and where not in ("under a file",) and first not in paths:
             first.parent.mkdir(parents=True, exist_ok=True)

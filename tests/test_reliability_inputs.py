@@ -15,20 +15,6 @@ import pytest
 import tifffile
 import torch
 import zarr
-
-from napari_mdm import inference
-from napari_mdm.backbone import Backbone
-from napari_mdm.checkpoint import (CheckpointError, load_backbone, read_tensors, save_backbone,
-                                   write_tensors)
-from napari_mdm.backbone import build_backbone
-from napari_mdm.corruption import CorruptionConfig
-from napari_mdm.head import Head, HeadConfig, fit_head
-from napari_mdm.inference import segment, segment_files, segment_stack
-from napari_mdm.io import (collect_images, normalize_image, open_image, read_image, read_labels, split_stack,
-                           write_array)
-from napari_mdm.jobs import UserError
-from napari_mdm.pretrain import PretrainConfig, pretrain
-
 from test_reliability_support import (
     CLASS_VALUES,
     assert_clean_failure,
@@ -37,6 +23,16 @@ from test_reliability_support import (
     snapshot,
     two_region_image,
 )
+
+from napari_mdm import inference
+from napari_mdm.backbone import Backbone, build_backbone
+from napari_mdm.checkpoint import CheckpointError, load_backbone, read_tensors, save_backbone, write_tensors
+from napari_mdm.corruption import CorruptionConfig
+from napari_mdm.head import Head, HeadConfig, fit_head
+from napari_mdm.inference import segment, segment_files, segment_stack
+from napari_mdm.io import collect_images, normalize_image, open_image, read_image, read_labels, split_stack, write_array
+from napari_mdm.jobs import UserError
+from napari_mdm.pretrain import PretrainConfig, pretrain
 
 RNG = np.random.default_rng(0)
 H, W = 20, 30
@@ -137,13 +133,15 @@ def test_images_smaller_than_a_tile_or_thinner_than_the_network_divisor_segment(
 
 def test_images_smaller_than_the_pretraining_crop_are_padded_not_refused():
     torch.manual_seed(0)
-    result = pretrain([two_region_image(10, 20)], None, "tiny", config=PretrainConfig(steps=1, batch_size=2, crop=32),
-                      device="cpu")
+    result = pretrain(
+        [two_region_image(10, 20)], None, "tiny", config=PretrainConfig(steps=1, batch_size=2, crop=32), device="cpu"
+    )
     assert result.step == 1 and np.isfinite(result.losses).all()
 
 
-@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"crop": 0}, {"crop": -8}, {"crop": 12}, {"lr": -1.0},
-                                 {"checkpoint_every": 0}], ids=str)
+@pytest.mark.parametrize(
+    "bad", [{"batch_size": 0}, {"crop": 0}, {"crop": -8}, {"crop": 12}, {"lr": -1.0}, {"checkpoint_every": 0}], ids=str
+)
 def test_unusable_pretraining_settings_are_a_clear_error(bad):
     config = PretrainConfig(**{"steps": 1, "batch_size": 2, "crop": 32, **bad})
     with pytest.raises(UserError):
@@ -403,8 +401,9 @@ def test_pickle_checkpoints_are_refused_by_the_cli_without_running_code(kit, tmp
     evil = _pickle_checkpoints(tmp_path, marker)
     before = snapshot(tmp_path)
     for path in evil[:2]:
-        result = run_cli("segment", "--backbone", path, "--head", kit.head_path, "--images", images, "--out", out,
-                         "--device", "cpu")
+        result = run_cli(
+            "segment", "--backbone", path, "--head", kit.head_path, "--images", images, "--out", out, "--device", "cpu"
+        )
         assert_clean_failure(result, "pickle")
     result = run_cli("segment", "--backbone", kit.backbone_path, "--head", evil[1], "--images", images, "--out", out)
     assert_clean_failure(result, "pickle")
@@ -442,7 +441,7 @@ def test_incomplete_or_newer_head_files_are_clear_errors(kit, tmp_path):
         "another class count": (tensors, {**meta, "class_values": [1, 2, 3]}),
         "settings not an object": (tensors, [1, 2]),
     }
-    for name, (data, settings) in cases.items():
+    for data, settings in cases.values():
         write_tensors(tmp_path / "head.safetensors", data, settings)
         with pytest.raises(CheckpointError, match="incomplete or newer|does not match|not a napari-mdm"):
             Head.load(tmp_path / "head.safetensors")
@@ -503,12 +502,46 @@ def test_cli_bad_inputs_fail_cleanly_and_change_nothing(kit, tmp_path):
         ([*seg, "--backbone", kit.backbone_path, "--images", images], "already exists"),
         ([*seg, "--backbone", kit.backbone_path, "--images", images, tmp_path / "corrupt", "--overwrite"], "z.png"),
         ([*seg, "--backbone", kit.backbone_path, "--images", tmp_path / "nowhere"], "does not exist"),
-        (["train-head", "--backbone", kit.backbone_path, "--images", images, "--labels", images, "--steps", "2",
-          "--ensemble", "1", "--tile", "64", "--out", out / "head.safetensors"], "shape"),
-        (["train-head", "--backbone", kit.backbone_path, "--images", images, "--labels", images, "--steps", "2",
-          "--out", kit.head_path], "already exists"),
-        (["reconstruct", "--backbone", kit.backbone_path, "--image", images / "a.png", "--out", kit.head_path],
-         "use .tif or .zarr"),
+        (
+            [
+                "train-head",
+                "--backbone",
+                kit.backbone_path,
+                "--images",
+                images,
+                "--labels",
+                images,
+                "--steps",
+                "2",
+                "--ensemble",
+                "1",
+                "--tile",
+                "64",
+                "--out",
+                out / "head.safetensors",
+            ],
+            "shape",
+        ),
+        (
+            [
+                "train-head",
+                "--backbone",
+                kit.backbone_path,
+                "--images",
+                images,
+                "--labels",
+                images,
+                "--steps",
+                "2",
+                "--out",
+                kit.head_path,
+            ],
+            "already exists",
+        ),
+        (
+            ["reconstruct", "--backbone", kit.backbone_path, "--image", images / "a.png", "--out", kit.head_path],
+            "use .tif or .zarr",
+        ),
     ]
     before, head_before = snapshot(tmp_path), kit.head_path.read_bytes()
     for args, fragment in cases:

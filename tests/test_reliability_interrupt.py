@@ -12,16 +12,6 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-
-from napari_mdm import checkpoint, inference
-from napari_mdm.backbone import build_backbone
-from napari_mdm.checkpoint import read_tensors, save_backbone
-from napari_mdm.corruption import CorruptionConfig
-from napari_mdm.inference import segment, segment_files
-from napari_mdm.io import read_image, read_labels, write_labels
-from napari_mdm.jobs import Cancelled, UserError
-from napari_mdm.pretrain import PretrainConfig, pretrain, state_path
-
 from test_reliability_support import (
     CLASS_VALUES,
     assert_clean_failure,
@@ -33,12 +23,43 @@ from test_reliability_support import (
     two_region_image,
 )
 
+from napari_mdm import checkpoint, inference
+from napari_mdm.backbone import build_backbone
+from napari_mdm.checkpoint import read_tensors, save_backbone
+from napari_mdm.corruption import CorruptionConfig
+from napari_mdm.inference import segment, segment_files
+from napari_mdm.io import read_image, read_labels, write_labels
+from napari_mdm.jobs import Cancelled, UserError
+from napari_mdm.pretrain import PretrainConfig, pretrain, state_path
+
 STEPS = 12
 
 
 def _pretrain_args(images, out, *extra):
-    return ["pretrain", "--images", images, "--out", out, "--preset", "tiny", "--steps", STEPS, "--batch-size", 2,
-            "--crop", 32, "--checkpoint-every", 3, "--loss", "l2", "--seed", 3, "--device", "cpu", *extra]
+    return [
+        "pretrain",
+        "--images",
+        images,
+        "--out",
+        out,
+        "--preset",
+        "tiny",
+        "--steps",
+        STEPS,
+        "--batch-size",
+        2,
+        "--crop",
+        32,
+        "--checkpoint-every",
+        3,
+        "--loss",
+        "l2",
+        "--seed",
+        3,
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def _saved_step(path) -> int:
@@ -57,8 +78,12 @@ def test_a_killed_or_time_limited_pretraining_resumes_to_the_weights_of_an_unint
     config = PretrainConfig(steps=STEPS, batch_size=2, crop=32, checkpoint_every=3, loss="l2", seed=3)
     pretrain([read_image(p) for p in sorted(images.iterdir())], whole, "tiny", config=config, device="cpu")
 
-    proc = subprocess.Popen(cli_command(*_pretrain_args(images, interrupted)), env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli_command(*_pretrain_args(images, interrupted)),
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 240
         while not state_path(interrupted).exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -130,8 +155,9 @@ def test_cancel_keeps_finished_outputs_whole_and_leaves_no_partial_file(kit, thr
     out = tmp_path / "out"
     stop = StopAfter(images=1, polls=polls)
     with pytest.raises(Cancelled):
-        segment_files(kit.backbone, kit.head, three_images, out, uncertainty=True, progress=stop.progress,
-                      should_stop=stop)
+        segment_files(
+            kit.backbone, kit.head, three_images, out, uncertainty=True, progress=stop.progress, should_stop=stop
+        )
     assert sorted(p.name for p in out.iterdir()) == ["img0.tif", "img0_uncertainty.tif"]
     expected = segment(kit.backbone, kit.head, read_image(three_images[0]))
     assert np.array_equal(read_labels(out / "img0.tif"), expected.labels)
@@ -197,8 +223,19 @@ def test_cli_segment_and_train_head_refuse_to_overwrite(kit, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.tif").write_bytes(b"an earlier result")
-    args = ["segment", "--backbone", kit.backbone_path, "--head", kit.head_path, "--images", tmp_path / "images",
-            "--out", out, "--device", "cpu"]
+    args = [
+        "segment",
+        "--backbone",
+        kit.backbone_path,
+        "--head",
+        kit.head_path,
+        "--images",
+        tmp_path / "images",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    ]
     assert_clean_failure(run_cli(*args), "already exists", "--overwrite")
     assert (out / "a.tif").read_bytes() == b"an earlier result"
     replaced = run_cli(*args, "--overwrite")
@@ -221,8 +258,9 @@ def _half_then_fail(error: BaseException):
     return write
 
 
-@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()],
-                         ids=["disk full", "interrupted"])
+@pytest.mark.parametrize(
+    "error", [OSError(28, "No space left on device"), KeyboardInterrupt()], ids=["disk full", "interrupted"]
+)
 def test_a_failed_head_or_backbone_save_leaves_the_old_file_intact(kit, tmp_path, monkeypatch, error):
     head_file, backbone_file = tmp_path / "head.safetensors", tmp_path / "bb.safetensors"
     kit.head.save(head_file)
@@ -258,6 +296,17 @@ def test_an_output_folder_that_cannot_be_created_is_a_clear_error(kit, tmp_path)
         write_labels(blocker / "mask.tif", np.ones((4, 4), np.uint8))
     (tmp_path / "images").mkdir()
     iio.imwrite(tmp_path / "images" / "a.png", np.zeros((16, 16, 3), np.uint8))
-    result = run_cli("segment", "--backbone", kit.backbone_path, "--head", kit.head_path, "--images",
-                     tmp_path / "images", "--out", blocker / "out", "--device", "cpu")
+    result = run_cli(
+        "segment",
+        "--backbone",
+        kit.backbone_path,
+        "--head",
+        kit.head_path,
+        "--images",
+        tmp_path / "images",
+        "--out",
+        blocker / "out",
+        "--device",
+        "cpu",
+    )
     assert_clean_failure(result, "cannot write")

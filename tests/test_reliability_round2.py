@@ -20,11 +20,25 @@ import tifffile
 import torch
 import zarr
 from PIL import Image
+from test_reliability_support import (
+    CLASS_VALUES,
+    leftovers,
+    snapshot,
+    sparse_labels,
+    train_head,
+    two_region_image,
+)
 
 from napari_mdm import cli
 from napari_mdm.backbone import PRESETS, build_backbone
-from napari_mdm.checkpoint import (CheckpointError, load_backbone, random_backbone, read_tensors, save_backbone,
-                                   write_tensors)
+from napari_mdm.checkpoint import (
+    CheckpointError,
+    load_backbone,
+    random_backbone,
+    read_tensors,
+    save_backbone,
+    write_tensors,
+)
 from napari_mdm.corruption import CorruptionConfig
 from napari_mdm.features import FeatureConfig, num_channels, resolve_config
 from napari_mdm.files import atomic_output, check_writable, plan_outputs
@@ -34,15 +48,6 @@ from napari_mdm.io import collect_images, open_image, read_image, read_labels, w
 from napari_mdm.jobs import UserError
 from napari_mdm.naming import companion, segmentation_outputs, stem
 from napari_mdm.pretrain import PretrainConfig, pretrain, training_memory_bytes
-
-from test_reliability_support import (
-    CLASS_VALUES,
-    leftovers,
-    snapshot,
-    sparse_labels,
-    train_head,
-    two_region_image,
-)
 
 
 @pytest.fixture(autouse=True)
@@ -81,10 +86,12 @@ def test_a_folder_is_never_replaced_by_a_file_even_with_overwrite(kit, tmp_path,
     folder = tmp_path / "results.tif"
     folder.mkdir()
     (folder / "precious.txt").write_text("keep")
-    save = {"mask": lambda: write_labels(folder, np.ones((4, 4), np.uint8), overwrite=True),
-            "head": lambda: kit.head.save(folder, overwrite=True),
-            "backbone": lambda: save_backbone(folder, build_backbone("tiny"), CorruptionConfig(), overwrite=True),
-            "tensors": lambda: write_tensors(folder, {"x": torch.ones(2)}, {}, overwrite=True)}[writer]
+    save = {
+        "mask": lambda: write_labels(folder, np.ones((4, 4), np.uint8), overwrite=True),
+        "head": lambda: kit.head.save(folder, overwrite=True),
+        "backbone": lambda: save_backbone(folder, build_backbone("tiny"), CorruptionConfig(), overwrite=True),
+        "tensors": lambda: write_tensors(folder, {"x": torch.ones(2)}, {}, overwrite=True),
+    }[writer]
     with pytest.raises(UserError, match="cannot write .*it is a folder"):
         save()
     assert (folder / "precious.txt").read_text() == "keep" and leftovers(tmp_path) == []
@@ -101,8 +108,19 @@ def test_cli_train_head_never_replaces_a_folder(kit, tmp_path, capsys, monkeypat
     (target / "precious.txt").write_text("keep")
     monkeypatch.chdir(target)
     monkeypatch.setattr(cli, "_backbone", lambda args: pytest.fail("the output must be checked before any work"))
-    status, err = _cli(capsys, "train-head", "--backbone", kit.backbone_path, "--images", images / "a.png",
-                       "--labels", images / "a_mask.png", "--out", target if out == "folder" else ".", "--overwrite")
+    status, err = _cli(
+        capsys,
+        "train-head",
+        "--backbone",
+        kit.backbone_path,
+        "--images",
+        images / "a.png",
+        "--labels",
+        images / "a_mask.png",
+        "--out",
+        target if out == "folder" else ".",
+        "--overwrite",
+    )
     assert status == 2
     _one_line(err, "cannot write", "it is a folder")
     assert (target / "precious.txt").read_text() == "keep"
@@ -118,8 +136,23 @@ def test_segment_never_writes_over_its_inputs(kit, tmp_path, capsys):
     (tmp_path / "link").symlink_to(images)
     with pytest.raises(UserError, match="is the folder of the images"):
         segment_files(kit.backbone, kit.head, [images / "a.png"], tmp_path / "link", fmt="png", overwrite=True)
-    status, err = _cli(capsys, "segment", "--backbone", kit.backbone_path, "--head", kit.head_path, "--images", images,
-                       "--out", images, "--format", "png", "--overwrite", "--device", "cpu")
+    status, err = _cli(
+        capsys,
+        "segment",
+        "--backbone",
+        kit.backbone_path,
+        "--head",
+        kit.head_path,
+        "--images",
+        images,
+        "--out",
+        images,
+        "--format",
+        "png",
+        "--overwrite",
+        "--device",
+        "cpu",
+    )
     assert status == 2 and "is the folder of the images" in _one_line(err)
     (tmp_path / "link").unlink()
     assert snapshot(tmp_path) == before
@@ -156,16 +189,38 @@ def test_cli_pretrain_plans_weights_side_file_and_state_before_work(tmp_path, ca
     images.mkdir()
     _png(images / "a.png", 32, 32)
     (tmp_path / "m.json").write_text("my notes")
-    out = {"side file exists": tmp_path / "m.safetensors", "out is the side file": tmp_path / "bb.json",
-           "out is an image": images / "a.png", "out is .": "."}[case]
+    out = {
+        "side file exists": tmp_path / "m.safetensors",
+        "out is the side file": tmp_path / "bb.json",
+        "out is an image": images / "a.png",
+        "out is .": ".",
+    }[case]
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("napari_mdm.pretrain.pretrain", lambda *a, **k: pytest.fail("planned before any work"))
     before = snapshot(tmp_path)
-    status, err = _cli(capsys, "pretrain", "--images", images, "--out", out, "--steps", 1, "--crop", 32,
-                       *(["--overwrite"] if case != "side file exists" else []))
+    status, err = _cli(
+        capsys,
+        "pretrain",
+        "--images",
+        images,
+        "--out",
+        out,
+        "--steps",
+        1,
+        "--crop",
+        32,
+        *(["--overwrite"] if case != "side file exists" else []),
+    )
     assert status == 2
-    _one_line(err, {"side file exists": "m.json already exists", "out is the side file": "same output bb.json",
-                    "out is an image": "is an input of this run", "out is .": "cannot write .: it is a folder"}[case])
+    _one_line(
+        err,
+        {
+            "side file exists": "m.json already exists",
+            "out is the side file": "same output bb.json",
+            "out is an image": "is an input of this run",
+            "out is .": "cannot write .: it is a folder",
+        }[case],
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -190,8 +245,12 @@ def _read_only_file_system(*args, **kwargs):
 def test_unwritable_outputs_say_cannot_write_path_why_before_any_work(tmp_path, monkeypatch, where):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    target = {"name of 260 characters": tmp_path / ("n" * 256 + ".tif"), "/proc": "/proc/napari-mdm-test.tif",
-              "under a file": blocker / "out" / "m.tif", "read-only": tmp_path / "m.tif"}[where]
+    target = {
+        "name of 260 characters": tmp_path / ("n" * 256 + ".tif"),
+        "/proc": "/proc/napari-mdm-test.tif",
+        "under a file": blocker / "out" / "m.tif",
+        "read-only": tmp_path / "m.tif",
+    }[where]
     if where == "read-only":  # tests may run as root, which ignores permission bits: fail the probe itself
         monkeypatch.setattr("pathlib.Path.touch", _read_only_file_system)
     with pytest.raises(UserError, match=f"cannot write {target}: "):
@@ -218,8 +277,16 @@ def test_segment_checks_the_output_location_before_loading_or_computing(kit, tmp
     _png(tmp_path / "a.png")
     (tmp_path / "blocker").write_text("x")
     monkeypatch.setattr(cli, "_backbone", lambda args: pytest.fail("the output must be checked first"))
-    status, err = _cli(capsys, "segment", "--head", kit.head_path, "--images", tmp_path / "a.png",
-                       "--out", tmp_path / "blocker" / "out")
+    status, err = _cli(
+        capsys,
+        "segment",
+        "--head",
+        kit.head_path,
+        "--images",
+        tmp_path / "a.png",
+        "--out",
+        tmp_path / "blocker" / "out",
+    )
     assert status == 2 and "cannot write" in _one_line(err)
 
 
@@ -244,8 +311,14 @@ def test_a_safetensors_header_length_ending_in_0x80_is_read(tmp_path):
 def test_a_head_written_with_a_long_backbone_path_loads_back(kit, tmp_path):
     """The issue's reproduction: 1 in 32 heads failed, e.g. one recording a 203-character backbone path."""
     for n in range(150, 150 + 256):  # the header length's low byte takes every value once
-        head = Head(kit.head.net, kit.head.class_values, kit.head.mean, kit.head.std, kit.head.config,
-                    replace(kit.head.context, backbone_name="b" * n))
+        head = Head(
+            kit.head.net,
+            kit.head.class_values,
+            kit.head.mean,
+            kit.head.std,
+            kit.head.config,
+            replace(kit.head.context, backbone_name="b" * n),
+        )
         head.save(tmp_path / "h.safetensors")
         if (tmp_path / "h.safetensors").read_bytes()[0] == 0x80:
             break
@@ -270,8 +343,15 @@ def test_torch_zip_checkpoints_are_named_as_pickles(tmp_path):
 # --- label ids ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ids, dtype", [([0, 3_000_000_000], np.uint32), ([7, 4_294_967_295], np.uint64),
-                                        ([1.0, 3e9], np.float64), ([2, 70_000], np.int64)])
+@pytest.mark.parametrize(
+    "ids, dtype",
+    [
+        ([0, 3_000_000_000], np.uint32),
+        ([7, 4_294_967_295], np.uint64),
+        ([1.0, 3e9], np.float64),
+        ([2, 70_000], np.int64),
+    ],
+)
 def test_large_label_ids_survive_a_round_trip_exactly(tmp_path, ids, dtype):
     labels = np.array([ids * 2], dtype=dtype).reshape(2, 2)
     tifffile.imwrite(tmp_path / "l.tif", labels)
@@ -281,8 +361,9 @@ def test_large_label_ids_survive_a_round_trip_exactly(tmp_path, ids, dtype):
     assert read_labels(tmp_path / "out.tif").tolist() == read.tolist()
 
 
-@pytest.mark.parametrize("value, dtype", [(2**32, np.uint64), (2**63 + 5, np.uint64), (1e20, np.float64),
-                                          (2**40, np.int64)])
+@pytest.mark.parametrize(
+    "value, dtype", [(2**32, np.uint64), (2**63 + 5, np.uint64), (1e20, np.float64), (2**40, np.int64)]
+)
 def test_label_ids_beyond_32_bits_are_refused_not_wrapped(tmp_path, value, dtype):
     tifffile.imwrite(tmp_path / "l.tif", np.array([[0, value]], dtype=dtype))
     with pytest.raises(UserError, match="label id .* is too large: ids must be 0..4294967295"):
@@ -311,8 +392,16 @@ def test_palette_png_labels_are_read_as_indices_not_colours(tmp_path):
 # --- names with dots ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, expected", [("scan.01.png", "scan.01"), ("a.b.c.tif", "a.b.c"), ("x.zarr", "x"),
-                                            ("plain", "plain"), (".hidden.png", ".hidden")])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("scan.01.png", "scan.01"),
+        ("a.b.c.tif", "a.b.c"),
+        ("x.zarr", "x"),
+        ("plain", "plain"),
+        (".hidden.png", ".hidden"),
+    ],
+)
 def test_the_stem_is_the_name_up_to_its_last_suffix(name, expected):
     assert stem(name) == expected
 
@@ -361,13 +450,21 @@ def _crafted_backbone(tmp_path, **unet):
     return write_tensors(tmp_path / "crafted.safetensors", state, meta)
 
 
-@pytest.mark.parametrize("unet, fragment", [
-    ({"base_channels": 4096}, "base_channels must be in"), ({"channel_mult": [1] * 40}, "at most 16"),
-    ({"num_res_blocks": 100}, "num_res_blocks"), ({"base_channels": 1024}, "does not match its architecture"),
-    ({"channel_mult": []}, "at least one level"), ({"head_channels": 0}, "head_channels"),
-    ({"in_channels": 1}, "in_channels"), ({"base_channels": "32"}, "must be an integer"),
-    ({"dropout": float("nan")}, "finite"), ({"attention_at": [8, True]}, "a number"),
-])
+@pytest.mark.parametrize(
+    "unet, fragment",
+    [
+        ({"base_channels": 4096}, "base_channels must be in"),
+        ({"channel_mult": [1] * 40}, "at most 16"),
+        ({"num_res_blocks": 100}, "num_res_blocks"),
+        ({"base_channels": 1024}, "does not match its architecture"),
+        ({"channel_mult": []}, "at least one level"),
+        ({"head_channels": 0}, "head_channels"),
+        ({"in_channels": 1}, "in_channels"),
+        ({"base_channels": "32"}, "must be an integer"),
+        ({"dropout": float("nan")}, "finite"),
+        ({"attention_at": [8, True]}, "a number"),
+    ],
+)
 def test_checkpoint_settings_that_disagree_with_the_weights_fail_before_building(tmp_path, unet, fragment):
     path = _crafted_backbone(tmp_path, **unet)
     with pytest.raises(CheckpointError, match=fragment):
@@ -376,34 +473,62 @@ def test_checkpoint_settings_that_disagree_with_the_weights_fail_before_building
 
 def test_head_settings_that_disagree_with_the_weights_fail_before_building(kit, tmp_path):
     tensors, meta = read_tensors(kit.head_path)
-    for change, fragment in [({"config": {**meta["config"], "ensemble": 10**6}}, "ensemble must be in"),
-                             ({"config": {**meta["config"], "hidden": [60_000, 60_000]}}, "does not match"),
-                             ({"class_values": [1, 1]}, "distinct"), ({"class_values": [1, 2**40]}, "label ids"),
-                             ({"context": [1]}, "malformed")]:
+    for change, fragment in [
+        ({"config": {**meta["config"], "ensemble": 10**6}}, "ensemble must be in"),
+        ({"config": {**meta["config"], "hidden": [60_000, 60_000]}}, "does not match"),
+        ({"class_values": [1, 1]}, "distinct"),
+        ({"class_values": [1, 2**40]}, "label ids"),
+        ({"context": [1]}, "malformed"),
+    ]:
         write_tensors(tmp_path / "h.safetensors", tensors, {**meta, **change})
         with pytest.raises(CheckpointError, match=fragment):
             Head.load(tmp_path / "h.safetensors")
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--seed", "-1"], "--seed: must be at least 0"), (["--steps", "0"], "--steps: must be at least 1"),
-    (["--device", "cpu:x"], "unknown device 'cpu:x'"), (["--device", "cuda:7"], "not available"),
-    (["--ensemble", "0"], "--ensemble: must be at least 1"), (["--tile", "x"], "expected an integer"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--seed", "-1"], "--seed: must be at least 0"),
+        (["--steps", "0"], "--steps: must be at least 1"),
+        (["--device", "cpu:x"], "unknown device 'cpu:x'"),
+        (["--device", "cuda:7"], "not available"),
+        (["--ensemble", "0"], "--ensemble: must be at least 1"),
+        (["--tile", "x"], "expected an integer"),
+    ],
+)
 def test_bad_options_are_one_line(kit, tmp_path, capsys, args, fragment):
     _png(tmp_path / "a.png")
     iio.imwrite(tmp_path / "a_mask.png", sparse_labels(24, 24).astype(np.uint8))
-    status, err = _cli(capsys, "train-head", "--backbone", kit.backbone_path, "--images", tmp_path / "a.png",
-                       "--labels", tmp_path / "a_mask.png", "--out", tmp_path / "h.safetensors", *args)
+    status, err = _cli(
+        capsys,
+        "train-head",
+        "--backbone",
+        kit.backbone_path,
+        "--images",
+        tmp_path / "a.png",
+        "--labels",
+        tmp_path / "a_mask.png",
+        "--out",
+        tmp_path / "h.safetensors",
+        *args,
+    )
     assert status == 2
     _one_line(err, "napari-mdm train-head: error:", fragment)
     assert not (tmp_path / "h.safetensors").exists()
 
 
-@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                                   RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't "
-                                                "allocate memory: you tried to allocate 1099511627776 bytes"),
-                                   torch.OutOfMemoryError("CUDA out of memory")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't "
+            "allocate memory: you tried to allocate 1099511627776 bytes"
+        ),
+        torch.OutOfMemoryError("CUDA out of memory"),
+    ],
+)
 def test_running_out_of_memory_in_any_form_is_one_line(monkeypatch, capsys, tmp_path, error):
     def exhausted(args):
         raise error
@@ -498,8 +623,22 @@ def test_compressed_tiffs_are_read(tmp_path, compression):
 def test_pretrain_reads_each_plane_of_a_stack(tmp_path, capsys):
     stack = np.stack([(two_region_image(32, 32, seed=i) * 255).astype(np.uint8) for i in range(5)])
     tifffile.imwrite(tmp_path / "stack.tif", stack)
-    status, err = _cli(capsys, "pretrain", "--images", tmp_path / "stack.tif", "--out", tmp_path / "m.safetensors",
-                       "--steps", 1, "--crop", 16, "--batch-size", 2, "--device", "cpu")
+    status, err = _cli(
+        capsys,
+        "pretrain",
+        "--images",
+        tmp_path / "stack.tif",
+        "--out",
+        tmp_path / "m.safetensors",
+        "--steps",
+        1,
+        "--crop",
+        16,
+        "--batch-size",
+        2,
+        "--device",
+        "cpu",
+    )
     assert status == 0, err
     assert load_backbone(tmp_path / "m.safetensors").provenance["images"] == 5
 
@@ -507,8 +646,16 @@ def test_pretrain_reads_each_plane_of_a_stack(tmp_path, capsys):
 def test_reconstruct_refuses_an_output_that_cannot_hold_a_stack_before_any_work(kit, tmp_path, capsys, monkeypatch):
     _png(tmp_path / "a.png")
     monkeypatch.setattr(cli, "_backbone", lambda args: pytest.fail("the output must be checked first"))
-    status, err = _cli(capsys, "reconstruct", "--backbone", kit.backbone_path, "--image", tmp_path / "a.png",
-                       "--out", tmp_path / "r.png")
+    status, err = _cli(
+        capsys,
+        "reconstruct",
+        "--backbone",
+        kit.backbone_path,
+        "--image",
+        tmp_path / "a.png",
+        "--out",
+        tmp_path / "r.png",
+    )
     assert status == 2 and "use .tif or .zarr" in _one_line(err)
 
 
@@ -560,9 +707,29 @@ def test_a_real_sigterm_stops_pretraining_in_one_line_and_keeps_its_checkpoint(t
 
     _png(tmp_path / "a.png", 32, 32)
     out = tmp_path / "m.safetensors"
-    proc = subprocess.Popen(cli_command("pretrain", "--images", tmp_path / "a.png", "--out", out, "--steps", 100000,
-                                        "--crop", 16, "--batch-size", 1, "--checkpoint-every", 1, "--device", "cpu"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    proc = subprocess.Popen(
+        cli_command(
+            "pretrain",
+            "--images",
+            tmp_path / "a.png",
+            "--out",
+            out,
+            "--steps",
+            100000,
+            "--crop",
+            16,
+            "--batch-size",
+            1,
+            "--checkpoint-every",
+            1,
+            "--device",
+            "cpu",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
     deadline = time.monotonic() + 240
     while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -588,5 +755,6 @@ def test_a_damaged_training_state_is_a_clear_error_on_resume(tmp_path):
             meta["train"] = [1]
         write_tensors(state_path(out), tensors, meta)
         with pytest.raises(CheckpointError, match="cannot resume from|does not match its architecture"):
-            pretrain([image], out, "tiny", config=PretrainConfig(steps=2, crop=16, batch_size=1), device="cpu",
-                     resume=True)
+            pretrain(
+                [image], out, "tiny", config=PretrainConfig(steps=2, crop=16, batch_size=1), device="cpu", resume=True
+            )

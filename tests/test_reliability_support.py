@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_mdm.backbone import build_backbone
-from napari_mdm.backbone import Backbone
+from napari_mdm.backbone import Backbone, build_backbone
 from napari_mdm.checkpoint import load_backbone, save_backbone
 from napari_mdm.corruption import CorruptionConfig
 from napari_mdm.features import FeatureConfig, extract_features, resolve_config
@@ -90,7 +89,9 @@ def cli_command(*args: str | os.PathLike) -> list[str]:
 
 
 def run_cli(*args: str | os.PathLike, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cli_command(*args), capture_output=True, text=True, env=cli_env(), cwd=cwd, timeout=300)
+    return subprocess.run(
+        cli_command(*args), capture_output=True, text=True, env=cli_env(), cwd=cwd, timeout=300, check=False
+    )
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -32,8 +32,13 @@ def _tissue(seed: int = 0) -> np.ndarray:
 
 def _write_tiff(path, img: np.ndarray) -> None:
     with tifffile.TiffWriter(path, ome=True) as tif:
-        tif.write(img, subifds=1, tile=(64, 64), photometric="rgb",
-                  metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        tif.write(
+            img,
+            subifds=1,
+            tile=(64, 64),
+            photometric="rgb",
+            metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5},
+        )
         tif.write(img[::2, ::2], subfiletype=1, tile=(64, 64), photometric="rgb")
 
 
@@ -46,15 +51,22 @@ def slide(tmp_path_factory):
     labels = np.zeros((H, W), np.uint8)
     labels[10:60, 140:200], labels[110:170, 240:300] = 1, 2
     # all channels: with 40 steps on the untrained backbone, 64 projected channels reach 87 % in one region
-    head = train_head(random_backbone("tiny"), [img.astype(np.float32) / 255], [labels], FeatureConfig(tile=128, project=0),
-                      HeadConfig(ensemble=2, steps=40, batch_size=128), mpp=0.5)
+    head = train_head(
+        random_backbone("tiny"),
+        [img.astype(np.float32) / 255],
+        [labels],
+        FeatureConfig(tile=128, project=0),
+        HeadConfig(ensemble=2, steps=40, batch_size=128),
+        mpp=0.5,
+    )
     head.save(root / "head.safetensors")
     return root
 
 
 def _segment(slide, out, **kwargs):
-    return segment_slide("random-tiny", slide / "head.safetensors", slide / "slide.ome.tif", out, chunk=CHUNK,
-                         halo=16, **kwargs)
+    return segment_slide(
+        "random-tiny", slide / "head.safetensors", slide / "slide.ome.tif", out, chunk=CHUNK, halo=16, **kwargs
+    )
 
 
 def test_pyramidal_tiff_levels_are_read_lazily_by_index_or_mpp(slide):
@@ -74,11 +86,17 @@ def test_ome_zarr_images_are_slides_too(tmp_path):
     img = _tissue()
     for i, data in enumerate((img, img[::2, ::2])):
         group.create_array(str(i), shape=data.shape, chunks=(64, 64, 3), dtype=data.dtype)[...] = data
-    group.attrs["multiscales"] = [{
-        "version": "0.4", "axes": [{"name": n, "type": "space", "unit": "micrometer"} for n in "yx"] + [
-            {"name": "c", "type": "channel"}],
-        "datasets": [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [s, s, 1]}]}
-                     for i, s in enumerate((0.25, 0.5))]}]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": n, "type": "space", "unit": "micrometer"} for n in "yx"]
+            + [{"name": "c", "type": "channel"}],
+            "datasets": [
+                {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [s, s, 1]}]}
+                for i, s in enumerate((0.25, 0.5))
+            ],
+        }
+    ]
     levels = slide_levels(tmp_path / "image.ome.zarr")
     assert [lv.shape for lv in levels] == [(H, W), (H // 2, W // 2)]
     # the unit is on the last axis here (channels): no mpp claimed rather than a wrong one
@@ -106,12 +124,17 @@ def test_a_cancelled_slide_job_resumes_and_ends_as_an_uninterrupted_one(slide, t
     whole = _segment(slide, tmp_path / "whole.ome.zarr")
     progressed = []
     with pytest.raises(Cancelled):
-        _segment(slide, tmp_path / "cut.ome.zarr", progress=lambda done, total, info: progressed.append(done),
-                 should_stop=lambda: len(progressed) >= 2)
+        _segment(
+            slide,
+            tmp_path / "cut.ome.zarr",
+            progress=lambda done, total, info: progressed.append(done),
+            should_stop=lambda: len(progressed) >= 2,
+        )
     again = _segment(slide, tmp_path / "cut.ome.zarr")
     assert again.resumed >= 2 and again.resumed + again.computed == whole.computed
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "cut.ome.zarr/0"))[:],
-                                  zarr.open_array(str(tmp_path / "whole.ome.zarr/0"))[:])
+    np.testing.assert_array_equal(
+        zarr.open_array(str(tmp_path / "cut.ome.zarr/0"))[:], zarr.open_array(str(tmp_path / "whole.ome.zarr/0"))[:]
+    )
 
 
 def test_the_same_graph_runs_on_a_two_worker_cluster(slide, tmp_path):
@@ -120,13 +143,25 @@ def test_the_same_graph_runs_on_a_two_worker_cluster(slide, tmp_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         result = _segment(slide, tmp_path / "cluster.ome.zarr", scheduler=cluster.scheduler_address)
     assert result.computed == 4
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "cluster.ome.zarr/0"))[:],
-                                  zarr.open_array(str(tmp_path / "local.ome.zarr/0"))[:])
+    np.testing.assert_array_equal(
+        zarr.open_array(str(tmp_path / "cluster.ome.zarr/0"))[:], zarr.open_array(str(tmp_path / "local.ome.zarr/0"))[:]
+    )
 
 
 def test_the_cli_segments_a_slide_and_refuses_to_mix_jobs(slide, tmp_path, capsys):
-    args = ["segment-slide", "--backbone", "random-tiny", "--head", str(slide / "head.safetensors"),
-            "--slide", str(slide / "slide.ome.tif"), "--out", str(tmp_path / "out.ome.zarr"), "--chunk", "128"]
+    args = [
+        "segment-slide",
+        "--backbone",
+        "random-tiny",
+        "--head",
+        str(slide / "head.safetensors"),
+        "--slide",
+        str(slide / "slide.ome.tif"),
+        "--out",
+        str(tmp_path / "out.ome.zarr"),
+        "--chunk",
+        "128",
+    ]
     assert main(args) == 0 and "4 chunks segmented" in capsys.readouterr().out
     assert main(args) == 0 and "4 done by an earlier run" in capsys.readouterr().out
     assert main([*args[:-2], "--chunk", "256"]) == 2

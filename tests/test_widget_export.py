@@ -29,8 +29,9 @@ def ready(make_napari_viewer, tiny_backbone):
     labels[:, :6], labels[:, -6:] = 1, 2
     config = FeatureConfig()
     feats = extract_features(tiny_backbone, image, config)
-    head = fit_head([feats], [labels], HeadConfig(ensemble=2, steps=30),
-                    context=HeadContext.for_backbone(tiny_backbone, config))
+    head = fit_head(
+        [feats], [labels], HeadConfig(ensemble=2, steps=30), context=HeadContext.for_backbone(tiny_backbone, config)
+    )
     viewer = make_napari_viewer()
     session_for(viewer).set_backbone(tiny_backbone)
     session_for(viewer).set_head(head)

@@ -51,8 +51,10 @@ def test_one_job_at_a_time_and_cancel(panel, qtbot, notes):
     assert panel.status.value == "Long: cancelled" and notes()[-1] == "Long: cancelled"
 
 
-@pytest.mark.parametrize("error, message", [(UserError("paint two classes"), "Job: paint two classes"),
-                                            (ValueError("bad"), "Job failed: ValueError: bad")])
+@pytest.mark.parametrize(
+    "error, message",
+    [(UserError("paint two classes"), "Job: paint two classes"), (ValueError("bad"), "Job failed: ValueError: bad")],
+)
 def test_errors_become_notifications(panel, qtbot, notes, error, message):
     def compute(progress, should_stop):
         raise error

@@ -1,7 +1,8 @@
 """Dock widgets: the only modules that import Qt or napari."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 PANEL = "napari-mdm"
 WIDGETS = ("Backbone", "Few-shot segmentation", "Reconstructions", "Segment and export")

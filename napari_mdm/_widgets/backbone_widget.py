@@ -25,64 +25,146 @@ class BackboneWidget(Container):
     """Choose, train and save the backbone every other napari-mdm widget of this viewer uses."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        from ..backbone import DEFAULT_PRESET, PRESETS
+        from ..checkpoint import RANDOM_PREFIX
+
+        self.viewer = viewer = unwrap(viewer)
+        self.session = session_for(viewer)
+        self.current = Label(value="no backbone loaded yet")
+        self.current.native.setWordWrap(True)  # long names and notes must not widen the dock
+        self._make_loading_controls()
+        self._make_training_controls()
+        super().__init__(
+            widgets=[
+                self.current,
+                self.device,
+                self.device_note,
+                self.shipped,
+                self.load_shipped,
+                self.checkpoint,
+                self.load_file,
+                Label(value="— pretrain / fine-tune —"),
+                self.preset,
+                self.mode,
+                self.steps,
+                self.batch,
+                self.crop,
+                self.data,
+                self.folder,
+                self.fine_tune,
+                self.train,
+                self.jobs,
+                self.save_path,
+                self.save,
+            ]
+        )
+        if self.shipped.value.startswith(RANDOM_PREFIX):
+            self.current.value = (
+                f"the shipped histology backbone is missing from this installation; "
+                f"{self.shipped.value} (untrained) is preselected"
+            )
+        self._connect(viewer)
+
+    def _make_loading_controls(self) -> None:
+        """Device and backbone choosers: the shipped networks, the untrained controls, a file."""
+        from ..backbone import PRESETS
         from ..checkpoint import RANDOM_PREFIX, default_backbone_name, shipped_backbones
-        from ..corruption import MODES, CorruptionConfig
         from ..devices import available_devices
+
+        devices = available_devices()
+        built_in = [*shipped_backbones(), *(f"{RANDOM_PREFIX}{preset}" for preset in PRESETS if preset != "paper")]
+
+        self.device = ComboBox(
+            choices=["auto", *devices],
+            value="auto",
+            label="device",
+            tooltip="Where the network runs: a GPU (cuda, mps) is much faster than the CPU",
+        )
+        self.device_note = Label(value=f"available: {', '.join(devices)} (auto = {devices[0]})")
+        self.shipped = ComboBox(
+            choices=built_in,
+            value=default_backbone_name(),
+            label="built-in",
+            tooltip="Networks that come with napari-mdm: 'histology' was pretrained on "
+            "tissue images; the 'random' ones are untrained, for comparison",
+        )
+        self.load_shipped = PushButton(text="Load built-in backbone", tooltip="Use the network chosen above")
+        self.checkpoint = FileEdit(
+            mode="r",
+            filter="*.safetensors",
+            label="file",
+            tooltip="A backbone saved earlier with 'Save checkpoint' (.safetensors)",
+        )
+        self.load_file = PushButton(text="Load file", tooltip="Use the backbone in the chosen file")
+
+    def _make_training_controls(self) -> None:
+        """The pretraining controls, their defaults read from PretrainConfig."""
+        from ..backbone import DEFAULT_PRESET, PRESETS
+        from ..corruption import MODES, CorruptionConfig
         from ..pretrain import PretrainConfig
 
         defaults = PretrainConfig()
 
-        self.viewer = viewer = unwrap(viewer)
-        self.session = session_for(viewer)
-        devices = available_devices()
-        built_in = [*shipped_backbones(), *(f"{RANDOM_PREFIX}{preset}" for preset in PRESETS if preset != "paper")]
-        self.current = Label(value="no backbone loaded yet")
-        self.current.native.setWordWrap(True)  # long names and notes must not widen the dock
-        self.device = ComboBox(choices=["auto", *devices], value="auto", label="device",
-                               tooltip="Where the network runs: a GPU (cuda, mps) is much faster than the CPU")
-        self.device_note = Label(value=f"available: {', '.join(devices)} (auto = {devices[0]})")
-        self.shipped = ComboBox(choices=built_in, value=default_backbone_name(), label="built-in",
-                                tooltip="Networks that come with napari-mdm: 'histology' was pretrained on "
-                                        "tissue images; the 'random' ones are untrained, for comparison")
-        self.load_shipped = PushButton(text="Load built-in backbone", tooltip="Use the network chosen above")
-        self.checkpoint = FileEdit(mode="r", filter="*.safetensors", label="file",
-                                   tooltip="A backbone saved earlier with 'Save checkpoint' (.safetensors)")
-        self.load_file = PushButton(text="Load file", tooltip="Use the backbone in the chosen file")
-        self.preset = ComboBox(choices=list(PRESETS), value=DEFAULT_PRESET, label="preset",
-                               tooltip="Network size: tiny trains in minutes on a CPU; small and paper need a GPU")
-        self.mode = ComboBox(choices=list(MODES), value=CorruptionConfig().mode, label="corruption",
-                             tooltip="How images are hidden during training: mdm masks patches (best for "
-                                     "segmentation), ddpm adds noise, umd and maskdm mix both")
-        self.steps = SpinBox(value=defaults.steps, min=1, max=1_000_000, label="steps",
-                             tooltip="Training steps; more steps learn your images better")
-        self.batch = SpinBox(value=defaults.batch_size, min=1, max=256, label="batch size",
-                             tooltip="Crops per step; lower it if memory runs out")
-        self.crop = SpinBox(value=defaults.crop, min=16, max=1024, step=16, label="crop",
-                            tooltip="Side in pixels of the squares cut from the images for training")
-        self.data = ComboBox(choices=[LAYERS, FOLDER], value=LAYERS, label="train on",
-                             tooltip="Learn from the images open in napari, or from every image in a folder")
+        self.preset = ComboBox(
+            choices=list(PRESETS),
+            value=DEFAULT_PRESET,
+            label="preset",
+            tooltip="Network size: tiny trains in minutes on a CPU; small and paper need a GPU",
+        )
+        self.mode = ComboBox(
+            choices=list(MODES),
+            value=CorruptionConfig().mode,
+            label="corruption",
+            tooltip="How images are hidden during training: mdm masks patches (best for "
+            "segmentation), ddpm adds noise, umd and maskdm mix both",
+        )
+        self.steps = SpinBox(
+            value=defaults.steps,
+            min=1,
+            max=1_000_000,
+            label="steps",
+            tooltip="Training steps; more steps learn your images better",
+        )
+        self.batch = SpinBox(
+            value=defaults.batch_size,
+            min=1,
+            max=256,
+            label="batch size",
+            tooltip="Crops per step; lower it if memory runs out",
+        )
+        self.crop = SpinBox(
+            value=defaults.crop,
+            min=16,
+            max=1024,
+            step=16,
+            label="crop",
+            tooltip="Side in pixels of the squares cut from the images for training",
+        )
+        self.data = ComboBox(
+            choices=[LAYERS, FOLDER],
+            value=LAYERS,
+            label="train on",
+            tooltip="Learn from the images open in napari, or from every image in a folder",
+        )
         self.folder = FileEdit(mode="d", label="folder", tooltip="A folder of images to learn from")
-        self.fine_tune = CheckBox(value=False, text="fine-tune current",
-                                  tooltip="Continue training the backbone in use on your images (else start a "
-                                          "new network of the chosen preset)")
-        self.train = PushButton(text="Pretrain / fine-tune", tooltip="Train the backbone in the background; "
-                                                                     "the curve below shows its loss")
+        self.fine_tune = CheckBox(
+            value=False,
+            text="fine-tune current",
+            tooltip="Continue training the backbone in use on your images (else start a "
+            "new network of the chosen preset)",
+        )
+        self._make_save_controls()
+
+    def _make_save_controls(self) -> None:
+        """The train button, the job panel and the save fields."""
+        self.train = PushButton(
+            text="Pretrain / fine-tune", tooltip="Train the backbone in the background; the curve below shows its loss"
+        )
         self.loss_plot = LossPlot()
         self.jobs = JobPanel()
-        self.save_path = FileEdit(mode="w", filter="*.safetensors", label="save as",
-                                  tooltip="File to save the backbone in (.safetensors)")
+        self.save_path = FileEdit(
+            mode="w", filter="*.safetensors", label="save as", tooltip="File to save the backbone in (.safetensors)"
+        )
         self.save = PushButton(text="Save checkpoint", enabled=False, tooltip="Save the backbone in use")
-        super().__init__(widgets=[
-            self.current, self.device, self.device_note, self.shipped, self.load_shipped, self.checkpoint,
-            self.load_file, Label(value="— pretrain / fine-tune —"), self.preset, self.mode, self.steps,
-            self.batch, self.crop, self.data, self.folder, self.fine_tune, self.train, self.jobs,
-            self.save_path, self.save,
-        ])
-        if self.shipped.value.startswith(RANDOM_PREFIX):
-            self.current.value = (f"the shipped histology backbone is missing from this installation; "
-                                  f"{self.shipped.value} (untrained) is preselected")
-        self._connect(viewer)
 
     def _connect(self, viewer) -> None:
         layout = self.native.layout()  # the curve goes above the progress bar (a labelled row holds the panel)
@@ -153,9 +235,17 @@ class BackboneWidget(Container):
         self.loss_plot.clear()
 
         def compute(progress, should_stop):
-            return pretrain(read_images(), unet=preset, corruption=corruption, config=config, device=device,
-                            init=init, provenance={"source": "napari widget"}, progress=progress,
-                            should_stop=should_stop)
+            return pretrain(
+                read_images(),
+                unet=preset,
+                corruption=corruption,
+                config=config,
+                device=device,
+                init=init,
+                provenance={"source": "napari widget"},
+                progress=progress,
+                should_stop=should_stop,
+            )
 
         self.jobs.start("Pretraining", compute, self._trained)
 
@@ -168,8 +258,10 @@ class BackboneWidget(Container):
     def _trained(self, result) -> None:
         self.use_backbone(result.backbone)
         state = "cancelled" if result.cancelled else "finished"
-        notify_info(f"pretraining {state} after {result.step} steps; the backbone in use is the one trained so far. "
-                    "Save it with 'Save checkpoint'")
+        notify_info(
+            f"pretraining {state} after {result.step} steps; the backbone in use is the one trained so far. "
+            "Save it with 'Save checkpoint'"
+        )
 
     @user_action
     def _save(self) -> None:

@@ -8,8 +8,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QColorDialog, QHeaderView, QTableWidget, QTableWidgetItem
 
-PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#edc948", "#76b7b2", "#ff9da7",
-           "#9c755f", "#bab0ac")
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#edc948", "#76b7b2", "#ff9da7", "#9c755f", "#bab0ac")
 """Tableau 10: distinct, colour-blind-friendlier than napari's random label colours."""
 
 COLOR_ROLE = Qt.ItemDataRole.UserRole
@@ -25,14 +24,19 @@ def class_context(context, classes: Classes):
     """The head's context (:class:`~napari_mdm.head.HeadContext`) with these names and colours."""
     from dataclasses import replace
 
-    return replace(context, class_names={i: name for i, (name, _) in classes.items()},
-                   class_colors={i: color for i, (_, color) in classes.items()})
+    return replace(
+        context,
+        class_names={i: name for i, (name, _) in classes.items()},
+        class_colors={i: color for i, (_, color) in classes.items()},
+    )
 
 
 def classes_from_context(context) -> Classes:
     """The names and colours a head was saved with (a default colour where none was saved)."""
-    return {i: (name, context.class_colors.get(i, PALETTE[(i - 1) % len(PALETTE)]))
-            for i, name in context.class_names.items()}
+    return {
+        i: (name, context.class_colors.get(i, PALETTE[(i - 1) % len(PALETTE)]))
+        for i, name in context.class_names.items()
+    }
 
 
 def apply_classes(layer, classes: Classes) -> None:
@@ -62,8 +66,10 @@ class ClassTable(Container):
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
         self.table.setMaximumHeight(130)
-        self.table.setToolTip("Your classes: the label value you paint with, a name and a colour. "
-                              "Double-click a name to rename it, a colour to change it.")
+        self.table.setToolTip(
+            "Your classes: the label value you paint with, a name and a colour. "
+            "Double-click a name to rename it, a colour to change it."
+        )
         self.add_class = PushButton(text="+ class", tooltip="Add a class (paint it with the next label value)")
         super().__init__(widgets=[self.add_class], labels=False)
         self.native.layout().insertWidget(0, self.table)
@@ -89,8 +95,13 @@ class ClassTable(Container):
 
     def classes(self) -> Classes:
         rows = range(self.table.rowCount())
-        return {int(self.table.item(r, 0).text()): (self.table.item(r, 1).text().strip() or f"class {r + 1}",
-                                                     self.table.item(r, 2).data(COLOR_ROLE)) for r in rows}
+        return {
+            int(self.table.item(r, 0).text()): (
+                self.table.item(r, 1).text().strip() or f"class {r + 1}",
+                self.table.item(r, 2).data(COLOR_ROLE),
+            )
+            for r in rows
+        }
 
     def _edited(self, *_) -> None:
         self.session.set_classes(self.classes())

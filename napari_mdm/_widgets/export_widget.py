@@ -33,39 +33,79 @@ class ExportWidget(Container):
         self.viewer = viewer = unwrap(viewer)
         self.session = session_for(viewer)
         self.backbone_info = BackboneLabel(self.session)
-        self.source = ComboBox(choices=[LAYERS, FOLDER], value=LAYERS, label="segment",
-                               tooltip="Segment images open in napari, or every image file in a folder")
+        self.source = ComboBox(
+            choices=[LAYERS, FOLDER],
+            value=LAYERS,
+            label="segment",
+            tooltip="Segment images open in napari, or every image file in a folder",
+        )
         self.image_layers = layer_select(viewer, Image, "images")
-        self.image_layers.tooltip = "The open images to segment (new images start selected; masks and "\
-                                    "uncertainty maps do not)"
+        self.image_layers.tooltip = (
+            "The open images to segment (new images start selected; masks and uncertainty maps do not)"
+        )
         self.folder = FileEdit(mode="d", label="input folder", tooltip="A folder of images to segment")
-        self.out_dir = FileEdit(mode="d", label="save to", tooltip="Folder for the masks (NAME_mask.tif, ...); "
-                                                                   "leave empty to only show them")
-        self.format = ComboBox(choices=list(FORMATS), value="tif", label="format",
-                               tooltip="tif: any size; zarr: very large images; png: small 2-D masks that "
-                                       "open anywhere")
-        self.uncertainty = CheckBox(value=False, text="also uncertainty",
-                                    tooltip="Also write and show where the classifiers disagree (NAME_uncertainty)")
-        self.probabilities = CheckBox(value=False, text="also class probabilities",
-                                      tooltip="Also write each class's probability map, one plane per class "
-                                              "(NAME_probabilities.tif; image layers only)")
-        self.instances = ComboBox(choices=self._class_choices, label="instances",
-                                  tooltip="Also number each connected region of this class (e.g. each nucleus) "
-                                          "as its own label: NAME_instances (image layers only)")
-        self.overwrite = CheckBox(value=False, text="overwrite files", tooltip="Replace masks already in the folder")
-        self.as_layers = CheckBox(value=True, text="show as layers", tooltip="Add each mask to the viewer")
-        self.run = PushButton(text="Segment", tooltip="Segment with the trained classifier (train one in "
-                                                      "'Few-shot segmentation' or load it there)")
+        self.out_dir = FileEdit(
+            mode="d",
+            label="save to",
+            tooltip="Folder for the masks (NAME_mask.tif, ...); leave empty to only show them",
+        )
+        self._make_output_controls()
+        self.run = PushButton(
+            text="Segment",
+            tooltip="Segment with the trained classifier (train one in 'Few-shot segmentation' or load it there)",
+        )
         self.jobs = JobPanel()
         self._seen: set[int] = set()
-        super().__init__(widgets=[self.backbone_info, self.source, self.image_layers, self.folder, self.out_dir,
-                                  self.format, self.uncertainty, self.probabilities, self.instances, self.overwrite,
-                                  self.as_layers, self.run, self.jobs])
+        super().__init__(
+            widgets=[
+                self.backbone_info,
+                self.source,
+                self.image_layers,
+                self.folder,
+                self.out_dir,
+                self.format,
+                self.uncertainty,
+                self.probabilities,
+                self.instances,
+                self.overwrite,
+                self.as_layers,
+                self.run,
+                self.jobs,
+            ]
+        )
         self.run.changed.connect(self.start)
         self.source.changed.connect(self._source_changed)
         self.session.classes_changed.connect(self.instances.reset_choices)
         follow_layer_list(viewer, self)
         self._source_changed(self.source.value)
+
+    def _make_output_controls(self) -> None:
+        """What is written besides the masks, and how."""
+        self.format = ComboBox(
+            choices=list(FORMATS),
+            value="tif",
+            label="format",
+            tooltip="tif: any size; zarr: very large images; png: small 2-D masks that open anywhere",
+        )
+        self.uncertainty = CheckBox(
+            value=False,
+            text="also uncertainty",
+            tooltip="Also write and show where the classifiers disagree (NAME_uncertainty)",
+        )
+        self.probabilities = CheckBox(
+            value=False,
+            text="also class probabilities",
+            tooltip="Also write each class's probability map, one plane per class "
+            "(NAME_probabilities.tif; image layers only)",
+        )
+        self.instances = ComboBox(
+            choices=self._class_choices,
+            label="instances",
+            tooltip="Also number each connected region of this class (e.g. each nucleus) "
+            "as its own label: NAME_instances (image layers only)",
+        )
+        self.overwrite = CheckBox(value=False, text="overwrite files", tooltip="Replace masks already in the folder")
+        self.as_layers = CheckBox(value=True, text="show as layers", tooltip="Add each mask to the viewer")
 
     def reset_choices(self, *_) -> None:
         """Refresh the layer list; pictures the widget has not seen yet start selected (not our
@@ -115,9 +155,19 @@ class ExportWidget(Container):
                 image[0] = f"image {min(done + 1, total)}/{total}"
                 progress(done, total, info)
 
-            return segment_files(backbone, head, paths, out_dir, fmt=fmt, uncertainty=unc, overwrite=overwrite,
-                                 progress=per_image, should_stop=should_stop, mask_suffix=MASK_SUFFIX,
-                                 tile_progress=lambda d, t, info: progress(d, t, f"{image[0]} {info}"))
+            return segment_files(
+                backbone,
+                head,
+                paths,
+                out_dir,
+                fmt=fmt,
+                uncertainty=unc,
+                overwrite=overwrite,
+                progress=per_image,
+                should_stop=should_stop,
+                mask_suffix=MASK_SUFFIX,
+                tile_progress=lambda d, t, info: progress(d, t, f"{image[0]} {info}"),
+            )
 
         return self.jobs.start("Segmenting folder", compute, self._show_files)
 
@@ -174,8 +224,9 @@ class ExportWidget(Container):
                 predictions = []
                 for plane in planes:
                     done += 1
-                    predictions.append(predict(plane, name, staged(progress, f"image {done}/{total} {name}"),
-                                               should_stop))
+                    predictions.append(
+                        predict(plane, name, staged(progress, f"image {done}/{total} {name}"), should_stop)
+                    )
                 outputs = self._outputs(predictions, shape)
                 for what, path in targets.get(name, {}).items():
                     write = write_labels if what in ("mask", "instances") else write_array
@@ -191,17 +242,23 @@ class ExportWidget(Container):
 
         mask, uncertainty = segmentation_outputs(name, out_dir, fmt, unc, MASK_SUFFIX)
         extra = "zarr" if fmt == "zarr" else "tif"  # float maps and large ids do not fit png
-        targets = {"mask": mask, "uncertainty": uncertainty,
-                   "probabilities": out_dir / f"{name}_probabilities.{extra}" if self.probabilities.value else None,
-                   "instances": out_dir / f"{name}_instances.{extra}" if self.instances.value is not None else None}
+        targets = {
+            "mask": mask,
+            "uncertainty": uncertainty,
+            "probabilities": out_dir / f"{name}_probabilities.{extra}" if self.probabilities.value else None,
+            "instances": out_dir / f"{name}_instances.{extra}" if self.instances.value is not None else None,
+        }
         return {what: path for what, path in targets.items() if path is not None}
 
     def _outputs(self, predictions, shape) -> dict:
         from ..instances import connected_instances
 
         mask = stack_planes([p.labels for p in predictions], shape)
-        outputs = {"mask": mask, "uncertainty": stack_planes([p.uncertainty for p in predictions], shape),
-                   "probabilities": stack_planes([p.probabilities for p in predictions], shape)}
+        outputs = {
+            "mask": mask,
+            "uncertainty": stack_planes([p.uncertainty for p in predictions], shape),
+            "probabilities": stack_planes([p.probabilities for p in predictions], shape),
+        }
         if self.instances.value is not None:
             outputs["instances"] = connected_instances(mask, self.instances.value)
         return outputs

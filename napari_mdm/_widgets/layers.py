@@ -26,15 +26,19 @@ def image_planes(layer: Image) -> list[np.ndarray]:
         return [np.asarray(layer.data)]
     if len(shape) == 3:
         return [np.asarray(layer.data[i]) for i in range(shape[0])]
-    raise UserError(f"{layer.name!r} has {len(shape)} dimensions {shape}: napari-mdm works on 2-D images "
-                    "and stacks of them (N, H, W)")
+    raise UserError(
+        f"{layer.name!r} has {len(shape)} dimensions {shape}: napari-mdm works on 2-D images "
+        "and stacks of them (N, H, W)"
+    )
 
 
 def label_planes(labels: Labels, image: Image) -> list[np.ndarray]:
     """Copies of the label planes that belong to ``image``, checked against its shape."""
     if tuple(labels.data.shape) != plane_shape(image):
-        raise UserError(f"labels {labels.name!r} have shape {tuple(labels.data.shape)} but image {image.name!r} is "
-                        f"{plane_shape(image)}: press 'New labels' to make a labels layer of the right shape")
+        raise UserError(
+            f"labels {labels.name!r} have shape {tuple(labels.data.shape)} but image {image.name!r} is "
+            f"{plane_shape(image)}: press 'New labels' to make a labels layer of the right shape"
+        )
     data = np.array(labels.data)
     return [data] if data.ndim == 2 else list(data)
 
@@ -82,8 +86,9 @@ def pair_labels(images: list[Image], candidates: list[Labels]) -> list[tuple[Ima
 
 def layer_choices(viewer, kind: type[Layer]) -> Callable:
     """A magicgui ``choices`` callable: the viewer's layers of one kind by name, our outputs left out."""
-    return lambda widget=None: [(layer.name, layer) for layer in viewer.layers
-                                if isinstance(layer, kind) and not is_output(layer)]
+    return lambda widget=None: [
+        (layer.name, layer) for layer in viewer.layers if isinstance(layer, kind) and not is_output(layer)
+    ]
 
 
 def follow_layer_list(viewer, widget) -> None:

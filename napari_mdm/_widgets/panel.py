@@ -17,10 +17,12 @@ if TYPE_CHECKING:
     import napari
 
 PANEL_WIDTH = 370
-TABS = (("Backbone", "Backbone", BackboneWidget),
-        ("Few-shot", "Few-shot segmentation", SegmentationWidget),
-        ("Reconstruct", "Reconstructions", ReconstructionWidget),
-        ("Export", "Segment and export", ExportWidget))
+TABS = (
+    ("Backbone", "Backbone", BackboneWidget),
+    ("Few-shot", "Few-shot segmentation", SegmentationWidget),
+    ("Reconstruct", "Reconstructions", ReconstructionWidget),
+    ("Export", "Segment and export", ExportWidget),
+)
 """(tab title, tool name, widget): short titles keep the four tabs within the panel's width."""
 
 

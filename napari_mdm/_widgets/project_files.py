@@ -20,14 +20,20 @@ class ProjectFiles:
 
     def __init__(self, segmentation) -> None:
         self.seg = segmentation
-        self.save_file = FileEdit(mode="w", filter=FILTER, label="project",
-                                  tooltip="One file with your images, strokes, class names, the trained "
-                                          "classifier and its settings, to continue another day")
+        self.save_file = FileEdit(
+            mode="w",
+            filter=FILTER,
+            label="project",
+            tooltip="One file with your images, strokes, class names, the trained "
+            "classifier and its settings, to continue another day",
+        )
         self.save = PushButton(text="Save project", tooltip="Save everything in the Few-shot tab to the file above")
-        self.open_file = FileEdit(mode="r", filter=FILTER, label="open",
-                                  tooltip="A project saved earlier (.mdmproject)")
-        self.open = PushButton(text="Open project", tooltip="Bring back a saved project's images, strokes, "
-                                                            "classes and classifier")
+        self.open_file = FileEdit(
+            mode="r", filter=FILTER, label="open", tooltip="A project saved earlier (.mdmproject)"
+        )
+        self.open = PushButton(
+            text="Open project", tooltip="Bring back a saved project's images, strokes, classes and classifier"
+        )
         self.widgets = [self.save_file, self.save, self.open_file, self.open]
         self.save.changed.connect(self.save_project)
         self.open.changed.connect(self.open_project)
@@ -46,13 +52,19 @@ class ProjectFiles:
             raise UserError("select the images of the project in the Few-shot tab")
         pairs = pair_labels(images, list(seg.label_layers.value))
         backbone = session.backbone
-        project = Project(images={image.name: np.asarray(image.data) for image in images},
-                          labels={image.name: np.asarray(lab.data) for image, lab in pairs if lab is not None},
-                          classes=session.classes, head=session.head,
-                          backbone={"name": backbone.name, "digest": backbone.digest} if backbone else {},
-                          features={"timesteps": seg.timesteps.value, "feature_set": seg.features.value})
-        return seg.jobs.start("Saving project", lambda progress, stop: save_project(path, project),
-                              lambda saved: notify_info(f"project saved to {saved}"))
+        project = Project(
+            images={image.name: np.asarray(image.data) for image in images},
+            labels={image.name: np.asarray(lab.data) for image, lab in pairs if lab is not None},
+            classes=session.classes,
+            head=session.head,
+            backbone={"name": backbone.name, "digest": backbone.digest} if backbone else {},
+            features={"timesteps": seg.timesteps.value, "feature_set": seg.features.value},
+        )
+        return seg.jobs.start(
+            "Saving project",
+            lambda progress, stop: save_project(path, project),
+            lambda saved: notify_info(f"project saved to {saved}"),
+        )
 
     @user_action
     def open_project(self):
@@ -77,8 +89,10 @@ class ProjectFiles:
         seg.image_layers.value, seg.label_layers.value = images, labels
         wanted = project.backbone.get("digest")
         if wanted and (session.backbone is None or session.backbone.digest != wanted):
-            notify_warning(f"this project's classifier was trained with backbone {project.backbone.get('name')!r}: "
-                           "load it in the Backbone tab before training or segmenting")
+            notify_warning(
+                f"this project's classifier was trained with backbone {project.backbone.get('name')!r}: "
+                "load it in the Backbone tab before training or segmenting"
+            )
         notify_info(f"project opened: {len(images)} images, {len(labels)} labels layers")
 
 

@@ -28,11 +28,15 @@ class ReconstructionWidget(Container):
         self.session = session_for(viewer)
         self.image = layer_combo(viewer, Image, "image")
         self.image.tooltip = "The image to show the backbone's view of (a stack: the plane on screen)"
-        self.timesteps = LineEdit(value="100, 300, 500, 700, 900", label="timesteps",
-                                  tooltip="How much of the image is hidden from the network, 0-1000: at 900 "
-                                          "most of it is masked and the network has to guess")
-        self.run = PushButton(text="Reconstruct", tooltip="Show what the network sees and what it rebuilds "
-                                                          "at each timestep")
+        self.timesteps = LineEdit(
+            value="100, 300, 500, 700, 900",
+            label="timesteps",
+            tooltip="How much of the image is hidden from the network, 0-1000: at 900 "
+            "most of it is masked and the network has to guess",
+        )
+        self.run = PushButton(
+            text="Reconstruct", tooltip="Show what the network sees and what it rebuilds at each timestep"
+        )
         self.jobs = JobPanel()
         super().__init__(widgets=[self.image, self.timesteps, self.run, self.jobs])
         self.run.changed.connect(self.start)
@@ -70,8 +74,9 @@ class ReconstructionWidget(Container):
         plane = self._current_plane(layer)
 
         def compute(progress, should_stop):
-            return reconstruct(backbone, normalize_image(plane, layer.name), timesteps, progress=progress,
-                               should_stop=should_stop)
+            return reconstruct(
+                backbone, normalize_image(plane, layer.name), timesteps, progress=progress, should_stop=should_stop
+            )
 
         return self.jobs.start("Reconstructing", compute, lambda result: self._show(layer.name, timesteps, result))
 
@@ -79,8 +84,16 @@ class ReconstructionWidget(Container):
         corrupted, rebuilt = result
         meta = {"timesteps": list(timesteps)}
         for what, data in (("masked input", corrupted), ("reconstruction", rebuilt)):
-            show_result(self.viewer, f"{name} {what}", data, "image", "reconstruction", rgb=True,
-                        metadata=meta, axis_labels=(AXIS, "y", "x"))
+            show_result(
+                self.viewer,
+                f"{name} {what}",
+                data,
+                "image",
+                "reconstruction",
+                rgb=True,
+                metadata=meta,
+                axis_labels=(AXIS, "y", "x"),
+            )
         self._label_slider()
 
     def _label_slider(self, *_) -> None:

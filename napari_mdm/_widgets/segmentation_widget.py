@@ -42,18 +42,23 @@ settings before issue 14 (benchmarks/results/loop.md)."""
 
 def show_uncertainty(viewer, name: str, data: np.ndarray):
     """The uncertainty map, added hidden and opaque-blended so it never tints the prediction."""
-    return show_result(viewer, name, data, "image", "uncertainty", colormap="inferno", blending="translucent",
-                       opacity=0.7, visible=False)
+    return show_result(
+        viewer,
+        name,
+        data,
+        "image",
+        "uncertainty",
+        colormap="inferno",
+        blending="translucent",
+        opacity=0.7,
+        visible=False,
+    )
 
 
 class SegmentationWidget(Container):
     """Train the few-shot head on painted labels and show what it predicts."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        from ..features import FeatureConfig
-        from ..head import HeadConfig
-
-        features, head = FeatureConfig(), HeadConfig()
         self.viewer = viewer = unwrap(viewer)
         self.session = session_for(viewer)
         self.backbone_info = BackboneLabel(self.session)
@@ -61,47 +66,46 @@ class SegmentationWidget(Container):
         self.image_layers.tooltip = "The images to learn from (ctrl-click for several)"
         self.label_layers = layer_select(viewer, Labels, "labels")
         self.label_layers.tooltip = "Your strokes: one labels layer per image, of the image's size"
-        self.new_labels = PushButton(text="New labels for the selected images",
-                                     tooltip="Make an empty labels layer for each selected image and start painting")
+        self.new_labels = PushButton(
+            text="New labels for the selected images",
+            tooltip="Make an empty labels layer for each selected image and start painting",
+        )
         self.class_table = ClassTable(self.session)
-        self.timesteps = LineEdit(value=", ".join(map(str, features.timesteps)), label="timesteps",
-                                  tooltip="How strongly the network's input is masked when it looks at your "
-                                          "image (0-1000; a list such as 50, 150 combines several). Low values "
-                                          "keep fine detail")
-        self.features = ComboBox(choices=list(FEATURE_SETS), value=DEFAULT_FEATURE_SET, label="features",
-                                 tooltip="What the classifier sees. diffusion: the backbone network; filters: "
-                                         "classic smoothing/edge/texture filters (fast, no network)")
-        self.channels = SpinBox(value=features.project, min=0, max=4096, label="feature channels",
-                                tooltip="How many channels of the network the classifier sees, projected onto "
-                                        "their main directions: fewer train and predict faster; 0 keeps all")
-        self.ensemble = SpinBox(value=head.ensemble, min=1, max=50, label="ensemble",
-                                tooltip="How many small classifiers vote; more give a smoother uncertainty map "
-                                        "but train longer")
-        self.steps = SpinBox(value=head.steps, min=10, max=10_000, step=10, label="head steps",
-                             tooltip="Training steps of each classifier; more fit your strokes more closely")
-        self.live = CheckBox(value=False, text="live preview",
-                             tooltip=f"Retrain and predict {LIVE_DELAY_MS / 1000:g} s after each stroke, with the "
-                                     "settings above, at full resolution")
-        self.train = PushButton(text="Train && predict",
-                                tooltip="Learn from your strokes and colour the whole image by class")
+        self._make_setting_controls()
+        self.train = PushButton(
+            text="Train && predict", tooltip="Learn from your strokes and colour the whole image by class"
+        )
         self.jobs = JobPanel()
-        self.suggest = PushButton(text="Where should I label next?",
-                                  tooltip="Yellow boxes on the places where the classifiers disagree most: a few "
-                                          "strokes there help most. After the next training a message says how "
-                                          "much surer they became there")
+        self.suggest = PushButton(
+            text="Where should I label next?",
+            tooltip="Yellow boxes on the places where the classifiers disagree most: a few "
+            "strokes there help most. After the next training a message says how "
+            "much surer they became there",
+        )
         # one field per direction: a save dialog asks "replace?" of the file a user wants to load
-        self.save_head_file = FileEdit(mode="w", filter="*.safetensors", label="save to",
-                                       tooltip="File to keep the trained classifier in (.safetensors)")
-        self.save_head = PushButton(text="Save head", tooltip="Save the trained classifier with its class names, "
-                                                               "so you can apply it to other images later")
-        self.load_head_file = FileEdit(mode="r", filter="*.safetensors", label="load from",
-                                       tooltip="A classifier saved earlier (.safetensors)")
-        self.load_head = PushButton(text="Load head", tooltip="Use a classifier saved earlier")
-        super().__init__(widgets=[self.backbone_info, self.image_layers, self.label_layers, self.new_labels,
-                                  self.class_table, self.timesteps, self.features, self.channels, self.ensemble,
-                                  self.steps,
-                                  self.live, self.train, self.jobs, self.suggest, self.save_head_file, self.save_head,
-                                  self.load_head_file, self.load_head])
+        self._make_head_file_controls()
+        super().__init__(
+            widgets=[
+                self.backbone_info,
+                self.image_layers,
+                self.label_layers,
+                self.new_labels,
+                self.class_table,
+                self.timesteps,
+                self.features,
+                self.channels,
+                self.ensemble,
+                self.steps,
+                self.live,
+                self.train,
+                self.jobs,
+                self.suggest,
+                self.save_head_file,
+                self.save_head,
+                self.load_head_file,
+                self.load_head,
+            ]
+        )
         self.project = ProjectFiles(self)
         self.extend(self.project.widgets)
         self._watched: list[Labels] = []
@@ -111,6 +115,74 @@ class SegmentationWidget(Container):
         self.debounce.setInterval(LIVE_DELAY_MS)
         self.debounce.timeout.connect(self._live_retrain)
         self._connect(viewer)
+
+    def _make_head_file_controls(self) -> None:
+        """Save and load fields for the trained head, one per direction."""
+        self.save_head_file = FileEdit(
+            mode="w",
+            filter="*.safetensors",
+            label="save to",
+            tooltip="File to keep the trained classifier in (.safetensors)",
+        )
+        self.save_head = PushButton(
+            text="Save head",
+            tooltip="Save the trained classifier with its class names, so you can apply it to other images later",
+        )
+        self.load_head_file = FileEdit(
+            mode="r", filter="*.safetensors", label="load from", tooltip="A classifier saved earlier (.safetensors)"
+        )
+        self.load_head = PushButton(text="Load head", tooltip="Use a classifier saved earlier")
+
+    def _make_setting_controls(self) -> None:
+        """Feature and head settings, their defaults read from FeatureConfig and HeadConfig."""
+        from ..features import FeatureConfig
+        from ..head import HeadConfig
+
+        features, head = FeatureConfig(), HeadConfig()
+
+        self.timesteps = LineEdit(
+            value=", ".join(map(str, features.timesteps)),
+            label="timesteps",
+            tooltip="How strongly the network's input is masked when it looks at your "
+            "image (0-1000; a list such as 50, 150 combines several). Low values "
+            "keep fine detail",
+        )
+        self.features = ComboBox(
+            choices=list(FEATURE_SETS),
+            value=DEFAULT_FEATURE_SET,
+            label="features",
+            tooltip="What the classifier sees. diffusion: the backbone network; filters: "
+            "classic smoothing/edge/texture filters (fast, no network)",
+        )
+        self.channels = SpinBox(
+            value=features.project,
+            min=0,
+            max=4096,
+            label="feature channels",
+            tooltip="How many channels of the network the classifier sees, projected onto "
+            "their main directions: fewer train and predict faster; 0 keeps all",
+        )
+        self.ensemble = SpinBox(
+            value=head.ensemble,
+            min=1,
+            max=50,
+            label="ensemble",
+            tooltip="How many small classifiers vote; more give a smoother uncertainty map but train longer",
+        )
+        self.steps = SpinBox(
+            value=head.steps,
+            min=10,
+            max=10_000,
+            step=10,
+            label="head steps",
+            tooltip="Training steps of each classifier; more fit your strokes more closely",
+        )
+        self.live = CheckBox(
+            value=False,
+            text="live preview",
+            tooltip=f"Retrain and predict {LIVE_DELAY_MS / 1000:g} s after each stroke, with the "
+            "settings above, at full resolution",
+        )
 
     def _connect(self, viewer) -> None:
         self.new_labels.changed.connect(self.add_labels_layers)
@@ -157,8 +229,10 @@ class SegmentationWidget(Container):
         if not self.image_layers.value:
             notify_error("select an image layer first")
             return
-        made = [self.viewer.add_labels(np.zeros(plane_shape(image), dtype=np.uint8), name=f"{image.name} labels")
-                for image in self.image_layers.value]
+        made = [
+            self.viewer.add_labels(np.zeros(plane_shape(image), dtype=np.uint8), name=f"{image.name} labels")
+            for image in self.image_layers.value
+        ]
         self.label_layers.value = made
         self.apply_classes()
         self.viewer.layers.selection.active = made[0]
@@ -173,8 +247,9 @@ class SegmentationWidget(Container):
         if not labels:
             raise UserError("no labels layer: press 'New labels for the selected images' and paint two classes")
         if len(images) != len(labels):
-            raise UserError(f"{len(images)} images but {len(labels)} labels layers are selected: "
-                            "select one labels layer per image")
+            raise UserError(
+                f"{len(images)} images but {len(labels)} labels layers are selected: select one labels layer per image"
+            )
         if len(images) == 1:
             return [(images[0], labels[0])]  # a wrong shape is reported with both shapes
         pairs = pair_labels(images, labels)
@@ -214,9 +289,10 @@ class SegmentationWidget(Container):
     def feature_config(self, timesteps: tuple[int, ...]):
         from ..features import FeatureConfig, resolve_config
 
-        return resolve_config(self.session.backbone,
-                              FeatureConfig(timesteps=timesteps, project=self.channels.value,
-                                            **FEATURE_SETS[self.features.value]))
+        return resolve_config(
+            self.session.backbone,
+            FeatureConfig(timesteps=timesteps, project=self.channels.value, **FEATURE_SETS[self.features.value]),
+        )
 
     def _training_job(self, backbone, planes, labels, config):
         from ..head import HeadConfig
@@ -228,8 +304,9 @@ class SegmentationWidget(Container):
 
         def compute(progress, should_stop):
             images = [normalize_image(plane, name) for plane, name in planes]
-            head = train_head(backbone, images, labels, config, head_config, cache=cache, progress=progress,
-                              should_stop=should_stop)
+            head = train_head(
+                backbone, images, labels, config, head_config, cache=cache, progress=progress, should_stop=should_stop
+            )
             head.context = class_context(head.context, classes)
             predictions = []
             for i, image in enumerate(images):
@@ -250,10 +327,17 @@ class SegmentationWidget(Container):
             count = 1 if len(shape) == 2 else shape[0]
             mine = predictions[start : start + count]
             start += count
-            layer = show_result(self.viewer, f"{image.name} prediction", stack_planes([p.labels for p in mine], shape),
-                                "labels", opacity=0.5)
+            layer = show_result(
+                self.viewer,
+                f"{image.name} prediction",
+                stack_planes([p.labels for p in mine], shape),
+                "labels",
+                opacity=0.5,
+            )
             apply_classes(layer, self.session.classes)
-            show_uncertainty(self.viewer, f"{image.name} uncertainty", stack_planes([p.uncertainty for p in mine], shape))
+            show_uncertainty(
+                self.viewer, f"{image.name} uncertainty", stack_planes([p.uncertainty for p in mine], shape)
+            )
             report_gain(self.viewer, image.name)
 
     @user_action
@@ -309,8 +393,9 @@ class SegmentationWidget(Container):
 
         def compute(progress, should_stop):
             for i, (plane, name) in enumerate(planes):
-                cache.get(normalize_image(plane, name), backbone, config, staged(progress, f"image {i + 1}"),
-                          should_stop)
+                cache.get(
+                    normalize_image(plane, name), backbone, config, staged(progress, f"image {i + 1}"), should_stop
+                )
 
         return self.jobs.start("Features", compute, lambda _: None, on_finished=self._after_job)
 
@@ -322,8 +407,9 @@ class SegmentationWidget(Container):
         path = safetensors_target(self.save_head_file, "head")
         head = self.session.head
         head.context = class_context(head.context, self.session.classes)  # names edited after training
-        self.jobs.start("Saving head", lambda progress, stop: head.save(path),
-                        lambda _: notify_info(f"head saved to {path}"))
+        self.jobs.start(
+            "Saving head", lambda progress, stop: head.save(path), lambda _: notify_info(f"head saved to {path}")
+        )
 
     @user_action
     def _load_head(self) -> None:

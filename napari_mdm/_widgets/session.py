@@ -44,8 +44,9 @@ class Session:
         if self._features is None:
             from ..features import FeatureCache
 
-            self._features = FeatureCache(max_bytes=FEATURE_CACHE_BYTES,
-                                          directory=os.environ.get(FEATURE_CACHE_ENV) or None)
+            self._features = FeatureCache(
+                max_bytes=FEATURE_CACHE_BYTES, directory=os.environ.get(FEATURE_CACHE_ENV) or None
+            )
         return self._features
 
     def set_backbone(self, backbone) -> None:
@@ -69,8 +70,9 @@ class Session:
             try:
                 self.set_backbone(load_backbone(name, device=resolve_device("auto")))
             except UserError as err:
-                notify_error(f"the default backbone {name!r} could not be loaded ({err}): "
-                             "load one in the 'Backbone' widget")
+                notify_error(
+                    f"the default backbone {name!r} could not be loaded ({err}): load one in the 'Backbone' widget"
+                )
                 return None
             notify_info(f"using the default backbone {name!r} (choose another in the 'Backbone' widget)")
         return self.backbone

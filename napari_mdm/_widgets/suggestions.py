@@ -41,12 +41,21 @@ def show_suggestions(viewer, image) -> None:
     if target in viewer.layers:
         viewer.layers.remove(target)
     active = viewer.layers.selection.active
-    viewer.add_shapes(rectangles, shape_type="rectangle", name=target, edge_color="yellow", face_color="transparent",
-                      edge_width=max(1, size // 16), metadata=meta)
+    viewer.add_shapes(
+        rectangles,
+        shape_type="rectangle",
+        name=target,
+        edge_color="yellow",
+        face_color="transparent",
+        edge_width=max(1, size // 16),
+        metadata=meta,
+    )
     if active is not None:
         viewer.layers.selection.active = active
-    notify_info(f"{len(boxes)} places on {image.name!r} where a stroke would help most (yellow boxes): "
-                "paint there and train again")
+    notify_info(
+        f"{len(boxes)} places on {image.name!r} where a stroke would help most (yellow boxes): "
+        "paint there and train again"
+    )
 
 
 def report_gain(viewer, image_name: str) -> None:

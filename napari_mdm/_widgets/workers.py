@@ -192,8 +192,9 @@ class JobPanel(Container):
         self.status = Label(value="idle")
         wrap_to_width(self.status.native)  # long progress lines wrap instead of widening the dock
         self.status.native.setMinimumHeight(2 * self.status.native.fontMetrics().lineSpacing() + 4)
-        self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip="Stop the running job; "
-                                        "what it would have written or shown is dropped")
+        self.cancel_button = PushButton(
+            text="Cancel", enabled=False, tooltip="Stop the running job; what it would have written or shown is dropped"
+        )
         super().__init__(widgets=[self.bar, self.status, self.cancel_button], labels=False)
         self.bar.tooltip = "Progress of the running job"
         self.cancel_button.changed.connect(self.cancel)
@@ -239,8 +240,13 @@ class JobPanel(Container):
     def busy(self) -> bool:
         return self.worker is not None
 
-    def start(self, title: str, compute: Compute, on_done: Callable[[Any], None],
-              on_finished: Callable[[], None] | None = None):
+    def start(
+        self,
+        title: str,
+        compute: Compute,
+        on_done: Callable[[Any], None],
+        on_finished: Callable[[], None] | None = None,
+    ):
         """Run ``compute`` in a thread worker; ``on_done(result)`` runs on the Qt thread.
 
         Returns the worker, or None when another job of this panel is still running."""
@@ -262,10 +268,15 @@ class JobPanel(Container):
                 idle.set()
 
         finished = [self._finished] + ([on_finished] if on_finished is not None else [])
-        worker = create_worker(run, _start_thread=False,
-                               _connect={"returned": self._unless_closed(on_done),
-                                         "errored": self._unless_closed(self._errored),
-                                         "finished": [self._unless_closed(f) for f in finished]})
+        worker = create_worker(
+            run,
+            _start_thread=False,
+            _connect={
+                "returned": self._unless_closed(on_done),
+                "errored": self._unless_closed(self._errored),
+                "finished": [self._unless_closed(f) for f in finished],
+            },
+        )
         self.worker = worker
         self._last_report = time.perf_counter()
         self._stage = (0, 0, self._last_report)
