@@ -50,7 +50,7 @@ class FeatureConfig:
     diffusion: bool = True
     """Read the backbone's decoder. Off (filter bank alone) skips the network entirely: on
     MoNuSeg nuclei the untrained network's features pull the filter bank down by 6 Dice points."""
-    project: int = 64
+    project: int = 0
     """Diffusion channels kept per timestep: the blocks' activations projected onto the backbone's
     leading principal components (``projection``), at each block's own resolution before
     upsampling, so the head sees tens of channels instead of hundreds. 0 keeps every channel."""
