@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -105,9 +106,7 @@ def train_methods(store: list[dict], indices: list[int], head: HeadConfig, seed:
         if name == "filters":
             methods["forest"] = fit_forest(x.T, y, seed)
         else:
-            methods[name] = fit_head(
-                [x[:, None, :]], [y[None]], HeadConfig(**{**head.__dict__, "seed": seed}), ignore=0
-            )
+            methods[name] = fit_head([x[:, None, :]], [y[None]], replace(head, seed=seed), ignore=0)
     return methods
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from .files import plan_outputs
 from .jobs import Cancelled, ProgressFn, StopFn, UserError, check_stop, report
+from .slides import SlideLevel
 
 NGFF_VERSION = "0.4"
 DONE_DIR = ".napari-mdm-done"
@@ -120,11 +121,11 @@ def segment_chunk(job: SlideJob, y: int, x: int) -> tuple[int, int]:
     return y, x
 
 
-def tissue_chunks(slide: str, level: int, chunk: int) -> set[tuple[int, int]]:
-    """Chunks of ``level`` that hold any tissue, judged on the slide's smallest level."""
-    from .slides import open_slide, slide_levels
+def tissue_chunks(slide: str, levels: list[SlideLevel], level: int, chunk: int) -> set[tuple[int, int]]:
+    """Chunks of ``level`` that hold any tissue, judged on the slide's smallest level (``levels``
+    as :func:`~napari_mdm.slides.slide_levels` gave them)."""
+    from .slides import open_slide
 
-    levels = slide_levels(slide)
     thumb_level = levels[-1]
     thumb, _ = open_slide(slide, level=thumb_level.index)
     pixels = thumb.read()
@@ -297,13 +298,12 @@ def segment_slide(
         raise UserError(f"chunk must be at least 64 (got {chunk}), halo at least 0 ({halo}), workers at least 1")
     start = time.perf_counter()
     trained = Head.load(head)
-    chosen = pick_level(
-        slide_levels(slide), level, mpp if mpp is not None or level is not None else trained.context.mpp
-    )
+    levels = slide_levels(slide)
+    chosen = pick_level(levels, level, mpp if mpp is not None or level is not None else trained.context.mpp)
     job = SlideJob(str(slide), chosen.index, str(backbone), str(head), device, str(out), chunk, halo, uncertainty)
     _prepare_output(job, chosen.shape, label_dtype(max(trained.class_values)), overwrite)
     grid = chunk_grid(chosen.shape, chunk)
-    wanted = tissue_chunks(job.slide, job.level, chunk) if tissue else set(grid)
+    wanted = tissue_chunks(job.slide, levels, job.level, chunk) if tissue else set(grid)
     todo = [(y, x) for y, x in grid if (y, x) in wanted and not _marker(Path(out), y, x).exists()]
     resumed = sum((y, x) in wanted for y, x in grid) - len(todo)
     tasks = [dask.delayed(segment_chunk, pure=False)(job, y, x) for y, x in todo]
