@@ -41,6 +41,10 @@ class FeatureSpec:
     """The core's fast-path knobs (``FeatureConfig``): projected channels, bf16, feature scale."""
     bfloat16: bool = False
     feature_scale: float = 1.0
+    head_steps: int | None = None
+    """Head knobs (``HeadConfig``) for this input: training steps (None: the run's) and float32
+    products instead of bfloat16."""
+    head_float32: bool = False
 
     @property
     def base(self) -> str | None:
@@ -77,7 +81,9 @@ def base_configs(specs: list[FeatureSpec], backbones: dict[str, Backbone]) -> di
     # diffusion channels only: the filter bank is computed once, apart, and appended per spec
     return {
         **{
-            name: FeatureConfig(timesteps=tuple(sorted(s)), blocks=tuple(sorted(b)), filters=False, project=0)
+            name: FeatureConfig(
+                timesteps=tuple(sorted(s)), blocks=tuple(sorted(b)), filters=False, project=0, bfloat16=False
+            )
             for name, (s, b) in wanted.items()
         },
         **own,

@@ -90,7 +90,8 @@ def parse_blocks(text: str) -> tuple[int, ...]:
 
 
 def parse_variant(text: str, backbones: dict[str, Backbone]) -> FeatureSpec:
-    """'NAME=BACKBONE:blocks=3-7:project=64:timesteps=50:scale=0.5:bf16:filters' -> a FeatureSpec."""
+    """'NAME=BACKBONE:blocks=3-7:project=64:timesteps=50:scale=0.5:bf16:filters:steps=50:fp32' -> a
+    FeatureSpec (bf16: the backbone in bfloat16; steps, fp32: the head's steps and float32 products)."""
     name, _, rest = text.partition("=")
     backbone, *options = rest.split(":")
     if backbone not in backbones:
@@ -104,8 +105,10 @@ def parse_variant(text: str, backbones: dict[str, Backbone]) -> FeatureSpec:
             fields["timesteps"] = tuple(int(v) for v in value.split(","))
         elif key in ("project", "scale"):
             fields["project" if key == "project" else "feature_scale"] = (int if key == "project" else float)(value)
-        elif key in ("bf16", "filters"):
-            fields["bfloat16" if key == "bf16" else "filters"] = True
+        elif key in ("bf16", "filters", "fp32"):
+            fields[{"bf16": "bfloat16", "filters": "filters", "fp32": "head_float32"}[key]] = True
+        elif key == "steps":
+            fields["head_steps"] = int(value)
         else:
             raise SystemExit(f"--variant {text}: unknown option {option!r}")
     return FeatureSpec(f"mlp({name})", backbone=backbone, **fields)
@@ -285,7 +288,10 @@ def run_split(
                 feats, labels = store.take(
                     subset, protocol, lambda b, spec=spec: spec_features(spec, b, backbones, configs)
                 )
-                head = fit_head(feats, labels, head_config, ignore=0)
+                spec_config = replace(
+                    head_config, steps=spec.head_steps or head_config.steps, bfloat16=not spec.head_float32
+                )
+                head = fit_head(feats, labels, spec_config, ignore=0)
                 fit_seconds.setdefault(spec.name, []).append(time.perf_counter() - start)
                 scorers[(spec.name, protocol, n, seed)] = _head_scorer(head, spec.name)
             if "forest" in settings.methods:

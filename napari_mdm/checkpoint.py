@@ -267,5 +267,5 @@ def load_backbone(name_or_path: str | os.PathLike | None = None, device: str | t
     provenance = meta.get("provenance", {})
     if not isinstance(provenance, dict):
         raise CheckpointError(f"{path} has unusable settings: its provenance is not a JSON object")
-    model.eval().requires_grad_(False).to(device)
-    return Backbone(model, corruption, provenance, file_digest(path), name)
+    model.eval().requires_grad_(False)
+    return Backbone(model, corruption, provenance, file_digest(path), name).to(device)

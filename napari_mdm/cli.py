@@ -240,10 +240,10 @@ def cmd_train_head(args) -> int:
         tile=args.tile,
         scale=args.scale,
         project=args.project,
-        bfloat16=args.bf16,
+        bfloat16=not args.float32,
         **FEATURE_SETS[args.features],
     )
-    head_cfg = HeadConfig(ensemble=args.ensemble, steps=args.steps, seed=args.seed)
+    head_cfg = HeadConfig(ensemble=args.ensemble, steps=args.steps, seed=args.seed, bfloat16=not args.float32)
     bar = _Bar("train-head")
     try:
         head = train_head(
@@ -489,7 +489,12 @@ def _add_train_head(sub) -> None:
         help="diffusion channels kept, projected onto the backbone's principal components "
         "(default: %(default)s; 0 keeps all channels: a slower head)",
     )
-    p.add_argument("--bf16", action="store_true", help="run the backbone in bfloat16 (faster on CPUs with bf16 units)")
+    p.add_argument(
+        "--float32",
+        action="store_true",
+        help="run the backbone and the head in float32 even where bfloat16 is native (slower; by "
+        "default bfloat16 is used on CPUs with AVX512-BF16/AMX units and recent GPUs)",
+    )
     p.add_argument("--ensemble", type=_at_least(1), default=head.ensemble)
     p.add_argument("--steps", type=_at_least(1), default=head.steps)
     p.add_argument("--seed", type=_at_least(0), default=head.seed)

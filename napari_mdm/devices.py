@@ -51,3 +51,15 @@ def available_memory_bytes(device: torch.device) -> int:
         import os
 
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def fast_bfloat16(device: torch.device | str) -> bool:
+    """Whether bfloat16 matrix products are native on ``device`` (CUDA GPUs from Ampere on, CPUs with
+    AVX512-BF16 or AMX units): there they run 2-4x faster than float32; elsewhere they are emulated
+    and slower, so callers fall back to float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False

@@ -66,6 +66,18 @@ def _weight_sum(tiles: list[tuple[int, int, int, int]], y0: int, y1: int, x0: in
     return total
 
 
+def _accumulate(
+    out, box: tuple[int, int, int, int], result: np.ndarray, weight: np.ndarray, channels: int = 32
+) -> None:
+    """``out[:, box] += result * weight`` a few channels at a time in float32: the temporaries stay
+    small, and float16 arithmetic in numpy is slow."""
+    y0, y1, x0, x1 = box
+    for c in range(0, result.shape[0], channels):
+        part = np.asarray(out[c : c + channels, y0:y1, x0:x1], dtype=np.float32)
+        part += result[c : c + channels] * weight
+        out[c : c + channels, y0:y1, x0:x1] = part
+
+
 def run_tiled(
     shape: tuple[int, int],
     compute: TileFn,
@@ -80,8 +92,10 @@ def run_tiled(
     for i, (y0, y1, x0, x1) in enumerate(tiles):
         check_stop(should_stop)
         result = compute(y0, y1, x0, x1)
-        weight = gaussian_window(y1 - y0, x1 - x0) / _weight_sum(tiles, y0, y1, x0, x1)
         if len(tiles) == 1:
-            weight = np.ones_like(weight)
-        out[:, y0:y1, x0:x1] = out[:, y0:y1, x0:x1] + (result * weight).astype(out.dtype)
+            out[:, y0:y1, x0:x1] = result
+        else:
+            _accumulate(
+                out, (y0, y1, x0, x1), result, gaussian_window(y1 - y0, x1 - x0) / _weight_sum(tiles, y0, y1, x0, x1)
+            )
         report(progress, i + 1, len(tiles), f"tile {i + 1}/{len(tiles)}")

@@ -66,12 +66,15 @@ def test_pretrain_train_head_segment_evaluate(tmp_path, capsys):
                 "2",
                 "--steps",
                 "60",
+                "--float32",
                 "--out",
                 str(head),
             ]
         )
         == 0
     )
+    saved = Head.load(head)  # --float32: both the backbone and the head ran in float32
+    assert saved.config.bfloat16 is False and saved.context.features.bfloat16 is False
     assert (
         cli.main(
             [

@@ -171,3 +171,13 @@ def test_cache_reuses_only_on_an_identical_signature(backbone, image, tmp_path):
     again = FeatureCache(directory=str(tmp_path)).get(crop, backbone, FeatureConfig())
     np.testing.assert_array_equal(again, a)
     assert len(list(tmp_path.glob("*.zarr"))) == 4
+
+
+def test_channels_last_weights_and_bfloat16_change_features_only_by_rounding(image):
+    plain, moved = random_backbone("tiny"), random_backbone("tiny").to("cpu")  # .to: channels-last weights
+    assert moved.model.input_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    exact = FeatureConfig(filters=False, bfloat16=False)
+    reference = extract_features(plain, image, exact).astype(np.float32)
+    np.testing.assert_allclose(extract_features(moved, image, exact), reference, atol=2e-2)
+    fast = extract_features(moved, image, FeatureConfig(filters=False)).astype(np.float32)  # bf16 where native
+    assert np.abs(fast - reference).mean() < 0.05 * np.abs(reference).mean()

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +112,29 @@ def test_label_values_that_skip_numbers_are_kept(backbone):
     labels = np.where(truth == 1, 3, 7)
     head = fit_head([extract_features(backbone, img)], [labels], FAST)
     assert set(np.unique(head.predict(extract_features(backbone, img)).labels)) <= {3, 7}
+
+
+def test_bfloat16_products_predict_what_float32_does(backbone):
+    # bfloat16 is used only where it is native (fast_bfloat16); elsewhere both configs run float32
+    img, truth = _two_textures(3)
+    feats = extract_features(backbone, img)
+    head = fit_head([feats], [truth], FAST)
+    fast = head.predict_maps(feats)
+    head.config = replace(head.config, bfloat16=False)
+    exact = head.predict_maps(feats)
+    np.testing.assert_allclose(fast[:2], exact[:2], atol=0.03)  # mean probabilities
+    assert (fast[2:4].argmax(0) == exact[2:4].argmax(0)).mean() > 0.99  # votes
+
+
+def test_heads_saved_before_the_bfloat16_option_ran_in_float32():
+    legacy = {k: v for k, v in HeadConfig().to_dict().items() if k != "bfloat16"}
+    assert HeadConfig.from_dict(legacy).bfloat16 is False
+    assert FeatureConfig.from_dict({"timesteps": [50]}).bfloat16 is False
+    assert HeadConfig().bfloat16 and FeatureConfig().bfloat16  # new heads: bfloat16 where native
+
+
+def test_a_head_with_no_hidden_layer_predicts(backbone):
+    img, truth = _two_textures(4)
+    feats = extract_features(backbone, img)
+    head = fit_head([feats], [truth], replace(FAST, hidden=()))
+    assert (head.predict(feats).labels == truth).mean() > 0.8

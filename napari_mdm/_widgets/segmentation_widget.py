@@ -35,9 +35,8 @@ if TYPE_CHECKING:
     import napari
 
 LIVE_DELAY_MS = 800
-"""Live mode retrains and predicts with the widget's settings once the user pauses: with the
-defaults (64 projected feature channels, ensemble 5 x 200 steps) about 3-6 times faster than the
-settings before issue 14 (benchmarks/results/loop.md)."""
+"""Live mode retrains and predicts with the widget's settings (the core's fast defaults) once
+the user pauses; with features cached only the head runs (benchmarks/results/loop.md)."""
 
 
 def show_uncertainty(viewer, name: str, data: np.ndarray):
