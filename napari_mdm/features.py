@@ -204,9 +204,10 @@ def decoder_activations(
     return {b: a.float() for b, a in acts.items()}, tuple(batch.shape[-2:]), (sh, sw)
 
 
-def unit_norm(a: torch.Tensor) -> torch.Tensor:
+def unit_norm(a: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """Each pixel's channel vector scaled to length sqrt(channels) (blocks weigh alike)."""
-    return a * (a.shape[1] ** 0.5) / a.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    scale = (a.shape[1] ** 0.5) / a.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    return a.mul_(scale) if in_place else a * scale
 
 
 def _to_region(
@@ -285,8 +286,9 @@ def _fill_diffusion(
     for width, grouped in _channel_groups(backbone, acts, padded, config):
         maps = _to_region(grouped, padded, scaled, (h, w))
         if config.normalize and not config.project:
-            maps = unit_norm(maps)
-        maps = maps.view(steps, config.draws, width, h, w).mean(1)
+            maps = unit_norm(maps, in_place=True)  # a fresh upsampled block, or one used only here
+        maps = maps.unflatten(0, (steps, config.draws))
+        maps = maps.mean(1) if config.draws > 1 else maps[:, 0]
         for t in range(steps):
             out[t * per_step + offset : t * per_step + offset + width] = maps[t]
         offset += width
