@@ -186,7 +186,7 @@ class Head:
         context: HeadContext | None = None,
     ):
         self.net = net.eval()
-        self._pixel_cache: dict[torch.dtype, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._pixel_cache: dict[tuple[torch.dtype, torch.dtype], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.class_values = class_values
         self.mean, self.std = mean, std
         self.config = config
@@ -203,26 +203,34 @@ class Head:
                 "use the backbone and feature settings it was trained with"
             )
 
-    def _pixel_layers(self, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The eval-mode ensemble as channel-first layers for (C, n) pixels, input standardisation
-        folded into the first: [(E * h, C) weight, (E * h, 1) bias], then (E, out, in), (E, out, 1)."""
-        if dtype not in self._pixel_cache:
+    def _pixel_layers(self, dtype: torch.dtype, centre: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The eval-mode ensemble as channel-first layers for (C, n) pixels from which ``centre``
+        was subtracted, the rest of the input standardisation folded into the first layer:
+        [(E * h, C) weight, (E * h, 1) bias], then (E, out, in), (E, out, 1)."""
+        key = (dtype, centre.dtype)
+        if key not in self._pixel_cache:
             (w0, b0), *rest = self.net.folded()
             e, c, h = w0.shape
             scaled = w0 / self.std.view(1, c, 1)
-            bias = b0 - torch.einsum("c,ech->eh", self.mean, scaled).unsqueeze(1)
+            bias = b0 - torch.einsum("c,ech->eh", self.mean - centre.float(), scaled).unsqueeze(1)
             first = (scaled.permute(0, 2, 1).reshape(e * h, c), bias.reshape(e * h, 1))
             later = [(w.transpose(1, 2), b.transpose(1, 2)) for w, b in rest]
-            self._pixel_cache[dtype] = [(w.to(dtype).contiguous(), b.to(dtype)) for w, b in [first, *later]]
-        return self._pixel_cache[dtype]
+            self._pixel_cache[key] = [(w.to(dtype).contiguous(), b.to(dtype)) for w, b in [first, *later]]
+        return self._pixel_cache[key]
 
     @torch.inference_mode()
     def member_probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
         """(C, n) features -> (E, K, n) per-member class probabilities. The products run in
-        bfloat16 where that is native (``HeadConfig.bfloat16``), the softmax in float32."""
+        bfloat16 where that is native (``HeadConfig.bfloat16``), the softmax in float32.
+
+        The mean is subtracted in the features' own precision before any rounding to bfloat16: a
+        channel that hardly varied in training (std clamped to 1e-3) would otherwise turn that
+        rounding of its raw value into noise hundreds of times larger."""
         dtype = torch.bfloat16 if self.config.bfloat16 and fast_bfloat16("cpu") else torch.float32
-        (w0, b0), *rest = self._pixel_layers(dtype)
-        y = torch.addmm(b0, w0, pixels.to(dtype))
+        centre = self.mean.to(pixels.dtype)
+        (w0, b0), *rest = self._pixel_layers(dtype, centre)
+        x = torch.sub(pixels, centre[:, None], out=torch.empty(pixels.shape, dtype=dtype))
+        y = torch.addmm(b0, w0, x)
         y = y.view(self.net.weights[0].shape[0], -1, y.shape[-1])  # (E, h, n)
         for w, b in rest:
             y = torch.baddbmm(b, w, y.relu_())

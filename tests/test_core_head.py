@@ -117,7 +117,8 @@ def test_label_values_that_skip_numbers_are_kept(backbone):
 def test_bfloat16_products_predict_what_float32_does(backbone):
     # bfloat16 is used only where it is native (fast_bfloat16); elsewhere both configs run float32
     img, truth = _two_textures(3)
-    feats = extract_features(backbone, img)
+    flat = np.full((1, *truth.shape), 3.7, np.float16)  # no spread in training: its std is clamped to 1e-3
+    feats = np.concatenate([extract_features(backbone, img), flat])
     head = fit_head([feats], [truth], FAST)
     fast = head.predict_maps(feats)
     head.config = replace(head.config, bfloat16=False)
