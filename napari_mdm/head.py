@@ -381,6 +381,18 @@ def check_labels(labels: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]]
     return present
 
 
+def _check_config(config: HeadConfig) -> None:
+    if config.ensemble < 1 or config.batch_size < 1 or not config.lr > 0:
+        raise UserError(
+            f"ensemble ({config.ensemble}) and batch size ({config.batch_size}) must be at least 1 "
+            f"and the learning rate ({config.lr}) above 0"
+        )
+    if config.steps < 1 or config.seed < 0:
+        raise UserError(
+            f"steps ({config.steps}) must be at least 1 (0 would train nothing) and the seed ({config.seed}) 0 or more"
+        )
+
+
 def fit_head(
     features: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
@@ -393,15 +405,7 @@ def fit_head(
 ) -> Head:
     """Train the ensemble on (C, H, W) features and (H, W) labels; label ``ignore`` is unlabelled."""
     config = config or HeadConfig()
-    if config.ensemble < 1 or config.batch_size < 1 or not config.lr > 0:
-        raise UserError(
-            f"ensemble ({config.ensemble}) and batch size ({config.batch_size}) must be at least 1 "
-            f"and the learning rate ({config.lr}) above 0"
-        )
-    if config.steps < 1 or config.seed < 0:
-        raise UserError(
-            f"steps ({config.steps}) must be at least 1 (0 would train nothing) and the seed ({config.seed}) 0 or more"
-        )
+    _check_config(config)
     if not features:
         raise UserError("no images to train on")
     channels = {f.shape[0] for f in features}
