@@ -11,6 +11,10 @@ paper's CelebA-19 figure (59.9 mIoU, 20 labels, FFHQ-pretrained). Faces are read
     python -m benchmarks.faces                          # seeds 0 1 2, shots 1 5 20, ~1-2 h here
     python -m benchmarks.faces --seeds 0 --name faces_seed0
     python -m benchmarks.faces --quick                  # a smoke run: 1 scribbled face, 2 test faces
+    python -m benchmarks.faces --position               # also each backbone + position channels
+
+``--position`` adds a row per backbone whose features also hold each pixel's position in the face
+(``FeatureConfig.position``): the faces are roughly aligned, so where a pixel lies says much.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from benchmarks.data import DATA_ROOT
 from benchmarks.methods import fit_forest
 from napari_mdm.checkpoint import load_backbone, shipped_backbones
 from napari_mdm.feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
-from napari_mdm.features import FeatureConfig, extract_features, resolve_config
+from napari_mdm.features import FeatureConfig, extract_features, position_channels, resolve_config
 from napari_mdm.filterbank import filter_features
 from napari_mdm.head import HeadConfig, fit_head
 from napari_mdm.io import read_image, read_labels
@@ -72,18 +76,25 @@ def training_labels(reference: np.ndarray, protocol: str, seed: int) -> np.ndarr
 
 
 class Features:
-    """Per method, the feature map of a face: a backbone's default feature set, or the filter bank."""
+    """Per method, the feature map of a face: a backbone's default feature set (with ``position``,
+    also that set + position channels, as NAME+position), or the filter bank."""
 
-    def __init__(self, backbones: dict[str, object]):
-        self.backbones = backbones
+    def __init__(self, backbones: dict[str, object], position: bool = False):
+        self.backbones, self.position = backbones, position
         self.configs = {
             name: resolve_config(b, FeatureConfig(**FEATURE_SETS[DEFAULT_FEATURE_SET])) for name, b in backbones.items()
         }
 
     def of(self, image: np.ndarray) -> dict[str, np.ndarray]:
         out = {"filters": filter_features(image).astype(np.float16)}
+        shape = image.shape[:2]
+        # position channels come last in FeatureConfig(position=True)'s features: appended here,
+        # the backbone runs once for both rows
+        where = position_channels(0, 0, shape, shape).numpy().astype(np.float16)
         for name, backbone in self.backbones.items():
             out[name] = extract_features(backbone, image, self.configs[name])
+            if self.position:
+                out[f"{name}+position"] = np.concatenate([out[name], where])
         return out
 
 
@@ -143,7 +154,7 @@ def log(message: str) -> None:
 def run(args: argparse.Namespace) -> list[dict]:
     backbones = {"random-tiny": load_backbone("random-tiny")}
     backbones.update({name: load_backbone(name) for name in shipped_backbones()})
-    feats = Features(backbones)
+    feats = Features(backbones, args.position)
     train = faces("frontal/train")[: args.max_train]
     stores = {p: [] for p in args.protocols}
     for i, pair in enumerate(train):
@@ -243,7 +254,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=0.5)
     parser.add_argument("--cross-pose", action="store_true", help="also test on the multipose test faces")
     parser.add_argument("--quick", action="store_true", help="1 scribbled training face, 2 test faces, one seed")
-    parser.add_argument("--name", default="faces")
+    parser.add_argument("--position", action="store_true", help="also each backbone with position channels")
+    parser.add_argument(
+        "--name", default=None, help="results file name (default: faces; --quick writes only when named)"
+    )
     args = parser.parse_args(argv)
     args.test_sets = ["frontal/test"] + (["multipose/test"] if args.cross_pose else [])
     args.max_train, args.max_test = (2, 2) if args.quick else (None, None)
@@ -263,9 +277,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(
             f"{s['test_set']:<16} {s['method']:<12} {s['protocol']:<9} {s['shots']:>3}  {s['mean']:5.1f} ± {s['std']:.1f}"
         )
-    if not args.quick:
+    if not args.quick or args.name:
         command = " ".join(["python -m benchmarks.faces", *(sys.argv[1:] if argv is None else argv)])
-        write(args.name, command, rows, summary, args)
+        write(args.name or "faces", command, rows, summary, args)
     return summary
 
 

@@ -57,6 +57,18 @@ def default_backbone_name() -> str:
     return SHIPPED_DEFAULT if SHIPPED_DEFAULT in shipped_backbones() else FALLBACK_DEFAULT
 
 
+def backbone_for(kind: str) -> tuple[str, str]:
+    """The backbone to preselect for images of ``kind`` (``faces``): the shipped backbone of that
+    name, pretrained on such images, else the default; with a line that says which and why."""
+    if kind in shipped_backbones():
+        return kind, f"'{kind}' preselected: the built-in backbone pretrained on {kind}"
+    fallback = default_backbone_name()
+    return fallback, (
+        f"no '{kind}' backbone comes with this version of napari-mdm: '{fallback}' is preselected "
+        "instead (pretrained on other images, it still works, less well)"
+    )
+
+
 def random_backbone(preset: str | UNetConfig = "tiny", seed: int = 0) -> Backbone:
     """The random-weight control (``random-tiny``, ``random-small``): the untrained network at its
     standard initialisation, identical for a given preset and seed. Its residual branches start at

@@ -241,6 +241,7 @@ def cmd_train_head(args) -> int:
         scale=args.scale,
         project=args.project,
         bfloat16=not args.float32,
+        position=args.position,
         **FEATURE_SETS[args.features],
     )
     head_cfg = HeadConfig(ensemble=args.ensemble, steps=args.steps, seed=args.seed, bfloat16=not args.float32)
@@ -369,7 +370,7 @@ def has_screen() -> bool:
 def cmd_gui(args) -> int:
     if not has_screen():
         print("napari-mdm: no screen here (DISPLAY is not set), running the headless demo instead", file=sys.stderr)
-        return cmd_demo(argparse.Namespace(out=args.out, backbone=None, device="auto"))
+        return cmd_demo(argparse.Namespace(out=args.out, backbone=None, device="auto", faces=False))
     import napari
 
     from ._widgets import populate_viewer
@@ -380,6 +381,10 @@ def cmd_gui(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    if args.faces:
+        from .faces import run_face_demo
+
+        return run_face_demo(args.out, backbone=args.backbone, device=args.device)
     from .demo import run_demo
 
     return run_demo(args.out, backbone=args.backbone, device=args.device)
@@ -495,6 +500,12 @@ def _add_train_head(sub) -> None:
         help="run the backbone and the head in float32 even where bfloat16 is native (slower; by "
         "default bfloat16 is used on CPUs with AVX512-BF16/AMX units and recent GPUs)",
     )
+    p.add_argument(
+        "--position",
+        action="store_true",
+        help="add each pixel's position in the image (row and column, 0 to 1) to its features: "
+        "for aligned images such as faces, where left and right or top and bottom tell classes apart",
+    )
     p.add_argument("--ensemble", type=_at_least(1), default=head.ensemble)
     p.add_argument("--steps", type=_at_least(1), default=head.steps)
     p.add_argument("--seed", type=_at_least(0), default=head.seed)
@@ -562,6 +573,12 @@ def _add_evaluate_gui_demo(sub) -> None:
     p = sub.add_parser("demo", help="headless end-to-end run on bundled sample data")
     _add_backbone_options(p)
     p.add_argument("--out", default="napari-mdm-demo")
+    p.add_argument(
+        "--faces",
+        action="store_true",
+        help="the face workflow instead: scripted strokes on the astronaut portrait (skin, hair, eyes, "
+        "nose, mouth, background), the face backbone when one is built in",
+    )
     p.set_defaults(func=cmd_demo)
 
 

@@ -74,7 +74,7 @@ DEMO_OUTPUTS = (
 )
 
 
-def _timed(timings: dict[str, float], label: str, work):
+def timed(timings: dict[str, float], label: str, work):
     """Run ``work()``, record and print how long it took."""
     start = time.perf_counter()
     result = work()
@@ -83,17 +83,17 @@ def _timed(timings: dict[str, float], label: str, work):
     return result
 
 
-def _write_outputs(
-    out: Path, image: np.ndarray, layers: dict[str, np.ndarray], uncertainty: np.ndarray, head, summary: dict
+def write_outputs(
+    out: Path, stem: str, image: np.ndarray, layers: dict[str, np.ndarray], uncertainty: np.ndarray, head, summary: dict
 ) -> None:
-    """The files a user opens afterwards, named so napari shows them as layers."""
+    """The files a user opens afterwards (STEM.tif, STEM_KIND.tif, ...), named so napari shows them as layers."""
     from .files import atomic_output
     from .io import write_array, write_labels
 
-    write_array(out / "ihc.tif", image, overwrite=True)
+    write_array(out / f"{stem}.tif", image, overwrite=True)
     for kind, labels in layers.items():
-        write_labels(out / f"ihc_{kind}.tif", labels, overwrite=True)
-    write_array(out / "ihc_uncertainty.tif", uncertainty, overwrite=True)
+        write_labels(out / f"{stem}_{kind}.tif", labels, overwrite=True)
+    write_array(out / f"{stem}_uncertainty.tif", uncertainty, overwrite=True)
     head.save(out / "head.safetensors", overwrite=True)
     with atomic_output(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
@@ -124,11 +124,11 @@ def run_demo(out: str | os.PathLike, backbone: str | None = None, device: str = 
         reference = stain_reference(image)
         return image, reference, demo_scribbles(reference), load_backbone(name, device=resolve_device(device))
 
-    image, reference, scribbles, loaded = _timed(timings, "sample and backbone", prepare)
+    image, reference, scribbles, loaded = timed(timings, "sample and backbone", prepare)
     config, cache, normalized = resolve_config(loaded, FeatureConfig()), FeatureCache(), normalize_image(image)
-    features = _timed(timings, "features", lambda: cache.get(normalized, loaded, config))
-    head = _timed(timings, "head training", lambda: train_head(loaded, [normalized], [scribbles], config, cache=cache))
-    prediction = _timed(timings, "prediction", lambda: head.predict(features))
+    features = timed(timings, "features", lambda: cache.get(normalized, loaded, config))
+    head = timed(timings, "head training", lambda: train_head(loaded, [normalized], [scribbles], config, cache=cache))
+    prediction = timed(timings, "prediction", lambda: head.predict(features))
 
     right = np.s_[:, image.shape[1] // 2 :]
     scores = {
@@ -144,7 +144,7 @@ def run_demo(out: str | os.PathLike, backbone: str | None = None, device: str = 
         "seconds": timings,
     }
     layers = {"scribbles": scribbles, "reference": reference, "prediction": prediction.labels}
-    _write_outputs(out, image, layers, prediction.uncertainty, head, summary)
+    write_outputs(out, "ihc", image, layers, prediction.uncertainty, head, summary)
     print(
         "Dice against the stain reference on the unscribbled right half: "
         + ", ".join(f"{k} {v}" for k, v in scores.items()),

@@ -3,7 +3,8 @@
 For each tile: corrupt it at each timestep (reproducibly, image-wide: see ``corruption``), run
 the backbone up to the deepest decoder block needed, upsample each chosen block bilinearly to
 pixel resolution, L2-normalise it per pixel, and concatenate; optionally append the classic
-filter bank (``filterbank``) of the same tile. Tiles are blended (``tiling``).
+filter bank (``filterbank``) of the same tile and the pixels' image-wide position. Tiles are
+blended (``tiling``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -58,6 +60,10 @@ class FeatureConfig:
     bfloat16: bool = True
     """Run the backbone under bfloat16 autocast where the device has native bf16 units (AVX512-BF16
     or AMX CPUs, recent GPUs: about 25% faster, Dice unchanged on the demo), float32 elsewhere."""
+    position: bool = False
+    """Append two channels, each pixel's row and column as a fraction of the whole image's height
+    and width (0 at the top/left edge, 1 at the bottom/right): for aligned images (faces), where
+    a thing lies tells what it is, a left eye from a right one."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +79,7 @@ class FeatureConfig:
             "diffusion": True,
             "project": 0,
             "bfloat16": False,
+            "position": False,
             **data,
         }  # heads saved before the options existed
         return from_settings(
@@ -143,11 +150,33 @@ def _check_against_backbone(backbone: Backbone, config: FeatureConfig) -> None:
 
 def num_channels(backbone: Backbone, config: FeatureConfig) -> int:
     config = resolve_config(backbone, config)
-    filters = num_filter_channels() if config.filters else 0
+    extra = (num_filter_channels() if config.filters else 0) + (POSITION_CHANNELS if config.position else 0)
     if not config.diffusion:
-        return filters
+        return extra
     per_step = config.project or sum(backbone.model.block_channels[b] for b in config.blocks)
-    return len(config.timesteps) * per_step + filters
+    return len(config.timesteps) * per_step + extra
+
+
+POSITION_CHANNELS = 2
+
+
+class Frame(NamedTuple):
+    """Where an image lies in the whole it was cut from (a slide chunk in its slide): its top-left
+    corner there and the whole's shape. Position channels are measured in the whole."""
+
+    y0: int
+    x0: int
+    height: int
+    width: int
+
+
+def position_channels(y0: int, x0: int, size: tuple[int, int], whole: tuple[int, int]) -> torch.Tensor:
+    """(2, h, w) float32: row / (H - 1) and column / (W - 1) in the whole (H, W) image of the
+    pixels of an (h, w) region whose corner is at (y0, x0) there."""
+    (h, w), (big_h, big_w) = size, whole
+    rows = torch.arange(y0, y0 + h, dtype=torch.float32) / max(big_h - 1, 1)
+    cols = torch.arange(x0, x0 + w, dtype=torch.float32) / max(big_w - 1, 1)
+    return torch.stack([rows[:, None].expand(h, w), cols[None, :].expand(h, w)])
 
 
 MARGIN = 16
@@ -228,9 +257,11 @@ def tile_features(
     x0: int,
     config: FeatureConfig,
     on_step: Callable[[], None] = lambda: None,
+    frame: Frame | None = None,
 ) -> torch.Tensor:
-    """(C, h, w) float16 features of an (h, w, 3) [0, 1] region whose corner is at (y0, x0);
-    ``on_step()`` runs after each of its :func:`steps_per_tile` steps.
+    """(C, h, w) float16 features of an (h, w, 3) [0, 1] region whose corner is at (y0, x0) of an
+    image lying at ``frame`` in the whole (needed for ``config.position`` only); ``on_step()``
+    runs after each of its :func:`steps_per_tile` steps.
 
     With ``config.scale`` < 1 the backbone sees the region downscaled (more context per
     receptive field, fewer pixels to compute) and its features are upsampled back to (h, w).
@@ -243,9 +274,14 @@ def tile_features(
         acts, padded, scaled = decoder_activations(backbone, region, y0, x0, config, on_step)
         with torch.inference_mode():
             _fill_diffusion(out, backbone, acts, padded, scaled, config)
+    end = out.shape[0] - (POSITION_CHANNELS if config.position else 0)  # position comes last
     if config.filters:
-        out[-num_filter_channels() :] = torch.from_numpy(filter_features(region))
+        out[end - num_filter_channels() : end] = torch.from_numpy(filter_features(region))
         on_step()
+    if config.position:
+        if frame is None:
+            raise ValueError("position channels need the frame of the image the tile lies in")
+        out[end:] = position_channels(frame.y0 + y0, frame.x0 + x0, (h, w), (frame.height, frame.width))
     return out
 
 
@@ -300,12 +336,15 @@ def extract_features(
     config: FeatureConfig | None = None,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    frame: Frame | None = None,
 ) -> np.ndarray:
     """(C, H, W) float16 features of an image of any size, computed tile by tile; progress
-    (and cancel) goes by block of the network within each tile."""
+    (and cancel) goes by block of the network within each tile. ``frame``: where the image lies
+    in a larger one whose coordinates the position channels give (default: the image itself)."""
     config = resolve_config(backbone, config)
     source = image if isinstance(image, ImageSource) else ImageSource.from_array(image)
     h, w = source.shape
+    frame = frame or Frame(0, 0, h, w)
     out = np.zeros((num_channels(backbone, config), h, w), dtype=np.float16)
     tiles, per_tile = len(tile_grid((h, w), config.tile, config.overlap)), steps_per_tile(backbone, config)
     counter = itertools.count(1)
@@ -316,7 +355,7 @@ def extract_features(
         report(progress, done, tiles * per_tile, f"tile {min(tiles, (done - 1) // per_tile + 1)}/{tiles}")
 
     def compute(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return tile_features(backbone, source.region(y0, y1, x0, x1), y0, x0, config, step).numpy()
+        return tile_features(backbone, source.region(y0, y1, x0, x1), y0, x0, config, step, frame).numpy()
 
     run_tiled((h, w), compute, out, config.tile, config.overlap, None, should_stop)
     return out

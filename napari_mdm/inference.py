@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbone import Backbone
-from .features import FeatureConfig, extract_features, num_channels, tile_features
+from .features import FeatureConfig, Frame, extract_features, num_channels, tile_features
 from .files import atomic_output, plan_outputs
 from .head import Head, Prediction, maps_to_prediction
 from .io import MARKER_KEY, ImageSource, label_dtype, read_array, split_stack, write_array, write_labels
@@ -62,21 +62,25 @@ def segment_maps(
     draws: int | None = None,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    frame: Frame | None = None,
 ) -> None:
-    """Fill ``out`` (2K + 1, H, W) with the head's blended maps (see :meth:`Head.predict_maps`).
+    """Fill ``out`` (2K + 1, H, W) with the head's blended maps (see :meth:`Head.predict_maps`);
+    ``frame``: where the image lies in the whole it was cut from (see :class:`Frame`).
 
     When the image's features fit in ``WHOLE_IMAGE_FEATURES_BYTES`` they are blended first and the
     head runs once per pixel; otherwise features and head run tile by tile."""
     config = head_feature_config(head, backbone, draws)
     source = _as_source(image)
     h, w = source.shape
+    frame = frame or Frame(0, 0, h, w)
     if num_channels(backbone, config) * h * w * 2 <= WHOLE_IMAGE_FEATURES_BYTES:
-        feats = extract_features(backbone, source, config, progress, should_stop)
+        feats = extract_features(backbone, source, config, progress, should_stop, frame)
         out[...] = head.predict_maps(feats, progress=progress, should_stop=should_stop)
         return
 
     def compute(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return head.predict_maps(tile_features(backbone, source.region(y0, y1, x0, x1), y0, x0, config))
+        region = source.region(y0, y1, x0, x1)
+        return head.predict_maps(tile_features(backbone, region, y0, x0, config, frame=frame))
 
     run_tiled(source.shape, compute, out, config.tile, config.overlap, progress, should_stop)
 
@@ -88,11 +92,13 @@ def segment(
     draws: int | None = None,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    frame: Frame | None = None,
 ) -> Prediction:
-    """Labels, probabilities and uncertainty for one 2-D image (array or :class:`ImageSource`)."""
+    """Labels, probabilities and uncertainty for one 2-D image (array or :class:`ImageSource`),
+    which lies at ``frame`` in a larger one (a slide chunk; default: the image itself)."""
     source = _as_source(image)
     maps = np.zeros((2 * len(head.class_values) + 1, *source.shape), dtype=np.float32)
-    segment_maps(backbone, head, source, maps, draws, progress, should_stop)
+    segment_maps(backbone, head, source, maps, draws, progress, should_stop, frame)
     return maps_to_prediction(maps, head.class_values)
 
 

@@ -103,6 +103,7 @@ def segment_chunk(job: SlideJob, y: int, x: int) -> tuple[int, int]:
     """Segment the output chunk at (y, x): its region plus a halo, cropped back and written."""
     import zarr
 
+    from .features import Frame
     from .inference import segment
 
     backbone, head = _models(job.backbone, job.head, job.device)
@@ -111,7 +112,7 @@ def segment_chunk(job: SlideJob, y: int, x: int) -> tuple[int, int]:
     y1, x1 = min(y + job.chunk, h), min(x + job.chunk, w)
     ry0, rx0 = max(0, y - job.halo), max(0, x - job.halo)
     ry1, rx1 = min(h, y1 + job.halo), min(w, x1 + job.halo)
-    prediction = segment(backbone, head, source.region(ry0, ry1, rx0, rx1))
+    prediction = segment(backbone, head, source.region(ry0, ry1, rx0, rx1), frame=Frame(ry0, rx0, h, w))
     crop = np.s_[y - ry0 : y1 - ry0, x - rx0 : x1 - rx0]
     group = zarr.open_group(job.out, mode="r+")
     group["0"][y:y1, x:x1] = prediction.labels[crop]

@@ -360,7 +360,7 @@ def test_project_saves_and_reopens_everything(panel, make_napari_viewer, tmp_pat
     seg.start_training()
     wait_job(seg.jobs)
     seg.class_table.table.item(1, 1).setText("gland")
-    seg.timesteps.value, seg.features.value = "50, 100", "filters"
+    seg.timesteps.value, seg.features.value, seg.position.value = "50, 100", "filters", True
     painted = np.array(viewer.layers["ihc labels"].data)
     seg.project.save_file.value = tmp_path / "study"
     seg.project.save_project()
@@ -375,7 +375,7 @@ def test_project_saves_and_reopens_everything(panel, make_napari_viewer, tmp_pat
     np.testing.assert_array_equal(fresh.layers["ihc labels"].data, painted)
     assert fresh.layers["ihc"].rgb and fresh.layers["ihc"].data.shape == (SIZE, SIZE, 3)
     assert session_for(fresh).classes[2][0] == "gland" and session_for(fresh).head.class_values == [1, 2]
-    assert other.timesteps.value == "50, 100" and other.features.value == "filters"
+    assert other.timesteps.value == "50, 100" and other.features.value == "filters" and other.position.value
     assert other.label_layers.value == [fresh.layers["ihc labels"]]
     assert "load it in the Backbone tab" in " ".join(notes())  # the fresh viewer has no backbone yet
     (tmp_path / "bad.mdmproject").write_bytes(b"not a zip")

@@ -56,6 +56,18 @@ def test_filter_bank_alone_is_a_feature_choice(annotated, wait_job):
     assert (prediction[painted > 0] == painted[painted > 0]).mean() > 0.9
 
 
+def test_position_in_the_image_is_a_feature_choice_the_head_records(annotated, wait_job):
+    from napari_mdm.filterbank import num_filter_channels
+
+    viewer, widget, _ = annotated
+    assert widget.position.value is False and "left eye" in widget.position.tooltip
+    widget.features.value, widget.position.value = "filters", True
+    widget.start_training()
+    wait_job(widget.jobs)
+    head = session_for(viewer).head
+    assert head.context.features.position is True and head.in_channels == num_filter_channels() + 2
+
+
 def test_live_mode_retrains_after_a_stroke(annotated, paint, qtbot):
     viewer, widget, labels = annotated
     widget.live.value = True  # prepares features in the background

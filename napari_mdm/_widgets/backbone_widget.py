@@ -12,13 +12,17 @@ from napari.layers import Image
 
 from .layers import follow_layer_list, image_planes
 from .loss_plot import LossPlot
-from .session import describe, session_for, unwrap
+from .session import describe, prefer_backbone_for, session_for, unwrap
 from .workers import JobPanel, existing_path, notify_info, safetensors_target, user_action
 
 if TYPE_CHECKING:
     import napari
 
 LAYERS, FOLDER = "open image layers", "folder"
+BUILT_IN_TIP = (
+    "Networks that come with napari-mdm: 'histology' was pretrained on tissue images; "
+    "the 'random' ones are untrained, for comparison"
+)
 
 
 class BackboneWidget(Container):
@@ -84,9 +88,9 @@ class BackboneWidget(Container):
             choices=built_in,
             value=default_backbone_name(),
             label="built-in",
-            tooltip="Networks that come with napari-mdm: 'histology' was pretrained on "
-            "tissue images; the 'random' ones are untrained, for comparison",
+            tooltip=BUILT_IN_TIP,
         )
+        self._preselected = self.shipped.value
         self.load_shipped = PushButton(text="Load built-in backbone", tooltip="Use the network chosen above")
         self.checkpoint = FileEdit(
             mode="r",
@@ -179,6 +183,20 @@ class BackboneWidget(Container):
         follow_layer_list(viewer, self)
         if self.session.backbone is not None:
             self._show_backbone(self.session.backbone)
+        self.reset_choices()
+
+    def reset_choices(self, *_) -> None:
+        """Refresh the choosers; preselect the built-in backbone the open images ask for (the
+        face sample: 'faces', or a note that it is not built in), unless the user chose one."""
+        super().reset_choices()
+        found = prefer_backbone_for(self.session, self.viewer.layers)
+        if found is None or self.shipped.value != self._preselected:
+            return
+        name, note = found
+        self.shipped.value = self._preselected = name
+        self.shipped.tooltip = f"{BUILT_IN_TIP}. {note[0].upper()}{note[1:]}"
+        if self.session.backbone is None:
+            self.current.value = note
 
     def use_backbone(self, backbone) -> None:
         """Make ``backbone`` the viewer's backbone (also the way scripts and tests inject one)."""

@@ -53,6 +53,18 @@ def apply_classes(layer, classes: Classes) -> None:
     layer.features = pd.DataFrame({"index": [0, *ids], "class": ["unlabelled", *(classes[i][0] for i in ids)]})
 
 
+def take_offered_classes(layer) -> Classes:
+    """The classes a labels layer was opened with (the face sample's), taken once: they are
+    removed from the layer, so later edits in the class table are never undone by them."""
+    from .._sample_data import CLASSES_KEY
+
+    offered = layer.metadata.get(CLASSES_KEY)
+    if not offered:
+        return {}
+    layer.metadata = {k: v for k, v in layer.metadata.items() if k != CLASSES_KEY}
+    return {int(i): (str(name), str(color)) for i, (name, color) in offered.items()}
+
+
 class ClassTable(Container):
     """Rows of (id, name, colour); double-click a colour to change it, '+ class' adds a row."""
 

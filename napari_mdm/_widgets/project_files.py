@@ -58,7 +58,11 @@ class ProjectFiles:
             classes=session.classes,
             head=session.head,
             backbone={"name": backbone.name, "digest": backbone.digest} if backbone else {},
-            features={"timesteps": seg.timesteps.value, "feature_set": seg.features.value},
+            features={
+                "timesteps": seg.timesteps.value,
+                "feature_set": seg.features.value,
+                "position": seg.position.value,
+            },
         )
         return seg.jobs.start(
             "Saving project",
@@ -86,6 +90,7 @@ class ProjectFiles:
         session.set_classes(project.classes or session.classes)  # the project's, edited after training too
         seg.timesteps.value = project.features.get("timesteps", seg.timesteps.value)
         seg.features.value = project.features.get("feature_set", seg.features.value)
+        seg.position.value = bool(project.features.get("position", False))  # projects saved before it: off
         seg.image_layers.value, seg.label_layers.value = images, labels
         wanted = project.backbone.get("digest")
         if wanted and (session.backbone is None or session.backbone.digest != wanted):

@@ -13,7 +13,7 @@ from qtpy.QtCore import QTimer
 from ..feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
 from ..jobs import UserError, staged
 from ..parsing import parse_ints
-from .classes import ClassTable, apply_classes, class_context
+from .classes import ClassTable, apply_classes, class_context, take_offered_classes
 from .layers import (
     follow_layer_list,
     image_planes,
@@ -27,7 +27,7 @@ from .layers import (
     stack_planes,
 )
 from .project_files import ProjectFiles
-from .session import BackboneLabel, session_for, unwrap
+from .session import BackboneLabel, prefer_backbone_for, session_for, unwrap
 from .suggestions import report_gain, show_suggestions
 from .workers import JobPanel, existing_path, notify_error, notify_info, safetensors_target, user_action
 
@@ -93,6 +93,7 @@ class SegmentationWidget(Container):
                 self.timesteps,
                 self.features,
                 self.channels,
+                self.position,
                 self.ensemble,
                 self.steps,
                 self.live,
@@ -161,6 +162,13 @@ class SegmentationWidget(Container):
             tooltip="How many channels of the network the classifier sees, projected onto "
             "their main directions: fewer train and predict faster; 0 keeps all",
         )
+        self.position = CheckBox(
+            value=features.position,
+            text="position in image",
+            tooltip="Also tell the classifier where each pixel lies in the image (top or bottom, left "
+            "or right). Turn it on for images that are all framed alike, such as passport-style faces, "
+            "to tell a left eye from a right one; leave it off when things can be anywhere (tissue)",
+        )
         self.ensemble = SpinBox(
             value=head.ensemble,
             min=1,
@@ -188,6 +196,7 @@ class SegmentationWidget(Container):
         self.train.changed.connect(lambda: self.start_training(live=False))
         self.live.changed.connect(self._live_toggled)
         self.label_layers.changed.connect(self._watch_labels)
+        self.label_layers.changed.connect(self.take_layer_classes)
         self.label_layers.changed.connect(self.apply_classes)
         self.image_layers.changed.connect(self._follow_images)
         self.save_head.changed.connect(self._save_head)
@@ -199,8 +208,10 @@ class SegmentationWidget(Container):
 
     # -- choosing layers -------------------------------------------------------------------
     def reset_choices(self, *_) -> None:
-        """Refresh the choosers; keep the selection, or pick the first picture and its labels."""
+        """Refresh the choosers; keep the selection, or pick the first picture and its labels.
+        Note the backbone the open images ask for (used when none is loaded yet)."""
         super().reset_choices()
+        prefer_backbone_for(self.session, self.viewer.layers)
         if not self.image_layers.value:
             pictures = [layer for layer in self.image_layers.choices if is_picture(layer)]
             self.image_layers.value = pictures[:1]
@@ -216,6 +227,13 @@ class SegmentationWidget(Container):
         picked = [lab for _, lab in pairs if lab is not None]
         if picked != chosen:
             self.label_layers.value = picked
+
+    def take_layer_classes(self, *_) -> None:
+        """Classes a chosen labels layer comes with (the face sample's) become the viewer's."""
+        for layer in self.label_layers.value:
+            offered = take_offered_classes(layer)
+            if offered:
+                self.session.set_classes(offered)
 
     def apply_classes(self, *_) -> None:
         """The class colours and names on the chosen labels layers and on our predictions."""
@@ -290,7 +308,12 @@ class SegmentationWidget(Container):
 
         return resolve_config(
             self.session.backbone,
-            FeatureConfig(timesteps=timesteps, project=self.channels.value, **FEATURE_SETS[self.features.value]),
+            FeatureConfig(
+                timesteps=timesteps,
+                project=self.channels.value,
+                position=self.position.value,
+                **FEATURE_SETS[self.features.value],
+            ),
         )
 
     def _training_job(self, backbone, planes, labels, config):

@@ -35,6 +35,8 @@ class Session:
         self.head = None
         self.classes = default_classes()
         """Label id -> (name, colour) of the user's classes (see :mod:`.classes`)."""
+        self.preferred_backbone: str | None = None
+        """The backbone the open images ask for (see :func:`prefer_backbone_for`); None: the default."""
         self._features = None
 
     @property
@@ -58,15 +60,15 @@ class Session:
         self.backbone_changed.emit(backbone)
 
     def backbone_or_default(self):
-        """The backbone in use; without one, the default backbone (the one the Backbone widget
-        preselects) is loaded and announced, so painting and training need no detour. None, after
+        """The backbone in use; without one, the one the open images ask for, else the default
+        (the one the Backbone widget preselects), is loaded and announced, so painting and training need no detour. None, after
         a message, only when even that fails."""
         if self.backbone is None:
             from ..checkpoint import default_backbone_name, load_backbone
             from ..devices import resolve_device
             from ..jobs import UserError
 
-            name = default_backbone_name()
+            name = self.preferred_backbone or default_backbone_name()
             try:
                 self.set_backbone(load_backbone(name, device=resolve_device("auto")))
             except UserError as err:
@@ -74,7 +76,8 @@ class Session:
                     f"the default backbone {name!r} could not be loaded ({err}): load one in the 'Backbone' widget"
                 )
                 return None
-            notify_info(f"using the default backbone {name!r} (choose another in the 'Backbone' widget)")
+            which = "the default backbone" if self.preferred_backbone is None else "the backbone for these images,"
+            notify_info(f"using {which} {name!r} (choose another in the 'Backbone' widget)")
         return self.backbone
 
     def set_head(self, head) -> None:
@@ -89,6 +92,19 @@ class Session:
     def set_classes(self, classes: dict) -> None:
         self.classes = dict(classes)
         self.classes_changed.emit(self.classes)
+
+
+def prefer_backbone_for(session: Session, layers) -> tuple[str, str] | None:
+    """(name, note) of the built-in backbone for the kind of image the layers hold (the face
+    sample asks for 'faces'), remembered as the session's preferred backbone; None (and the
+    default preferred) when no layer says its kind, or they disagree."""
+    from .._sample_data import KIND_KEY
+    from ..checkpoint import backbone_for
+
+    kinds = {layer.metadata.get(KIND_KEY) for layer in layers} - {None}
+    found = backbone_for(kinds.pop()) if len(kinds) == 1 else None
+    session.preferred_backbone = found[0] if found else None
+    return found
 
 
 def describe(backbone) -> str:
