@@ -56,10 +56,11 @@ def test_a_tile_and_a_chunk_know_where_they_lie_in_the_whole():
     config = FeatureConfig(diffusion=False, position=True)
     region = np.zeros((20, 30, 3), np.float32)
     # a tile at (5, 7) of an image that is itself a chunk at (100, 200) of a 301 x 401 slide
-    feats = tile_features(None, region, 5, 7, config, frame=Frame(100, 200, 301, 401))
-    np.testing.assert_allclose(feats[-2:].numpy(), _expected((301, 401))[:, 105:125, 207:237], atol=1e-6)
+    tiny = random_backbone("tiny")  # never run: these features read no network
+    feats = tile_features(tiny, region, 5, 7, config, frame=Frame(100, 200, 301, 401))
+    np.testing.assert_allclose(feats[-2:].float().numpy(), _expected((301, 401))[:, 105:125, 207:237], atol=1e-3)
     with pytest.raises(ValueError, match="frame"):
-        tile_features(None, region, 5, 7, config)
+        tile_features(tiny, region, 5, 7, config)
     np.testing.assert_array_equal(position_channels(0, 0, (1, 1), (1, 1)).numpy(), np.zeros((2, 1, 1)))
 
 
@@ -143,23 +144,26 @@ def test_the_per_tile_prediction_path_gives_the_whole_image_path_s_maps(backbone
 
 
 def test_slide_chunks_see_the_slide_wide_position(tmp_path):
-    """A head that learnt 'left half 1, right half 2' on a featureless slide: each chunk must be
+    """A head that learnt 'left half 1, right half 2' on a uniform texture: each chunk must be
     placed in the slide, or every chunk would repeat the split within itself."""
     import zarr
 
     from napari_mdm.slide_segmentation import segment_slide
 
     size, chunk = (128, 256), 64
-    image = np.full((*size, 3), np.float32(128) / np.float32(255))  # the slide's pixels as the slide reader gives them
-    zarr.create_array(str(tmp_path / "slide.zarr"), shape=(*size, 3), chunks=(64, 64, 3), dtype="uint8")[...] = 128
+    # a texture alike on both sides (constant pixels would leave the filter bank without spread)
+    pixels = np.random.default_rng(0).integers(100, 156, (*size, 3), dtype=np.uint8)
+    zarr.create_array(str(tmp_path / "slide.zarr"), shape=(*size, 3), chunks=(64, 64, 3), dtype="uint8")[...] = pixels
+    image = pixels.astype(np.float32) / np.float32(255)  # the slide's pixels as the slide reader gives them
     labels = np.where(np.arange(size[1]) < size[1] // 2, 1, 2)[None].repeat(size[0], 0).astype(np.uint8)
     config = FeatureConfig(diffusion=False, position=True)
     train_head(random_backbone("tiny"), [image], [labels], config, FAST_HEAD).save(tmp_path / "head.safetensors")
     out = tmp_path / "labels.ome.zarr"
     segment_slide("random-tiny", tmp_path / "head.safetensors", tmp_path / "slide.zarr", out, chunk=chunk, halo=8)
     predicted = zarr.open_group(str(out), mode="r")["0"][:]
-    margin = 8  # the boundary itself may blur by a few pixels
-    assert (predicted[:, : size[1] // 2 - margin] == 1).all() and (predicted[:, size[1] // 2 + margin :] == 2).all()
+    margin = 16  # the boundary itself blurs by a few pixels
+    left, right = predicted[:, : size[1] // 2 - margin], predicted[:, size[1] // 2 + margin :]
+    assert (left == 1).mean() > 0.95 and (right == 2).mean() > 0.95  # chunks placed alone: about half wrong
 
 
 def test_the_face_benchmark_s_position_rows_hold_the_library_s_position_features(backbone):
