@@ -2,7 +2,7 @@
 
     python -m benchmarks.loop            # 512 and 1024 px, scribbles and full masks (the knob
                                          # ladder at 512 px only)
-    python -m benchmarks.loop --quick    # CI-sized: 256 px, scribbles, forest / before / fast
+    python -m benchmarks.loop --quick    # CI-sized: 256 px, scribbles, forest / before / default
 
 The image is scikit-image's ``ihc`` sample (512 x 512; 1024 x 1024 is it mirrored 2 x 2) with the
 demo's stain reference (``napari_mdm.demo``): labels on the left half only (the demo's strokes,
@@ -206,7 +206,7 @@ def markdown(result: dict) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="256 px, scribbles, forest / before / fast")
+    parser.add_argument("--quick", action="store_true", help="256 px, scribbles, forest / before / default")
     parser.add_argument("--sizes", nargs="+", type=int)
     parser.add_argument("--protocols", nargs="+", choices=("scribble", "full"))
     parser.add_argument("--methods", nargs="+", choices=list(METHODS))
@@ -222,7 +222,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    quick = {"sizes": [256], "protocols": ["scribble"], "methods": ["forest", "before", "fast"], "smallest_only": []}
+    quick = {"sizes": [256], "protocols": ["scribble"], "methods": ["forest", "before", "default"], "smallest_only": []}
     full = {
         "sizes": [512, 1024],
         "protocols": ["scribble", "full"],
