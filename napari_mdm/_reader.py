@@ -1,5 +1,6 @@
 """Reads the masks napari-mdm writes: integer masks open as labels, the float uncertainty maps
-as images. A file is ours when its tif/zarr metadata carries our marker (``io.written_kind``)
+as images; and whole slides (pyramidal TIFF, OME-Zarr) with the label images ``segment-slide``
+writes, as lazily read multiscale layers. A file is ours when its tif/zarr metadata carries our marker (``io.written_kind``)
 or its name ends in ``_mask`` / ``_uncertainty`` (how the plugin names what it exports; png
 holds no marker). Any other file, a plain 16-bit micrograph included, is left to napari."""
 
@@ -16,6 +17,7 @@ from .naming import is_uncertainty, stem
 MASK_SUFFIX = "_mask"
 UNCERTAINTY_SUFFIX = "_uncertainty"
 MARKED_SUFFIXES = (".tif", ".tiff", ".zarr")
+SLIDE_ONLY_SUFFIXES = (".svs", ".ndpi", ".scn", ".btf")
 PREFERRED_PATTERNS = tuple(
     f"*{name}{ext}" for name in (MASK_SUFFIX, UNCERTAINTY_SUFFIX) for ext in (*MARKED_SUFFIXES, ".png")
 ) + tuple(f"*{name}.zarr{os.sep}" for name in (MASK_SUFFIX, UNCERTAINTY_SUFFIX))
@@ -65,12 +67,17 @@ def _kind(path: Path) -> str | None:
 
 def get_reader(path):
     """npe2 reader contribution: a reader for one of our masks, else None."""
-    if isinstance(path, list) or not str(path).lower().rstrip("/\\").endswith((*MARKED_SUFFIXES, ".png")):
+    suffixes = (*MARKED_SUFFIXES, ".png", *SLIDE_ONLY_SUFFIXES)
+    if isinstance(path, list) or not str(path).lower().rstrip("/\\").endswith(suffixes):
         return None
     if is_label_image(Path(path)):
         return read_label_image
     kind = _kind(Path(path))
-    return (lambda p: read_mask(p, kind)) if kind else None
+    if kind:
+        return lambda p: read_mask(p, kind)
+    from .slides import is_slide
+
+    return read_slide if is_slide(path) else None
 
 
 def read_mask(path, kind: str = "labels") -> list[tuple]:
@@ -100,14 +107,44 @@ def is_label_image(path: Path) -> bool:
     return "image-label" in attrs and "multiscales" in attrs
 
 
+def _pyramid(group) -> tuple[list, tuple[float, ...] | None]:
+    """The level arrays of an NGFF multiscales group and the scale of its level 0 (its place over
+    the slide, in the slide's full-resolution pixels)."""
+    datasets = group.attrs["multiscales"][0]["datasets"]
+    transforms = datasets[0].get("coordinateTransformations", [])
+    scale = next((tuple(t["scale"]) for t in transforms if t.get("type") == "scale"), None)
+    return [group[d["path"]] for d in datasets], scale
+
+
 def read_label_image(path) -> list[tuple]:
-    """The label pyramid as one lazily read multiscale Labels layer (napari reads only what it shows)."""
+    """The label pyramid as one lazily read multiscale Labels layer (napari reads only what it
+    shows), placed over its slide; the uncertainty, when written, as a hidden multiscale image."""
     import zarr
 
+    from .io import MARKER_KEY
+
     group = zarr.open_group(str(path), mode="r")
-    levels = [group[d["path"]] for d in group.attrs["multiscales"][0]["datasets"]]
+    levels, scale = _pyramid(group)
     name = Path(path).name.removesuffix(".zarr").removesuffix(".ome")
-    return [(levels, {"name": name, "multiscale": len(levels) > 1}, "labels")]
+    place = {"scale": scale} if scale else {}
+    layers = [(levels, {"name": name, "multiscale": len(levels) > 1, **place}, "labels")]
+    if "uncertainty" in group and "multiscales" in group["uncertainty"].attrs:
+        maps, scale = _pyramid(group["uncertainty"])
+        meta = {"name": f"{name}{UNCERTAINTY_SUFFIX}", "multiscale": len(maps) > 1, "colormap": "inferno"}
+        meta.update(visible=False, contrast_limits=[0.0, 1.0], metadata={MARKER_KEY: "uncertainty"})
+        layers.append((maps, {**meta, **({"scale": scale} if scale else {})}, "image"))
+    return layers
+
+
+def read_slide(path) -> list[tuple]:
+    """A slide as one multiscale image, read lazily level by level; the contrast limits come from
+    its smallest level, so opening it reads no more than that."""
+    from .slides import display_range, slide_pyramid
+
+    _, arrays = slide_pyramid(path)
+    rgb = len(arrays[0].shape) == 3 and arrays[0].shape[-1] in (3, 4)
+    meta = {"name": stem(Path(path)).removesuffix(".ome"), "multiscale": len(arrays) > 1, "rgb": rgb}
+    return [(arrays, {**meta, "contrast_limits": list(display_range(arrays))}, "image")]
 
 
 def prefer_this_reader() -> None:

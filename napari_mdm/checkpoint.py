@@ -87,6 +87,23 @@ def random_backbone(preset: str | UNetConfig = "tiny", seed: int = 0) -> Backbon
     return Backbone(model, CorruptionConfig(), {"preset": name, "seed": seed, "steps": 0}, digest, name)
 
 
+def backbone_reference(backbone: Backbone) -> str:
+    """What another process passes to :func:`load_backbone` to get ``backbone`` back (its shipped
+    name, ``random-<preset>`` or its file); a UserError for one that was never saved."""
+    if backbone.digest == f"{backbone.name}-seed0" and backbone.name.startswith(RANDOM_PREFIX):
+        return backbone.name
+    try:
+        path = resolve_checkpoint(backbone.name)
+    except UserError:
+        path = None
+    if path is None or file_digest(path) != backbone.digest:
+        raise UserError(
+            "the backbone in use is not saved as it is: save it ('Backbone' tab, Save checkpoint) "
+            "and load that file, so the slide's workers can load it too"
+        )
+    return str(path)
+
+
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     """A path to an existing checkpoint file, from a path or the name of a shipped backbone."""
     path = Path(name_or_path)

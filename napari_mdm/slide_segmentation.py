@@ -22,7 +22,7 @@ import numpy as np
 
 from .files import plan_outputs
 from .jobs import Cancelled, ProgressFn, StopFn, UserError, check_stop, report
-from .slides import SlideLevel
+from .slides import SlideLevel, SlideRegion
 
 NGFF_VERSION = "0.4"
 DONE_DIR = ".napari-mdm-done"
@@ -99,27 +99,72 @@ def _marker(out: Path, y: int, x: int) -> Path:
     return out / DONE_DIR / f"{y}_{x}"
 
 
+def _segment_region(backbone, head, source, y0: int, y1: int, x0: int, x1: int, halo: int, **job):
+    """Labels and uncertainty of rows y0:y1, columns x0:x1 of ``source``, computed with ``halo``
+    pixels of real context around them (so the region's border looks like its inside)."""
+    from .features import Frame
+    from .inference import segment
+
+    h, w = source.shape
+    ry0, rx0 = max(0, y0 - halo), max(0, x0 - halo)
+    ry1, rx1 = min(h, y1 + halo), min(w, x1 + halo)
+    frame = Frame(ry0, rx0, h, w)  # position channels, if the head reads them, are the slide's
+    prediction = segment(backbone, head, source.region(ry0, ry1, rx0, rx1), frame=frame, **job)
+    crop = np.s_[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
+    return prediction.labels[crop], prediction.uncertainty[crop]
+
+
 def segment_chunk(job: SlideJob, y: int, x: int) -> tuple[int, int]:
     """Segment the output chunk at (y, x): its region plus a halo, cropped back and written."""
     import zarr
 
-    from .features import Frame
-    from .inference import segment
-
     backbone, head = _models(job.backbone, job.head, job.device)
     source = _level(job.slide, job.level)
-    h, w = source.shape
-    y1, x1 = min(y + job.chunk, h), min(x + job.chunk, w)
-    ry0, rx0 = max(0, y - job.halo), max(0, x - job.halo)
-    ry1, rx1 = min(h, y1 + job.halo), min(w, x1 + job.halo)
-    prediction = segment(backbone, head, source.region(ry0, ry1, rx0, rx1), frame=Frame(ry0, rx0, h, w))
-    crop = np.s_[y - ry0 : y1 - ry0, x - rx0 : x1 - rx0]
+    y1, x1 = min(y + job.chunk, source.shape[0]), min(x + job.chunk, source.shape[1])
+    labels, uncertainty = _segment_region(backbone, head, source, y, y1, x, x1, job.halo)
     group = zarr.open_group(job.out, mode="r+")
-    group["0"][y:y1, x:x1] = prediction.labels[crop]
+    group["0"][y:y1, x:x1] = labels
     if job.uncertainty:
-        group["uncertainty"]["0"][y:y1, x:x1] = prediction.uncertainty[crop]
+        group["uncertainty"]["0"][y:y1, x:x1] = uncertainty
     _marker(Path(job.out), y, x).touch()
     return y, x
+
+
+def level_for_head(levels: list[SlideLevel], head, level: int | None = None, mpp: float | None = None) -> SlideLevel:
+    """Level ``level``, else the one nearest ``mpp``, else the one nearest the mpp the head was
+    trained at, else full resolution."""
+    from .slides import pick_level
+
+    return pick_level(levels, level, mpp if mpp is not None or level is not None else head.context.mpp)
+
+
+def visible_region(
+    slide: str | os.PathLike, head, box: tuple[float, float, float, float], level: int | None = None
+) -> SlideRegion:
+    """The region of a slide a viewer shows, ``box`` (top, left, bottom, right in level-0 pixels),
+    at the level :func:`level_for_head` picks; a UserError when it misses the slide or is too big."""
+    from .slides import region_at_level, slide_levels
+
+    return region_at_level(level_for_head(slide_levels(slide), head, level), box)
+
+
+def segment_slide_region(
+    backbone,
+    head,
+    slide: str | os.PathLike,
+    region: SlideRegion,
+    *,
+    halo: int = 64,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and uncertainty of one region of a slide (:func:`visible_region`), its level scaled
+    as the whole-slide job scales it and read with a halo of context."""
+    from .slides import open_slide
+
+    source, _ = open_slide(slide, level=region.level.index)
+    job = {"progress": progress, "should_stop": should_stop}
+    return _segment_region(backbone, head, source, region.y0, region.y1, region.x0, region.x1, halo, **job)
 
 
 def tissue_chunks(slide: str, levels: list[SlideLevel], level: int, chunk: int) -> set[tuple[int, int]]:
@@ -144,21 +189,25 @@ def tissue_chunks(slide: str, levels: list[SlideLevel], level: int, chunk: int) 
     return found
 
 
-def _ngff_attrs(levels: int, name: str, source: str) -> dict:
-    return {
-        "multiscales": [
-            {
-                "version": NGFF_VERSION,
-                "name": name,
-                "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-                "datasets": [
-                    {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [2.0**i] * 2}]}
-                    for i in range(levels)
-                ],
-            }
-        ],
-        "image-label": {"version": NGFF_VERSION, "source": {"image": source}},
-    }
+def _multiscales(levels: int, name: str, downsample: float) -> list[dict]:
+    """NGFF multiscales whose scales are in the slide's level-0 pixels (level 0 of a job at slide
+    level k has that level's downsample), so a viewer lays the output over the slide."""
+    return [
+        {
+            "version": NGFF_VERSION,
+            "name": name,
+            "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+            "datasets": [
+                {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [downsample * 2.0**i] * 2}]}
+                for i in range(levels)
+            ],
+        }
+    ]
+
+
+def _create_levels(group, shapes: list[tuple[int, int]], chunk: int, dtype, fill) -> None:
+    for i, level_shape in enumerate(shapes):
+        group.create_array(str(i), shape=level_shape, chunks=(chunk, chunk), dtype=dtype, fill_value=fill)
 
 
 def pyramid_shapes(shape: tuple[int, int], smallest: int = 256) -> list[tuple[int, int]]:
@@ -170,7 +219,7 @@ def pyramid_shapes(shape: tuple[int, int], smallest: int = 256) -> list[tuple[in
     return shapes
 
 
-def _prepare_output(job: SlideJob, shape: tuple[int, int], dtype: np.dtype, overwrite: bool) -> None:
+def _prepare_output(job: SlideJob, level: SlideLevel, dtype: np.dtype, overwrite: bool) -> None:
     """Create the OME-Zarr label image, or check that an existing one is this job's (to resume)."""
     import zarr
 
@@ -191,31 +240,36 @@ def _prepare_output(job: SlideJob, shape: tuple[int, int], dtype: np.dtype, over
 
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     group = zarr.open_group(str(out), mode="w", zarr_format=2)
-    shapes = pyramid_shapes(shape)
-    for i, level_shape in enumerate(shapes):
-        group.create_array(str(i), shape=level_shape, chunks=(job.chunk, job.chunk), dtype=dtype, fill_value=0)
+    shapes = pyramid_shapes(level.shape)
+    _create_levels(group, shapes, job.chunk, dtype, 0)
     if job.uncertainty:
-        group.create_group("uncertainty").create_array(
-            "0", shape=shape, chunks=(job.chunk, job.chunk), dtype="float32", fill_value=0.0
-        )
+        maps = group.create_group("uncertainty")
+        _create_levels(maps, shapes, job.chunk, "float32", 0.0)
+        maps.attrs["multiscales"] = _multiscales(len(shapes), "uncertainty", level.downsample)
     group.attrs.update(
-        {**_ngff_attrs(len(shapes), Path(job.out).name, job.slide), "napari-mdm": {"job": signature, "complete": False}}
+        {
+            "multiscales": _multiscales(len(shapes), out.name, level.downsample),
+            "image-label": {"version": NGFF_VERSION, "source": {"image": job.slide}},
+            "napari-mdm": {"job": signature, "complete": False},
+        }
     )
     (out / DONE_DIR).mkdir()
 
 
 def build_pyramid(out: str | os.PathLike, should_stop: StopFn | None = None) -> None:
-    """Fill levels 1.. of the label image from level 0 (every second pixel: labels are not averaged)."""
+    """Fill levels 1.. of the label image (and of the uncertainty) from level 0, taking every
+    second pixel: labels are not averaged."""
     import zarr
 
-    group = zarr.open_group(str(out), mode="r+")
-    paths = [d["path"] for d in group.attrs["multiscales"][0]["datasets"]]
-    for finer, coarser in zip(paths[:-1], paths[1:], strict=True):
-        src, dst = group[finer], group[coarser]
-        step = src.chunks[0] * 2
-        for y in range(0, src.shape[0], step):
-            check_stop(should_stop)
-            dst[y // 2 : (y + step) // 2] = src[y : y + step : 2, ::2]
+    root = zarr.open_group(str(out), mode="r+")
+    for group in (root, root["uncertainty"]) if "uncertainty" in root else (root,):
+        paths = [d["path"] for d in group.attrs["multiscales"][0]["datasets"]]
+        for finer, coarser in zip(paths[:-1], paths[1:], strict=True):
+            src, dst = group[finer], group[coarser]
+            step = src.chunks[0] * 2
+            for y in range(0, src.shape[0], step):
+                check_stop(should_stop)
+                dst[y // 2 : (y + step) // 2] = src[y : y + step : 2, ::2]
 
 
 def _run_local(tasks: list, workers: int, progress: ProgressFn | None, should_stop: StopFn | None) -> None:
@@ -293,16 +347,16 @@ def segment_slide(
 
     from .head import Head
     from .io import label_dtype
-    from .slides import pick_level, slide_levels
+    from .slides import slide_levels
 
     if chunk < 64 or halo < 0 or workers < 1:
         raise UserError(f"chunk must be at least 64 (got {chunk}), halo at least 0 ({halo}), workers at least 1")
     start = time.perf_counter()
     trained = Head.load(head)
     levels = slide_levels(slide)
-    chosen = pick_level(levels, level, mpp if mpp is not None or level is not None else trained.context.mpp)
+    chosen = level_for_head(levels, trained, level, mpp)
     job = SlideJob(str(slide), chosen.index, str(backbone), str(head), device, str(out), chunk, halo, uncertainty)
-    _prepare_output(job, chosen.shape, label_dtype(max(trained.class_values)), overwrite)
+    _prepare_output(job, chosen, label_dtype(max(trained.class_values)), overwrite)
     grid = chunk_grid(chosen.shape, chunk)
     wanted = tissue_chunks(job.slide, levels, job.level, chunk) if tissue else set(grid)
     todo = [(y, x) for y, x in grid if (y, x) in wanted and not _marker(Path(out), y, x).exists()]

@@ -8,6 +8,7 @@ level as an :class:`~napari_mdm.io.ImageSource`, chosen by index or by the micro
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -117,6 +118,38 @@ def slide_levels(path: str | os.PathLike) -> list[SlideLevel]:
     return _levels_and_arrays(path)[0]
 
 
+def slide_pyramid(path: str | os.PathLike) -> tuple[list[SlideLevel], list]:
+    """The levels of a slide and their lazily read arrays (as napari shows a multiscale image)."""
+    return _levels_and_arrays(path)
+
+
+def display_range(arrays: list) -> tuple[float, float]:
+    """Contrast limits for a slide, from a strided sample of its smallest level only."""
+    source = ImageSource.from_array(arrays[-1])
+    return source.lo, source.hi
+
+
+def is_slide(path: str | os.PathLike) -> bool:
+    """A pyramidal TIFF (several levels) or an OME-Zarr image (``multiscales``, not a label image):
+    files to show as multiscale images. False for anything unreadable."""
+    path = Path(path)
+    try:
+        if _is_tiff(path):
+            import tifffile
+
+            with tifffile.TiffFile(str(path)) as tif:
+                return len(tif.series[0].levels) > 1
+        if path.suffix.lower() != ".zarr" or not path.is_dir():
+            return False
+        import zarr
+
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:  # noqa: BLE001 (not a slide: leave the file to other readers)
+        return False
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    return bool(multiscales) and "image-label" not in attrs and "image-label" not in attrs.get("ome", {})
+
+
 def pick_level(levels: list[SlideLevel], level: int | None = None, mpp: float | None = None) -> SlideLevel:
     """Level ``level``, or the one whose mpp is nearest ``mpp`` (by ratio), or level 0."""
     if level is not None:
@@ -130,6 +163,55 @@ def pick_level(levels: list[SlideLevel], level: int | None = None, mpp: float | 
     if levels[0].mpp is None:
         raise UserError("the slide does not record its microns per pixel: choose a level instead")
     return min(levels, key=lambda lv: abs(np.log(lv.mpp / mpp)))
+
+
+MAX_REGION_PIXELS = 4096 * 4096
+"""The largest region segmented in the viewer at once (more: segment the whole slide)."""
+
+
+@dataclass(frozen=True)
+class SlideRegion:
+    """A rectangle of one slide level, and where it lies over the slide in level-0 pixels (the
+    world coordinates of a slide shown as a multiscale layer)."""
+
+    level: SlideLevel
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.y1 - self.y0, self.x1 - self.x0
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        return self.level.downsample, self.level.downsample
+
+    @property
+    def translate(self) -> tuple[float, float]:
+        return self.y0 * self.level.downsample, self.x0 * self.level.downsample
+
+
+def region_at_level(
+    level: SlideLevel, box: tuple[float, float, float, float], max_pixels: int | None = None
+) -> SlideRegion:
+    """The pixels of ``level`` under ``box`` (top, left, bottom, right in level-0 pixels), clipped
+    to the level; a UserError when the box misses the slide or holds over ``max_pixels``
+    (default :data:`MAX_REGION_PIXELS`)."""
+    max_pixels = MAX_REGION_PIXELS if max_pixels is None else max_pixels
+    down, (h, w) = level.downsample, level.shape
+    top, left, bottom, right = box
+    y0, x0 = max(0, math.floor(top / down)), max(0, math.floor(left / down))
+    y1, x1 = min(h, math.ceil(bottom / down)), min(w, math.ceil(right / down))
+    if y1 <= y0 or x1 <= x0:
+        raise UserError("the view shows none of the slide: pan or zoom to the part to segment")
+    if (y1 - y0) * (x1 - x0) > max_pixels:
+        raise UserError(
+            f"the view covers {y1 - y0} x {x1 - x0} pixels of level {level.index}, more than "
+            f"{max_pixels:,} at once: zoom in, or segment the whole slide"
+        )
+    return SlideRegion(level, y0, y1, x0, x1)
 
 
 def open_slide(

@@ -16,7 +16,7 @@ from napari_mdm.head import HeadConfig
 from napari_mdm.jobs import Cancelled, UserError
 from napari_mdm.pipeline import train_head
 from napari_mdm.slide_segmentation import segment_slide
-from napari_mdm.slides import open_slide, pick_level, slide_levels
+from napari_mdm.slides import open_slide, pick_level, region_at_level, slide_levels
 
 H, W, CHUNK = 256, 384, 128
 
@@ -116,8 +116,51 @@ def test_a_slide_becomes_an_ngff_label_pyramid_with_glass_skipped(slide, tmp_pat
     np.testing.assert_array_equal(group["1"][:], labels[::2, ::2])
     assert group["uncertainty"]["0"][:, 128:].max() > 0
     assert is_label_image(tmp_path / "labels.ome.zarr")
-    [(levels, meta, kind)] = get_reader(str(tmp_path / "labels.ome.zarr"))(str(tmp_path / "labels.ome.zarr"))
+    [(levels, meta, kind), (maps, map_meta, map_kind)] = get_reader(str(tmp_path / "labels.ome.zarr"))(
+        str(tmp_path / "labels.ome.zarr")
+    )
     assert kind == "labels" and meta["multiscale"] and levels[1].shape == (H // 2, W // 2)
+    assert meta["scale"] == (1.0, 1.0)  # level 0 of the slide: laid over it as it is
+    # the optional uncertainty: a hidden multiscale image, marked so choosers do not offer it
+    assert map_kind == "image" and map_meta["multiscale"] and not map_meta["visible"]
+    assert map_meta["name"] == "labels_uncertainty" and map_meta["metadata"] == {"napari_mdm": "uncertainty"}
+    np.testing.assert_array_equal(maps[1][:], maps[0][::2, ::2])
+
+
+def test_a_label_image_of_a_coarser_level_is_laid_over_the_slide_and_a_slide_opens_as_multiscale(slide, tmp_path):
+    _segment(slide, tmp_path / "coarse.ome.zarr", level=1)
+    [(levels, meta, _)] = get_reader(str(tmp_path / "coarse.ome.zarr"))(str(tmp_path / "coarse.ome.zarr"))
+    assert levels[0].shape == (H // 2, W // 2) and meta["scale"] == (2.0, 2.0)
+    path = str(slide / "slide.ome.tif")
+    [(arrays, meta, kind)] = get_reader(path)(path)
+    assert kind == "image" and meta["multiscale"] and meta["rgb"] and meta["name"] == "slide"
+    assert [a.shape for a in arrays] == [(H, W, 3), (H // 2, W // 2, 3)] and meta["contrast_limits"] == [0.0, 255.0]
+    flat = tmp_path / "flat.tif"
+    tifffile.imwrite(flat, _tissue())
+    assert get_reader(str(flat)) is None  # one level: napari's own reader shows it
+
+
+def test_a_region_of_the_view_maps_to_the_chosen_level(slide):
+    full, half = slide_levels(slide / "slide.ome.tif")
+    region = region_at_level(half, (10.5, -20.0, 101.0, 150.0))
+    assert (region.y0, region.y1, region.x0, region.x1) == (5, 51, 0, 75)
+    assert region.scale == (2.0, 2.0) and region.translate == (10.0, 0.0)
+    assert region_at_level(full, (0, 0, 1e6, 1e6)).shape == (H, W)  # clipped to the slide
+    with pytest.raises(UserError, match="shows none of the slide"):
+        region_at_level(full, (-50, -50, -1, -1))
+    with pytest.raises(UserError, match="zoom in, or segment the whole slide"):
+        region_at_level(full, (0, 0, 100, 100), max_pixels=99 * 99)
+
+
+def test_only_a_backbone_another_process_can_load_is_referenced(tmp_path):
+    from napari_mdm.checkpoint import backbone_reference, load_backbone, save_backbone
+
+    assert backbone_reference(random_backbone("tiny")) == "random-tiny"
+    with pytest.raises(UserError, match="not saved as it is"):
+        backbone_reference(random_backbone("tiny", seed=3))
+    other = random_backbone("tiny", seed=3)
+    save_backbone(tmp_path / "b.safetensors", other.model, other.corruption)
+    assert backbone_reference(load_backbone(tmp_path / "b.safetensors")) == str(tmp_path / "b.safetensors")
 
 
 def test_a_cancelled_slide_job_resumes_and_ends_as_an_uninterrupted_one(slide, tmp_path):

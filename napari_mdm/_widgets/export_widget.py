@@ -1,5 +1,5 @@
-"""Dock widget 'Segment and export': apply the trained head to image layers or a folder on disk,
-write masks as tif, zarr or png (uncertainty optional), and show the results as layers."""
+"""Dock widget 'Segment and export': apply the trained head to image layers, a folder on disk or a
+whole slide, write masks as tif, zarr or png (uncertainty optional), and show the results as layers."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from .classes import apply_classes
 from .layers import follow_layer_list, image_planes, is_picture, layer_select, plane_shape, show_result, stack_planes
 from .segmentation_widget import show_uncertainty
 from .session import BackboneLabel, session_for, unwrap
+from .slide_controls import SlideControls
 from .workers import JobPanel, chosen_path, existing_path, notify_info, user_action
 
 if TYPE_CHECKING:
     import napari
 
-LAYERS, FOLDER = "image layers", "folder"
+LAYERS, FOLDER, SLIDE = "image layers", "folder", "slide"
 FORMATS = ("tif", "zarr", "png")
 SHOW_LIMIT_PIXELS = 64_000_000
 """Folder results are shown as layers only while their total size stays below this."""
@@ -34,16 +35,17 @@ class ExportWidget(Container):
         self.session = session_for(viewer)
         self.backbone_info = BackboneLabel(self.session)
         self.source = ComboBox(
-            choices=[LAYERS, FOLDER],
+            choices=[LAYERS, FOLDER, SLIDE],
             value=LAYERS,
             label="segment",
-            tooltip="Segment images open in napari, or every image file in a folder",
+            tooltip="Segment images open in napari, every image file in a folder, or a whole-slide image",
         )
         self.image_layers = layer_select(viewer, Image, "images")
         self.image_layers.tooltip = (
             "The open images to segment (new images start selected; masks and uncertainty maps do not)"
         )
         self.folder = FileEdit(mode="d", label="input folder", tooltip="A folder of images to segment")
+        self.slides = SlideControls(viewer, self.session)
         self.out_dir = FileEdit(
             mode="d",
             label="save to",
@@ -62,6 +64,7 @@ class ExportWidget(Container):
                 self.source,
                 self.image_layers,
                 self.folder,
+                self.slides,
                 self.out_dir,
                 self.format,
                 self.uncertainty,
@@ -123,6 +126,8 @@ class ExportWidget(Container):
     def _source_changed(self, source: str) -> None:
         self.image_layers.visible = self.probabilities.visible = self.instances.visible = source == LAYERS
         self.folder.visible = source == FOLDER
+        self.slides.visible = source == SLIDE
+        self.format.visible = self.as_layers.visible = source != SLIDE  # slides: OME-Zarr, always shown
 
     @user_action
     def start(self):
@@ -136,6 +141,8 @@ class ExportWidget(Container):
             raise UserError(f"{out_dir} is a file: choose a folder to save the masks in")
         if self.source.value == FOLDER:
             return self._start_folder(backbone, head, out_dir)
+        if self.source.value == SLIDE:
+            return self.slides.start(self.jobs, backbone, head, out_dir, self.uncertainty.value, self.overwrite.value)
         return self._start_layers(backbone, head, out_dir)
 
     def _start_folder(self, backbone, head, out_dir: Path | None):
