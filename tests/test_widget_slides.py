@@ -52,7 +52,7 @@ def test_a_pyramidal_tiff_opens_as_a_lazy_multiscale_image(opened):
     assert [tuple(s[:2]) for s in layer.level_shapes] == [(H, W), (H // 2, W // 2)]
     assert not isinstance(layer.data[0], np.ndarray)  # zarr views of the file, read by napari as shown
     assert tuple(layer.contrast_limits) == (0, 255)
-    assert widget.slides.slide.value is layer
+    assert widget.slides.slide.value is layer and layer not in widget.image_layers.value  # not a picture to load
     assert list(widget.slides.level.choices) == [None, 0, 1]
 
 

@@ -112,10 +112,10 @@ class ExportWidget(Container):
 
     def reset_choices(self, *_) -> None:
         """Refresh the layer list; pictures the widget has not seen yet start selected (not our
-        outputs, not masks opened as images)."""
+        outputs, not masks opened as images, not slides: those are segmented with 'slide')."""
         super().reset_choices()
         choices = self.image_layers.choices
-        new = [layer for layer in choices if id(layer) not in self._seen and is_picture(layer)]
+        new = [layer for layer in choices if id(layer) not in self._seen and is_picture(layer) and not layer.multiscale]
         self._seen = {id(layer) for layer in choices}
         if new:
             self.image_layers.value = [*self.image_layers.value, *new]

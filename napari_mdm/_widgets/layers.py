@@ -20,7 +20,9 @@ def plane_shape(layer: Image) -> tuple[int, ...]:
 def image_planes(layer: Image) -> list[np.ndarray]:
     """The 2-D images of an image layer: itself, or each plane of a stack (N, H, W[, 3|4])."""
     if layer.multiscale:
-        raise UserError(f"{layer.name!r} is multiscale: segment its file with 'Segment and export' (folder)")
+        raise UserError(
+            f"{layer.name!r} is multiscale (a slide): segment it in 'Segment and export' with 'segment: slide'"
+        )
     shape = plane_shape(layer)
     if len(shape) == 2:
         return [np.asarray(layer.data)]

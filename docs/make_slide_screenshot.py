@@ -1,0 +1,57 @@
+"""docs/slide.png: a whole slide segmented by ``segment_slide`` and opened in napari, the slide as
+a multiscale image and the label pyramid over it, with the plugin's export tab on 'slide'.
+
+The slide is ``benchmarks.slides``'s: real GlaS/MoNuSeg blocks on glass as a pyramidal OME-TIFF;
+the head is trained on one GlaS training image and its gland mask. Run under an X display from
+the repository root (``Xvfb :99 & DISPLAY=:99 python docs/make_slide_screenshot.py``); about two
+minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import napari
+from make_screenshots import DOCS, dismiss_notifications, settle
+
+from benchmarks.slides import _head, build_slide
+from napari_mdm._widgets import PANEL
+from napari_mdm._widgets.classes import apply_classes
+from napari_mdm.checkpoint import default_backbone_name, load_backbone
+from napari_mdm.feature_sets import DEFAULT_FEATURE_SET
+from napari_mdm.slide_segmentation import segment_slide
+
+SIDE = 1536
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        build_slide(root / "slide.ome.tif", SIDE, tissue=0.7, seed=3)
+        head = _head(load_backbone(default_backbone_name()), DEFAULT_FEATURE_SET, root)
+        result = segment_slide(
+            default_backbone_name(), head, root / "slide.ome.tif", root / "slide_mask.ome.zarr", chunk=512
+        )
+        print(f"{result.computed} chunks segmented, {result.no_tissue} without tissue, in {result.seconds:.0f} s")
+        viewer = napari.Viewer(title="napari-mdm")
+        viewer.window.resize(1400, 900)
+        [slide] = viewer.open(root / "slide.ome.tif", plugin="napari-mdm")
+        [labels] = viewer.open(root / "slide_mask.ome.zarr", plugin="napari-mdm")
+        _, panel = viewer.window.add_plugin_dock_widget("napari-mdm", PANEL)
+        export = panel.tools["Segment and export"]
+        apply_classes(labels, export.session.classes)
+        labels.opacity = 0.45
+        export.source.value = "slide"
+        export.slides.extent.value = "whole slide"
+        panel.show_tool("Segment and export")
+        dismiss_notifications()
+        viewer.reset_view()
+        settle(2)
+        viewer.screenshot(str(DOCS / "slide.png"), canvas_only=False)
+        print("wrote", DOCS / "slide.png", "| slide levels", [tuple(s) for s in slide.level_shapes])
+        viewer.close()
+
+
+if __name__ == "__main__":
+    main()
