@@ -181,12 +181,18 @@ def tissue_chunks(slide: str, levels: list[SlideLevel], level: int, chunk: int) 
     sy = target.shape[0] / thumb_level.shape[0]
     sx = target.shape[1] / thumb_level.shape[1]
     found = set()
-    for dy in (0, 1):  # a thumbnail pixel covers up to two chunks per axis at its edges
-        for dx in (0, 1):
-            cy = np.minimum(((ty + dy) * sy).astype(int), target.shape[0] - 1) // chunk
-            cx = np.minimum(((tx + dx) * sx).astype(int), target.shape[1] - 1) // chunk
+    for last_y in (False, True):  # a thumbnail pixel covers up to two chunks per axis: those of
+        for last_x in (False, True):  # its first and its last target pixel (not the next one's)
+            cy = _target_pixel(ty, sy, target.shape[0], last_y) // chunk
+            cx = _target_pixel(tx, sx, target.shape[1], last_x) // chunk
             found.update(zip((cy * chunk).tolist(), (cx * chunk).tolist(), strict=True))
     return found
+
+
+def _target_pixel(thumb: np.ndarray, scale: float, size: int, last: bool) -> np.ndarray:
+    """The first (or last) pixel of the target level that thumbnail pixels ``thumb`` cover."""
+    pixel = np.ceil((thumb + 1) * scale).astype(int) - 1 if last else (thumb * scale).astype(int)
+    return np.minimum(pixel, size - 1)
 
 
 def _multiscales(levels: int, name: str, downsample: float) -> list[dict]:
@@ -262,7 +268,8 @@ def build_pyramid(out: str | os.PathLike, should_stop: StopFn | None = None) -> 
     import zarr
 
     root = zarr.open_group(str(out), mode="r+")
-    for group in (root, root["uncertainty"]) if "uncertainty" in root else (root,):
+    maps = root["uncertainty"] if "uncertainty" in root else None
+    for group in (root, maps) if maps is not None and "multiscales" in maps.attrs else (root,):
         paths = [d["path"] for d in group.attrs["multiscales"][0]["datasets"]]
         for finer, coarser in zip(paths[:-1], paths[1:], strict=True):
             src, dst = group[finer], group[coarser]

@@ -163,6 +163,15 @@ def test_only_a_backbone_another_process_can_load_is_referenced(tmp_path):
     assert backbone_reference(load_backbone(tmp_path / "b.safetensors")) == str(tmp_path / "b.safetensors")
 
 
+def test_glass_after_tissue_is_skipped_too(slide, tmp_path):
+    # glass on the right third: the chunks next to the tissue's last column hold no tissue
+    _write_tiff(tmp_path / "mirrored.ome.tif", np.ascontiguousarray(_tissue()[:, ::-1]))
+    result = segment_slide(
+        "random-tiny", slide / "head.safetensors", tmp_path / "mirrored.ome.tif", tmp_path / "m.ome.zarr", chunk=CHUNK
+    )
+    assert (result.chunks, result.no_tissue, result.computed) == (6, 2, 4)
+
+
 def test_a_cancelled_slide_job_resumes_and_ends_as_an_uninterrupted_one(slide, tmp_path):
     whole = _segment(slide, tmp_path / "whole.ome.zarr")
     progressed = []
