@@ -361,7 +361,7 @@ def extract_features(
     return out
 
 
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 """Bumped whenever the code changes what a feature map holds, so caches from older code are not reused."""
 
 
