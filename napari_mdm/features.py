@@ -338,30 +338,42 @@ def extract_features(
     should_stop: StopFn | None = None,
     frame: Frame | None = None,
 ) -> np.ndarray:
-    """(C, H, W) float16 features of an image of any size, computed tile by tile; progress
-    (and cancel) goes by block of the network within each tile. ``frame``: where the image lies
-    in a larger one whose coordinates the position channels give (default: the image itself)."""
+    """(C, H, W) float16 features of an image of any size: the network's tile by tile (progress and
+    cancel go by block of the network within each tile), the filter bank once over the whole image
+    (overlapping tiles would compute it up to 2.25 times, and tile borders would differ from the
+    image's). ``frame``: where the image lies in a larger one whose coordinates the position
+    channels give (default: the image itself)."""
     config = resolve_config(backbone, config)
     source = image if isinstance(image, ImageSource) else ImageSource.from_array(image)
     h, w = source.shape
     frame = frame or Frame(0, 0, h, w)
     out = np.zeros((num_channels(backbone, config), h, w), dtype=np.float16)
-    tiles, per_tile = len(tile_grid((h, w), config.tile, config.overlap)), steps_per_tile(backbone, config)
+    network = replace(config, filters=False, position=False) if config.diffusion else None
+    tiles = len(tile_grid((h, w), config.tile, config.overlap)) if network else 0
+    per_tile = steps_per_tile(backbone, network) if network else 0
     counter = itertools.count(1)
 
     def step() -> None:
         check_stop(should_stop)
         done = next(counter)
-        report(progress, done, tiles * per_tile, f"tile {min(tiles, (done - 1) // per_tile + 1)}/{tiles}")
+        where = f"tile {min(tiles, (done - 1) // per_tile + 1)}/{tiles}" if done <= tiles * per_tile else "filters"
+        report(progress, done, tiles * per_tile + int(config.filters), where)
 
     def compute(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return tile_features(backbone, source.region(y0, y1, x0, x1), y0, x0, config, step, frame).numpy()
+        return tile_features(backbone, source.region(y0, y1, x0, x1), y0, x0, network, step).numpy()
 
-    run_tiled((h, w), compute, out, config.tile, config.overlap, None, should_stop)
+    done = num_channels(backbone, network) if network else 0
+    if network:
+        run_tiled((h, w), compute, out[:done], config.tile, config.overlap, None, should_stop)
+    if config.filters:
+        out[done : done + num_filter_channels()] = filter_features(source.region(0, h, 0, w), should_stop=should_stop)
+        step()
+    if config.position:
+        out[-POSITION_CHANNELS:] = position_channels(frame.y0, frame.x0, (h, w), (frame.height, frame.width)).numpy()
     return out
 
 
-FEATURES_VERSION = 3
+FEATURES_VERSION = 4
 """Bumped whenever the code changes what a feature map holds, so caches from older code are not reused."""
 
 
