@@ -158,7 +158,7 @@ def test_loop_benchmark_writes_every_stage_per_method(tmp_path):
             "scribble",
             "--methods",
             "forest",
-            "fast",
+            "default",
             "--backbone",
             "random-tiny",
             "--out",
@@ -168,7 +168,7 @@ def test_loop_benchmark_writes_every_stage_per_method(tmp_path):
         ]
     )
     saved = json.loads((tmp_path / "ci.json").read_text())
-    assert saved["rows"] == result["rows"] and [r["method"] for r in saved["rows"]] == ["forest", "fast"]
+    assert saved["rows"] == result["rows"] and [r["method"] for r in saved["rows"]] == ["forest", "default"]
     for row in saved["rows"]:
         assert row["size"] == 128 and row["protocol"] == "scribble" and 0 < row["labelled_percent"] < 50
         assert row["first_s"] == pytest.approx(row["features_s"] + row["fit_s"] + row["predict_s"], abs=0.02)
