@@ -507,7 +507,12 @@ def _add_train_head(sub) -> None:
         "for aligned images such as faces, where left and right or top and bottom tell classes apart",
     )
     p.add_argument("--ensemble", type=_at_least(1), default=head.ensemble)
-    p.add_argument("--steps", type=_at_least(1), default=head.steps)
+    p.add_argument(
+        "--steps",
+        type=_at_least(0),
+        default=head.steps,
+        help="head training steps (default: 0, automatic: 50 for strokes, 200 for full masks)",
+    )
     p.add_argument("--seed", type=_at_least(0), default=head.seed)
     p.add_argument("--out", required=True, help="head file to write (.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing head file")

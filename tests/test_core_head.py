@@ -139,3 +139,16 @@ def test_a_head_with_no_hidden_layer_predicts(backbone):
     feats = extract_features(backbone, img)
     head = fit_head([feats], [truth], replace(FAST, hidden=()))
     assert (head.predict(feats).labels == truth).mean() > 0.8
+
+
+def test_automatic_steps_follow_the_labelled_pixels(backbone):
+    from napari_mdm.head import MASK_STEPS, STROKE_STEPS, training_steps
+
+    assert training_steps(HeadConfig(), 1_000) == STROKE_STEPS and training_steps(HeadConfig(), 10**6) == MASK_STEPS
+    assert training_steps(HeadConfig(steps=7), 10**6) == 7
+    img, truth = _two_textures(5)
+    feats = extract_features(backbone, img)
+    strokes = np.zeros_like(truth)
+    strokes[10:86:8, 8:20], strokes[10:86:8, 76:88] = 1, 2
+    head = fit_head([feats], [strokes], HeadConfig(ensemble=2))
+    assert head.config.steps == STROKE_STEPS  # the head file records the steps it trained for

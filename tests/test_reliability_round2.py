@@ -489,7 +489,7 @@ def test_head_settings_that_disagree_with_the_weights_fail_before_building(kit, 
     "args, fragment",
     [
         (["--seed", "-1"], "--seed: must be at least 0"),
-        (["--steps", "0"], "--steps: must be at least 1"),
+        (["--steps", "-1"], "--steps: must be at least 0"),
         (["--device", "cpu:x"], "unknown device 'cpu:x'"),
         (["--device", "cuda:7"], "not available"),
         (["--ensemble", "0"], "--ensemble: must be at least 1"),

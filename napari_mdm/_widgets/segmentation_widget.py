@@ -178,11 +178,12 @@ class SegmentationWidget(Container):
         )
         self.steps = SpinBox(
             value=head.steps,
-            min=10,
+            min=0,
             max=10_000,
             step=10,
             label="head steps",
-            tooltip="Training steps of each classifier; more fit your strokes more closely",
+            tooltip="Training steps of each classifier; more fit your strokes more closely. "
+            "0: automatic (50 for strokes, 200 for full masks)",
         )
         self.live = CheckBox(
             value=False,
