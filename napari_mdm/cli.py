@@ -506,6 +506,13 @@ def _add_train_head(sub) -> None:
         help="add each pixel's position in the image (row and column, 0 to 1) to its features: "
         "for aligned images such as faces, where left and right or top and bottom tell classes apart",
     )
+    _add_head_options(p, head)
+    p.add_argument("--out", required=True, help="head file to write (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing head file")
+    p.set_defaults(func=cmd_train_head)
+
+
+def _add_head_options(p, head) -> None:
     p.add_argument("--ensemble", type=_at_least(1), default=head.ensemble)
     p.add_argument(
         "--steps",
@@ -514,9 +521,6 @@ def _add_train_head(sub) -> None:
         help="head training steps (default: 0, automatic: 50 for strokes, 200 for full masks)",
     )
     p.add_argument("--seed", type=_at_least(0), default=head.seed)
-    p.add_argument("--out", required=True, help="head file to write (.safetensors)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing head file")
-    p.set_defaults(func=cmd_train_head)
 
 
 def _add_segment(sub) -> None:
