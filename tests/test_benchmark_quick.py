@@ -173,5 +173,8 @@ def test_loop_benchmark_writes_every_stage_per_method(tmp_path):
         assert row["size"] == 128 and row["protocol"] == "scribble" and 0 < row["labelled_percent"] < 50
         assert row["first_s"] == pytest.approx(row["features_s"] + row["fit_s"] + row["predict_s"], abs=0.02)
         assert row["retrain_s"] > 0 and row["peak_rss_mib"] >= row["rss_before_mib"] > 0 and 0 <= row["dice"] <= 100
-    assert [r["channels"] for r in saved["rows"]] == [144, 64 + 144]
+    from napari_mdm.checkpoint import load_backbone
+    from napari_mdm.features import FeatureConfig, num_channels
+
+    assert [r["channels"] for r in saved["rows"]] == [144, num_channels(load_backbone("random-tiny"), FeatureConfig())]
     assert "| 128² | scribble" in (tmp_path / "ci.md").read_text()
