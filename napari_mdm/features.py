@@ -274,15 +274,31 @@ def tile_features(
         acts, padded, scaled = decoder_activations(backbone, region, y0, x0, config, on_step)
         with torch.inference_mode():
             _fill_diffusion(out, backbone, acts, padded, scaled, config)
+    _fill_extras(out, region, y0, x0, config, frame, on_step)
+    return out
+
+
+def _fill_extras(
+    out: torch.Tensor | np.ndarray,
+    region: np.ndarray | None,
+    y0: int,
+    x0: int,
+    config: FeatureConfig,
+    frame: Frame | None,
+    on_step: Callable[[], None],
+    should_stop: StopFn | None = None,
+) -> None:
+    """Write the channels that follow the network's into the last channels of ``out`` (C, h, w):
+    the filter bank of ``region`` (read only for it), then the position in ``frame``'s whole of
+    the pixels of the region whose corner is at (y0, x0)."""
     end = out.shape[0] - (POSITION_CHANNELS if config.position else 0)  # position comes last
     if config.filters:
-        out[end - num_filter_channels() : end] = torch.from_numpy(filter_features(region))
+        out[end - num_filter_channels() : end] = torch.from_numpy(filter_features(region, should_stop=should_stop))
         on_step()
     if config.position:
         if frame is None:
             raise ValueError("position channels need the frame of the image the tile lies in")
-        out[end:] = position_channels(frame.y0 + y0, frame.x0 + x0, (h, w), (frame.height, frame.width))
-    return out
+        out[end:] = position_channels(frame.y0 + y0, frame.x0 + x0, out.shape[1:], (frame.height, frame.width))
 
 
 def _channel_groups(
@@ -362,14 +378,12 @@ def extract_features(
     def compute(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return tile_features(backbone, source.region(y0, y1, x0, x1), y0, x0, network, step).numpy()
 
-    done = num_channels(backbone, network) if network else 0
     if network:
-        run_tiled((h, w), compute, out[:done], config.tile, config.overlap, None, should_stop)
-    if config.filters:
-        out[done : done + num_filter_channels()] = filter_features(source.region(0, h, 0, w), should_stop=should_stop)
-        step()
-    if config.position:
-        out[-POSITION_CHANNELS:] = position_channels(frame.y0, frame.x0, (h, w), (frame.height, frame.width)).numpy()
+        run_tiled(
+            (h, w), compute, out[: num_channels(backbone, network)], config.tile, config.overlap, None, should_stop
+        )
+    whole = source.region(0, h, 0, w) if config.filters else None
+    _fill_extras(out, whole, 0, 0, config, frame, step, should_stop)
     return out
 
 
