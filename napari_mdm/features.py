@@ -28,7 +28,7 @@ from .devices import fast_bfloat16
 from .filterbank import filter_features, num_filter_channels
 from .io import ImageSource
 from .jobs import ProgressFn, StopFn, UserError, check_stop, report
-from .tiling import pad_to, run_tiled, tile_grid
+from .tiling import add_weighted, pad_to, tile_grid, weighted_tiles
 
 
 @dataclass(frozen=True)
@@ -328,9 +328,11 @@ def _fill_diffusion(
     padded: tuple[int, int],
     scaled: tuple[int, int],
     config: FeatureConfig,
+    weight: np.ndarray | None = None,
 ) -> None:
     """Write the upsampled (normalised, draw-averaged) decoder maps into ``out``'s first channels,
-    timestep-major then block then channel."""
+    timestep-major then block then channel; with ``weight`` (h, w), add them so weighted (a tile's
+    share in a blend) instead."""
     h, w = out.shape[1:]
     steps = len(config.timesteps)
     per_step = config.project or sum(acts[b].shape[1] for b in config.blocks)
@@ -342,7 +344,7 @@ def _fill_diffusion(
         maps = maps.unflatten(0, (steps, config.draws))
         maps = maps.mean(1) if config.draws > 1 else maps[:, 0]
         for t in range(steps):
-            out[t * per_step + offset : t * per_step + offset + width] = maps[t]
+            add_weighted(out[t * per_step + offset : t * per_step + offset + width], maps[t], weight)
         offset += width
 
 
@@ -375,19 +377,20 @@ def extract_features(
         where = f"tile {min(tiles, (done - 1) // per_tile + 1)}/{tiles}" if done <= tiles * per_tile else "filters"
         report(progress, done, tiles * per_tile + int(config.filters), where)
 
-    def compute(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return tile_features(backbone, source.region(y0, y1, x0, x1), y0, x0, network, step).numpy()
-
     if network:
-        run_tiled(
-            (h, w), compute, out[: num_channels(backbone, network)], config.tile, config.overlap, None, should_stop
-        )
+        diffusion = torch.from_numpy(out[: num_channels(backbone, network)])
+        for (y0, y1, x0, x1), weight in weighted_tiles((h, w), config.tile, config.overlap):
+            # each block is added to the image straight from the network's float32 maps: no
+            # tile-sized float16 copy to blend afterwards
+            acts, padded, scaled = decoder_activations(backbone, source.region(y0, y1, x0, x1), y0, x0, network, step)
+            with torch.inference_mode():
+                _fill_diffusion(diffusion[:, y0:y1, x0:x1], backbone, acts, padded, scaled, network, weight)
     whole = source.region(0, h, 0, w) if config.filters else None
     _fill_extras(out, whole, 0, 0, config, frame, step, should_stop)
     return out
 
 
-FEATURES_VERSION = 4
+FEATURES_VERSION = 5
 """Bumped whenever the code changes what a feature map holds, so caches from older code are not reused."""
 
 

@@ -8,10 +8,11 @@ or zarr) with no image-sized weight map.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 from .jobs import ProgressFn, StopFn, check_stop, report
 
@@ -70,16 +71,42 @@ def _weight_sum(tiles: list[tuple[int, int, int, int]], y0: int, y1: int, x0: in
     return total
 
 
-def _accumulate(
-    out, box: tuple[int, int, int, int], result: np.ndarray, weight: np.ndarray, channels: int = 32
-) -> None:
-    """``out[:, box] += result * weight`` a few channels at a time in float32: the temporaries stay
-    small, and float16 arithmetic in numpy is slow."""
+Box = tuple[int, int, int, int]
+
+
+def weighted_tiles(shape: tuple[int, int], tile: int, overlap: float) -> Iterator[tuple[Box, np.ndarray | None]]:
+    """Each tile's (y0, y1, x0, x1) and its blending weights (h, w) float32, the share of the
+    tile's result in each of its pixels; None when one tile covers the image (copy, no blend)."""
+    tiles = tile_grid(shape, tile, overlap)
+    for box in tiles:
+        y0, y1, x0, x1 = box
+        yield box, None if len(tiles) == 1 else gaussian_window(y1 - y0, x1 - x0) / _weight_sum(tiles, *box)
+
+
+def add_weighted(dst: torch.Tensor, src: torch.Tensor, weight: np.ndarray | None) -> None:
+    """``dst += src * weight`` (or ``dst[...] = src`` without weights) for (C, h, w) maps, summed
+    in float32 a few rows at a time: the temporaries stay in cache (a transposing copy from the
+    backbone's channels-last maps runs 4x faster so), and float16 ``dst`` is rounded once a tile."""
+    rows = max(1, (1 << 20) // (4 * dst.shape[0] * dst.shape[2]))  # about 1 MB of float32 a pass
+    w = None if weight is None else torch.from_numpy(weight)
+    for r in range(0, dst.shape[1], rows):
+        part, values = dst[:, r : r + rows], src[:, r : r + rows]
+        if w is None:
+            part.copy_(values)
+        else:
+            part.copy_(part.float().addcmul_(values.float(), w[r : r + rows]))
+
+
+def _accumulate(out, box: Box, result: np.ndarray, weight: np.ndarray | None) -> None:
+    """``out[:, box] += result * weight`` (``= result`` without weights): a numpy ``out`` through
+    torch (6x faster than numpy's float16 arithmetic), any other array (zarr) in one pass."""
     y0, y1, x0, x1 = box
-    for c in range(0, result.shape[0], channels):
-        part = np.asarray(out[c : c + channels, y0:y1, x0:x1], dtype=np.float32)
-        part += result[c : c + channels] * weight
-        out[c : c + channels, y0:y1, x0:x1] = part
+    if isinstance(out, np.ndarray):
+        add_weighted(torch.from_numpy(out)[:, y0:y1, x0:x1], torch.from_numpy(result), weight)
+    elif weight is None:
+        out[:, y0:y1, x0:x1] = result
+    else:
+        out[:, y0:y1, x0:x1] = np.asarray(out[:, y0:y1, x0:x1], dtype=np.float32) + result * weight
 
 
 def run_tiled(
@@ -92,14 +119,8 @@ def run_tiled(
     should_stop: StopFn | None = None,
 ) -> None:
     """Fill ``out`` (C, H, W), zero-initialised, with the blended results of ``compute`` per tile."""
-    tiles = tile_grid(shape, tile, overlap)
-    for i, (y0, y1, x0, x1) in enumerate(tiles):
+    tiles = list(weighted_tiles(shape, tile, overlap))
+    for i, (box, weight) in enumerate(tiles):
         check_stop(should_stop)
-        result = compute(y0, y1, x0, x1)
-        if len(tiles) == 1:
-            out[:, y0:y1, x0:x1] = result
-        else:
-            _accumulate(
-                out, (y0, y1, x0, x1), result, gaussian_window(y1 - y0, x1 - x0) / _weight_sum(tiles, y0, y1, x0, x1)
-            )
+        _accumulate(out, box, compute(*box), weight)
         report(progress, i + 1, len(tiles), f"tile {i + 1}/{len(tiles)}")
