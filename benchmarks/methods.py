@@ -45,6 +45,8 @@ class FeatureSpec:
     """Head knobs (``HeadConfig``) for this input: training steps (None: the run's) and float32
     products instead of bfloat16."""
     head_float32: bool = False
+    head_hidden: tuple[int, ...] | None = None
+    """The head's hidden layer widths (None: the core's default)."""
 
     @property
     def base(self) -> str | None:

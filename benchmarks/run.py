@@ -90,8 +90,9 @@ def parse_blocks(text: str) -> tuple[int, ...]:
 
 
 def parse_variant(text: str, backbones: dict[str, Backbone]) -> FeatureSpec:
-    """'NAME=BACKBONE:blocks=3-7:project=64:timesteps=50:scale=0.5:bf16:filters:steps=50:fp32' -> a
-    FeatureSpec (bf16: the backbone in bfloat16; steps, fp32: the head's steps and float32 products)."""
+    """'NAME=BACKBONE:blocks=3-7:project=64:timesteps=50:scale=0.5:bf16:filters:steps=50:fp32:hidden=64,32'
+    -> a FeatureSpec (bf16: the backbone in bfloat16; steps, fp32, hidden: the head's steps, float32
+    products and hidden layer widths)."""
     name, _, rest = text.partition("=")
     backbone, *options = rest.split(":")
     if backbone not in backbones:
@@ -109,6 +110,8 @@ def parse_variant(text: str, backbones: dict[str, Backbone]) -> FeatureSpec:
             fields[{"bf16": "bfloat16", "filters": "filters", "fp32": "head_float32"}[key]] = True
         elif key == "steps":
             fields["head_steps"] = int(value)
+        elif key == "hidden":
+            fields["head_hidden"] = tuple(int(v) for v in value.split(","))
         else:
             raise SystemExit(f"--variant {text}: unknown option {option!r}")
     return FeatureSpec(f"mlp({name})", backbone=backbone, **fields)
@@ -289,7 +292,10 @@ def run_split(
                     subset, protocol, lambda b, spec=spec: spec_features(spec, b, backbones, configs)
                 )
                 spec_config = replace(
-                    head_config, steps=spec.head_steps or head_config.steps, bfloat16=not spec.head_float32
+                    head_config,
+                    steps=spec.head_steps or head_config.steps,
+                    bfloat16=not spec.head_float32,
+                    hidden=spec.head_hidden or head_config.hidden,
                 )
                 head = fit_head(feats, labels, spec_config, ignore=0)
                 fit_seconds.setdefault(spec.name, []).append(time.perf_counter() - start)

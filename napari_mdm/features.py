@@ -293,7 +293,8 @@ def _fill_extras(
     the pixels of the region whose corner is at (y0, x0)."""
     end = out.shape[0] - (POSITION_CHANNELS if config.position else 0)  # position comes last
     if config.filters:
-        out[end - num_filter_channels() : end] = torch.from_numpy(filter_features(region, should_stop=should_stop))
+        target = out[end - num_filter_channels() : end]
+        filter_features(region, should_stop=should_stop, out=target.numpy() if torch.is_tensor(target) else target)
         on_step()
     if config.position:
         if frame is None:

@@ -80,15 +80,21 @@ def filter_features(
     scales: Sequence[float] = DEFAULT_SCALES,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(C, H, W) float16 filter responses of an (H, W, 3) image in [0, 1]; see the module docstring."""
+    """(C, H, W) float16 filter responses of an (H, W, 3) image in [0, 1]; see the module docstring.
+    ``out``: a (C, H, W) float16 array to write them into (a feature map's last channels), so the
+    image's responses are never held twice."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise UserError(f"filter features need an (H, W, 3) RGB image, got shape {image.shape}")
     if not scales or any(s <= 0 for s in scales):
         raise UserError(f"filter scales must be positive, got {tuple(scales)}")
     h, w = image.shape[:2]
-    out = np.empty((num_filter_channels(scales), h, w), dtype=np.float16)
+    if out is None:
+        out = np.empty((num_filter_channels(scales), h, w), dtype=np.float16)
+    elif out.shape != (num_filter_channels(scales), h, w) or out.dtype != np.float16:
+        raise ValueError(f"filter responses need a {(num_filter_channels(scales), h, w)} float16 array")
     channels = [np.ascontiguousarray(image[..., c], dtype=np.float32) for c in range(3)]
     k = 0
     for i, sigma in enumerate(scales):

@@ -366,7 +366,29 @@ def _sample_pixels(
             if len(mine):
                 xs.append(feat.reshape(feat.shape[0], -1)[:, idx[np.sort(mine)]].T)
                 ys.append(np.full(len(mine), k))
-    return np.concatenate(xs, dtype=np.float32), np.concatenate(ys)
+    return np.concatenate(xs), np.concatenate(ys)  # in the features' own precision: float16 is half the bytes
+
+
+def _standardised(
+    x: torch.Tensor, dtype: torch.dtype, rows: int = 65536
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(n, C) pixels standardised per channel into ``dtype`` (bfloat16 for a bf16 fit), with the
+    float32 mean and std (at least 1e-3). Done a block of rows at a time, so that with full masks
+    (hundreds of thousands of pixels) no float32 copy of them all is made."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros(x.shape[1], dtype=torch.float64)
+    for r in range(0, len(x), rows):
+        part = x[r : r + rows].double()
+        total += part.sum(0)
+        squares += part.square().sum(0)
+    n = len(x)
+    mean = total / n
+    var = (squares - n * mean**2).clamp_min(0) / max(n - 1, 1)
+    mean, std = mean.float(), var.sqrt().float().clamp_min(1e-3)
+    out = torch.empty(x.shape, dtype=dtype)
+    for r in range(0, n, rows):
+        out[r : r + rows] = (x[r : r + rows].float() - mean) / std
+    return out, mean, std
 
 
 def check_labels(labels: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]], ignore: int | None) -> list[int]:
@@ -416,7 +438,8 @@ def _train(
     progress: ProgressFn | None,
     should_stop: StopFn | None,
 ) -> None:
-    """Adam on standardised pixels ``x`` and class indices ``y``: each member its own
+    """Adam on standardised pixels ``x`` (bfloat16 for a bf16 fit: what autocast would cast each
+    batch to, gathered at half the bytes) and class indices ``y``: each member its own
     class-balanced batch per step, products in bfloat16 where native."""
     k = int(net.weights[-1].shape[-1])
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
@@ -424,8 +447,6 @@ def _train(
     per_class = max(1, config.batch_size // k)
     gen = torch.Generator(device).manual_seed(config.seed)
     bf16 = config.bfloat16 and fast_bfloat16(device)
-    if bf16:
-        x = x.bfloat16()  # what autocast would cast each batch to, gathered at half the bytes
     net.train()
     for step in range(config.steps):
         check_stop(should_stop)
@@ -462,13 +483,11 @@ def fit_head(
         raise UserError(f"feature maps differ in channel count: {sorted(channels)}")
     class_values = check_labels(labels, [f.shape[1:] for f in features], ignore)
     rng = np.random.default_rng(config.seed)
-    x, y = (
-        torch.from_numpy(a).to(device)
-        for a in _sample_pixels(features, labels, class_values, config.pixels_per_class, rng)
-    )
-    mean = x.mean(0)
-    std = x.std(0).clamp_min(1e-3)
-    x.sub_(mean).div_(std)  # in place: with full masks x is hundreds of MB
+    pixels, classes = _sample_pixels(features, labels, class_values, config.pixels_per_class, rng)
+    bf16 = config.bfloat16 and fast_bfloat16(device)
+    x, mean, std = _standardised(torch.from_numpy(pixels), torch.bfloat16 if bf16 else torch.float32)
+    del pixels
+    x, y = x.to(device), torch.from_numpy(classes).to(device)
     config = replace(config, steps=training_steps(config, len(y)))
     torch.manual_seed(config.seed)
     net = EnsembleMLP(config.ensemble, x.shape[1], config.hidden, len(class_values)).to(device)
