@@ -23,8 +23,10 @@ Borders are reflected. Used as a baseline (with a random forest) and as extra he
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
+import torch
 from scipy import ndimage as ndi
 
 from .jobs import ProgressFn, StopFn, UserError, check_stop, report
@@ -52,27 +54,57 @@ def filter_names(scales: Sequence[float] = DEFAULT_SCALES) -> list[str]:
     return [f"{c}/{f}/{s:g}" for s in scales for c in CHANNELS for f in FILTERS]
 
 
-def _eigenvalues(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _eigenvalues(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Larger and smaller eigenvalues of the symmetric 2x2 matrices [[a, b], [b, c]]."""
     mean = (a + c) / 2
-    radius = np.sqrt(((a - c) / 2) ** 2 + b**2)
+    radius = torch.sqrt(((a - c) / 2) ** 2 + b**2)
     return mean + radius, mean - radius
 
 
-def _channel_filters(x: np.ndarray, sigma: float) -> list[np.ndarray]:
-    """The 8 filter responses of one (H, W) float32 channel at one scale."""
+@lru_cache(maxsize=64)
+def _kernel(sigma: float, order: int) -> tuple[float, ...]:
+    """scipy's Gaussian (derivative) weights for ``correlate1d``, radius 4 sigma: the response of
+    ``gaussian_filter1d`` to a unit impulse, reversed."""
+    radius = int(4.0 * sigma + 0.5)
+    impulse = np.zeros(2 * radius + 1)
+    impulse[radius] = 1
+    return tuple(float(v) for v in ndi.gaussian_filter1d(impulse, sigma, order=order, mode="constant")[::-1])
 
-    def g(order: tuple[int, int], s: float = sigma, src: np.ndarray = x) -> np.ndarray:
-        return ndi.gaussian_filter(src, s, order=order, mode="reflect")
 
-    smooth = g((0, 0))
-    dy, dx = sigma * g((1, 0)), sigma * g((0, 1))
-    dyy, dxx, dxy = (sigma**2 * g(order) for order in ((2, 0), (0, 2), (1, 1)))
+def _correlate(x: torch.Tensor, weights: tuple[float, ...], axis: int) -> torch.Tensor:
+    """(B, H, W) float32 correlated along ``axis`` with ``weights``, borders mirrored as scipy's
+    'reflect' mode does: a sum of shifted copies, 3-10x faster than ``scipy.ndimage`` on one core."""
+    r = len(weights) // 2
+    pad = [(0, 0)] * 3
+    pad[axis] = (r, r)
+    padded = torch.from_numpy(np.pad(x.numpy(), pad, mode="symmetric"))
+    n = x.shape[axis]
+    out = padded.narrow(axis, 0, n) * weights[0]
+    for i in range(1, len(weights)):
+        out.add_(padded.narrow(axis, i, n), alpha=weights[i])
+    return out
+
+
+def _gaussian(x: torch.Tensor, sigma: float, y_order: int = 0, x_order: int = 0) -> torch.Tensor:
+    return _correlate(_correlate(x, _kernel(sigma, y_order), 1), _kernel(sigma, x_order), 2)
+
+
+def _scale_filters(x: torch.Tensor, sigma: float) -> list[torch.Tensor]:
+    """The 8 filter responses, each (3, H, W), of the (3, H, W) float32 channels at one scale.
+    The y-passes of the derivatives are shared: 17 one-dimensional passes instead of 20."""
+    along_y = [_correlate(x, _kernel(sigma, order), 1) for order in (0, 1, 2)]
+
+    def along_x(order_y: int, order_x: int) -> torch.Tensor:
+        return _correlate(along_y[order_y], _kernel(sigma, order_x), 2) * sigma ** (order_y + order_x)
+
+    smooth, dy, dx = along_x(0, 0), along_x(1, 0), along_x(0, 1)
+    dyy, dxx, dxy = along_x(2, 0), along_x(0, 2), along_x(1, 1)
+    del along_y
     outer = sigma / 2
-    syy, sxx, sxy = g((0, 0), outer, dy * dy), g((0, 0), outer, dx * dx), g((0, 0), outer, dx * dy)
-    structure = [np.sqrt(np.maximum(e, 0)) for e in _eigenvalues(sxx, sxy, syy)]
+    syy, sxx, sxy = _gaussian(dy * dy, outer), _gaussian(dx * dx, outer), _gaussian(dx * dy, outer)
+    structure = [torch.sqrt(e.clamp_min_(0)) for e in _eigenvalues(sxx, sxy, syy)]
     hessian = _eigenvalues(dxx, dxy, dyy)
-    return [smooth, np.hypot(dx, dy), dxx + dyy, smooth - g((0, 0), 0.66 * sigma), *structure, *hessian]
+    return [smooth, torch.hypot(dx, dy), dxx + dyy, smooth - _gaussian(x, 0.66 * sigma), *structure, *hessian]
 
 
 def filter_features(
@@ -95,13 +127,12 @@ def filter_features(
         out = np.empty((num_filter_channels(scales), h, w), dtype=np.float16)
     elif out.shape != (num_filter_channels(scales), h, w) or out.dtype != np.float16:
         raise ValueError(f"filter responses need a {(num_filter_channels(scales), h, w)} float16 array")
-    channels = [np.ascontiguousarray(image[..., c], dtype=np.float32) for c in range(3)]
-    k = 0
+    channels = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+    per_scale = len(CHANNELS) * len(FILTERS)
     for i, sigma in enumerate(scales):
         check_stop(should_stop)
-        for x in channels:
-            for response in _channel_filters(x, float(sigma)):
-                out[k] = response
-                k += 1
+        for f, response in enumerate(_scale_filters(channels, float(sigma))):
+            for c in range(len(CHANNELS)):  # channel-major within a scale: r/gaussian, r/gradient, ...
+                out[i * per_scale + c * len(FILTERS) + f] = response[c].numpy()
         report(progress, i + 1, len(scales), f"sigma={sigma:g}")
     return out
