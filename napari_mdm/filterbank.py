@@ -93,12 +93,10 @@ def _scale_filters(x: torch.Tensor, sigma: float) -> list[torch.Tensor]:
     """The 8 filter responses, each (3, H, W), of the (3, H, W) float32 channels at one scale.
     The y-passes of the derivatives are shared: 17 one-dimensional passes instead of 20."""
     along_y = [_correlate(x, _kernel(sigma, order), 1) for order in (0, 1, 2)]
-
-    def along_x(order_y: int, order_x: int) -> torch.Tensor:
-        return _correlate(along_y[order_y], _kernel(sigma, order_x), 2) * sigma ** (order_y + order_x)
-
-    smooth, dy, dx = along_x(0, 0), along_x(1, 0), along_x(0, 1)
-    dyy, dxx, dxy = along_x(2, 0), along_x(0, 2), along_x(1, 1)
+    smooth, dy, dx, dyy, dxx, dxy = (
+        _correlate(along_y[oy], _kernel(sigma, ox), 2) * sigma ** (oy + ox)
+        for oy, ox in ((0, 0), (1, 0), (0, 1), (2, 0), (0, 2), (1, 1))
+    )
     del along_y
     outer = sigma / 2
     syy, sxx, sxy = _gaussian(dy * dy, outer), _gaussian(dx * dx, outer), _gaussian(dx * dy, outer)
