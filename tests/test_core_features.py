@@ -11,6 +11,7 @@ from napari_mdm.feature_sets import FEATURE_SETS
 from napari_mdm.features import FeatureCache, FeatureConfig, extract_features, num_channels
 from napari_mdm.filterbank import filter_features, num_filter_channels
 from napari_mdm.jobs import Cancelled, UserError
+from napari_mdm.tiling import weighted_tiles
 
 GLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "glas"
 
@@ -109,6 +110,19 @@ def test_tiles_blend_without_seams(backbone, image):
     # no seam: the error along tile borders is not much larger than elsewhere
     err = np.abs(whole - tiled).mean(0)
     assert err[:, 66:78].mean() < 3 * err.mean() + 1e-3
+
+
+@pytest.mark.parametrize("shape", [(522, 775), (1024, 1024), (576, 577), (577, 300), (40, 1100)])
+def test_tiles_cover_the_image_and_their_blend_weights_sum_to_one(shape):
+    tiles = list(weighted_tiles(shape, 512, 0.25))
+    total = np.zeros(shape, np.float32)
+    for (y0, y1, x0, x1), weight in tiles:
+        assert 0 < y1 - y0 <= 512 + 512 // 8 and 0 < x1 - x0 <= 512 + 512 // 8
+        total[y0:y1, x0:x1] += 1 if weight is None else weight
+    np.testing.assert_allclose(total, 1, atol=1e-5)
+    # a side at most 1/8 longer than the tile takes one tile, not two overlapping almost fully
+    expected = {(522, 775): 2, (1024, 1024): 9, (576, 577): 2, (577, 300): 2, (40, 1100): 3}[shape]
+    assert len(tiles) == expected
 
 
 def test_images_smaller_than_a_tile_and_odd_sizes_work(backbone):
