@@ -36,15 +36,15 @@ METHODS = {
     "+head 5x200": ({"project": 0, "bfloat16": False}, {"ensemble": 5, "steps": 200, "bfloat16": False}),
     "+bf16 head": ({"project": 0, "bfloat16": False}, {"ensemble": 5, "steps": 200, "bfloat16": True}),
     "+bf16 backbone": ({"project": 0, "bfloat16": True}, {"ensemble": 5, "steps": 200, "bfloat16": True}),
-    "+50 steps": ({"project": 0, "bfloat16": True}, {"ensemble": 5, "steps": 50, "bfloat16": True}),
-    "+projection": ({"project": 64, "bfloat16": True}, {"ensemble": 5, "steps": 50, "bfloat16": True}),
+    "+auto steps": ({"project": 0, "bfloat16": True}, {"ensemble": 5, "steps": 0, "bfloat16": True}),
+    "+projection": ({"project": 64, "bfloat16": True}, {"ensemble": 5, "steps": 0, "bfloat16": True}),
     "default": ({}, {}),
 }
 """'before' is the default until issue 14 (decoder blocks 3-9 of the shipped backbone, all 784
 channels, ensemble 10 x 300 steps, float32); each next row adds one knob: the decoder stopped at its
 first full-resolution block, a 5 x 200 ensemble, the head's products in bfloat16 and then the
-backbone's (where the CPU has bf16 units), 50 head steps, the 64-channel projection (`--project
-64`). 'default' is whatever the core's defaults are today (one of the rows above)."""
+backbone's (where the CPU has bf16 units), automatic head steps (50 for strokes, 200 for full
+masks), the 64-channel projection (`--project 64`). 'default' is whatever the core's defaults are today (one of the rows above)."""
 
 
 def loop_image(size: int) -> tuple[np.ndarray, np.ndarray]:

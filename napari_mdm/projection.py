@@ -4,7 +4,8 @@ The basis is fitted once per backbone and feature setting (timesteps, blocks, sc
 components) on fixed reference images that ship with scikit-image (the ``ihc`` histology sample
 and the ``astronaut`` photograph), deterministically: a head that records ``project=k`` and its
 backbone is applied with the same basis on any machine, and the feature cache's key (the
-feature settings) stays valid. Components are those of the blocks' per-pixel normalised
+feature settings) stays valid; the samples are computed in float32 even where the features use
+bfloat16, so the basis does not depend on the machine's bf16 units. Components are those of the blocks' per-pixel normalised
 activations concatenated, as the head would see them without the projection.
 """
 
@@ -41,7 +42,9 @@ def _samples(backbone: Backbone, config) -> torch.Tensor:
     grid = (REFERENCE_SIDE // 4, REFERENCE_SIDE // 4)
     per_image = []
     for image in reference_images():
-        acts, _, _ = decoder_activations(backbone, image, 0, 0, replace(config, draws=1))
+        # float32 whatever the feature setting: the basis must not depend on whether this
+        # machine has bfloat16 units, or a head trained on one would read other axes on another
+        acts, _, _ = decoder_activations(backbone, image, 0, 0, replace(config, draws=1, bfloat16=False))
         maps = [
             F.interpolate(
                 unit_norm(acts[b]) if config.normalize else acts[b], size=grid, mode="bilinear", align_corners=False
@@ -75,7 +78,6 @@ def projection_basis(backbone: Backbone, config) -> dict[int, torch.Tensor]:
         config.scale,
         config.seed,
         config.normalize,
-        config.bfloat16,
         str(backbone.device),
     )
     if key not in _BASES:
