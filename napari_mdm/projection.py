@@ -11,7 +11,11 @@ activations concatenated, as the head would see them without the projection.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -66,23 +70,64 @@ def fit_basis(samples: torch.Tensor, components: int) -> torch.Tensor:
     return (top * signs).float()
 
 
+def _basis_key(backbone: Backbone, config) -> str:
+    """What the basis depends on, as text: the weights and every setting the samples use."""
+    settings = (config.timesteps, config.blocks, config.project, config.scale, config.seed, config.normalize)
+    return f"napari-mdm-projection/1 {backbone.digest} {settings}"
+
+
+def _cache_file(key: str) -> Path:
+    """Where a computed basis is kept between sessions: ``$NAPARI_MDM_CACHE`` or
+    ``~/.cache/napari-mdm`` (fitting one takes a few seconds of backbone time on a CPU)."""
+    root = (
+        os.environ.get("NAPARI_MDM_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "napari-mdm"
+    )
+    return Path(root) / f"projection-{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
+
+
+def _stored_basis(key: str) -> torch.Tensor | None:
+    """The basis saved for ``key`` in the cache (shipped ones first), or None when absent or unreadable."""
+    from .checkpoint import CheckpointError, read_tensors, shipped_dir
+
+    name = _cache_file(key).name
+    for path in (shipped_dir() / name, _cache_file(key)):
+        if path.is_file():
+            try:
+                tensors, meta = read_tensors(path)
+            except CheckpointError:
+                continue
+            if meta.get("key") == key and "basis" in tensors:
+                return tensors["basis"]
+    return None
+
+
+def _store_basis(key: str, basis: torch.Tensor) -> None:
+    """Keep the basis for the next session; a cache that cannot be written is skipped silently."""
+    from .checkpoint import write_tensors
+    from .jobs import UserError
+
+    try:
+        write_tensors(_cache_file(key), {"basis": basis}, {"key": key})
+    except (UserError, OSError):
+        pass
+
+
 def projection_basis(backbone: Backbone, config) -> dict[int, torch.Tensor]:
     """Per decoder block, the (timesteps x draws, C_block, project) slice of the basis, batched as
-    :func:`napari_mdm.features.decoder_activations` batches its inputs; computed once per backbone."""
-    key = (
-        backbone.digest,
-        id(backbone.model),
-        config.timesteps,
-        config.blocks,
-        config.project,
-        config.scale,
-        config.seed,
-        config.normalize,
-        str(backbone.device),
-    )
-    if key not in _BASES:
-        basis = fit_basis(_samples(backbone, config), config.project)
+    :func:`napari_mdm.features.decoder_activations` batches its inputs; computed once per backbone
+    and setting; for a backbone loaded from a file, kept in the disk cache (:func:`_cache_file`)
+    for later sessions (random and unsaved backbones have no content hash to key it by)."""
+    key = _basis_key(backbone, config)
+    memory_key = (key, id(backbone.model), str(backbone.device))
+    saved = re.fullmatch("[0-9a-f]{16}", backbone.digest) is not None  # a checkpoint file's content hash
+    if memory_key not in _BASES:
+        basis = _stored_basis(key) if saved else None
+        if basis is None:
+            basis = fit_basis(_samples(backbone, config), config.project)
+            if saved:
+                _store_basis(key, basis)
         widths = [backbone.model.block_channels[b] for b in config.blocks]
         parts = torch.split(basis, widths, dim=1)
-        _BASES[key] = {b: part.to(backbone.device) for b, part in zip(config.blocks, parts, strict=True)}
-    return {b: part.repeat_interleave(config.draws, dim=0) for b, part in _BASES[key].items()}
+        _BASES[memory_key] = {b: part.to(backbone.device) for b, part in zip(config.blocks, parts, strict=True)}
+    return {b: part.repeat_interleave(config.draws, dim=0) for b, part in _BASES[memory_key].items()}

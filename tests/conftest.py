@@ -11,6 +11,12 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Projection bases computed by the tests go to a temporary cache, not the user's."""
+    os.environ["NAPARI_MDM_CACHE"] = str(tmp_path_factory.mktemp("napari_mdm_cache"))
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     if os.environ.get("DISPLAY"):
         return

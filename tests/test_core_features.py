@@ -98,6 +98,36 @@ def test_projection_keeps_the_leading_principal_components_the_same_everywhere(b
     assert FeatureConfig.from_dict({"timesteps": [50]}).project == 0
 
 
+def test_projection_basis_is_kept_on_disk_for_saved_backbones_and_recomputed_when_unreadable(
+    kit, tmp_path, monkeypatch
+):
+    from napari_mdm import projection
+    from napari_mdm.checkpoint import load_backbone
+    from napari_mdm.features import resolve_config
+
+    monkeypatch.setenv("NAPARI_MDM_CACHE", str(tmp_path))
+    monkeypatch.setattr(projection, "_BASES", {})
+    backbone = load_backbone(kit.backbone_path)
+    config = resolve_config(backbone, FeatureConfig(project=8))
+    first = projection.projection_basis(backbone, config)
+    (stored,) = tmp_path.glob("projection-*.safetensors")
+    monkeypatch.setattr(projection, "_BASES", {})
+    fit = projection.fit_basis
+    monkeypatch.setattr(projection, "fit_basis", lambda *a: pytest.fail("the stored basis was not used"))
+    again = projection.projection_basis(backbone, config)
+    assert all(torch.equal(first[b], again[b]) for b in first)
+    stored.write_bytes(b"not a safetensors file")  # a damaged cache is recomputed, not an error
+    monkeypatch.setattr(projection, "_BASES", {})
+    monkeypatch.setattr(projection, "fit_basis", fit)
+    third = projection.projection_basis(backbone, config)
+    assert all(torch.allclose(first[b], third[b]) for b in first)
+    # an unsaved backbone (no content hash) never goes to disk
+    stored.unlink()
+    monkeypatch.setattr(projection, "_BASES", {})
+    projection.projection_basis(random_backbone("tiny"), resolve_config(random_backbone("tiny"), config))
+    assert not list(tmp_path.glob("projection-*"))
+
+
 def test_tiles_blend_without_seams(backbone, image):
     # The untrained control has zero-initialised residual branches (a fresh diffusion U-Net), so
     # no tile-wide GroupNorm/attention context: tiled and whole-image features must agree up to
