@@ -124,8 +124,8 @@ def run_tiled(
     should_stop: StopFn | None = None,
 ) -> None:
     """Fill ``out`` (C, H, W), zero-initialised, with the blended results of ``compute`` per tile."""
-    tiles = list(weighted_tiles(shape, tile, overlap))
-    for i, (box, weight) in enumerate(tiles):
+    count = len(tile_grid(shape, tile, overlap))
+    for i, (box, weight) in enumerate(weighted_tiles(shape, tile, overlap)):  # one tile's weights at a time
         check_stop(should_stop)
         _accumulate(out, box, compute(*box), weight)
-        report(progress, i + 1, len(tiles), f"tile {i + 1}/{len(tiles)}")
+        report(progress, i + 1, count, f"tile {i + 1}/{count}")
