@@ -38,13 +38,15 @@ METHODS = {
     "+bf16 backbone": ({"project": 0, "bfloat16": True}, {"ensemble": 5, "steps": 200, "bfloat16": True}),
     "+auto steps": ({"project": 0, "bfloat16": True}, {"ensemble": 5, "steps": 0, "bfloat16": True}),
     "+projection": ({"project": 64, "bfloat16": True}, {"ensemble": 5, "steps": 0, "bfloat16": True}),
+    "hidden 64": ({}, {"hidden": (64, 32)}),
     "default": ({}, {}),
 }
 """'before' is the default until issue 14 (decoder blocks 3-9 of the shipped backbone, all 784
 channels, ensemble 10 x 300 steps, float32); each next row adds one knob: the decoder stopped at its
 first full-resolution block, a 5 x 200 ensemble, the head's products in bfloat16 and then the
 backbone's (where the CPU has bf16 units), automatic head steps (50 for strokes, 200 for full
-masks), the 64-channel projection (`--project 64`). 'default' is whatever the core's defaults are today (one of the rows above)."""
+masks), the 64-channel projection (`--project 64`). 'hidden 64' is the default with a head half as
+wide (first hidden layer 64 instead of 128). 'default' is whatever the core's defaults are today (one of the rows above)."""
 
 
 def loop_image(size: int) -> tuple[np.ndarray, np.ndarray]:
