@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adam import Adam
 from .checkpoint import CheckpointError, build_checked, read_tensors, write_tensors
 from .devices import fast_bfloat16
 from .features import FeatureConfig
@@ -443,7 +444,7 @@ def _train(
     batch to, gathered at half the bytes) and class indices ``y``: each member its own
     class-balanced batch per step, products in bfloat16 where native."""
     k = int(net.weights[-1].shape[-1])
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    opt = Adam(net.parameters(), lr=config.lr)
     pools = [torch.nonzero(y == c).squeeze(1) for c in range(k)]
     per_class = max(1, config.batch_size // k)
     gen = torch.Generator(device).manual_seed(config.seed)
@@ -457,7 +458,7 @@ def _train(
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             logits = net(x[idx])
         loss = F.cross_entropy(logits.float().reshape(-1, k), y[idx].reshape(-1))
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
         if (step + 1) % 10 == 0 or step + 1 == config.steps:

@@ -152,3 +152,24 @@ def test_automatic_steps_follow_the_labelled_pixels(backbone):
     strokes[10:86:8, 8:20], strokes[10:86:8, 76:88] = 1, 2
     head = fit_head([feats], [strokes], HeadConfig(ensemble=2))
     assert head.config.steps == STROKE_STEPS  # the head file records the steps it trained for
+
+
+def test_the_heads_adam_takes_torchs_adam_steps_exactly():
+    """napari_mdm.adam avoids importing torch._dynamo (1.4 s at a session's first training); its
+    update must be torch's, so heads are the same as with torch.optim.Adam."""
+    from napari_mdm.adam import Adam
+
+    torch.manual_seed(0)
+    ours, theirs = (
+        torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)) for _ in range(2)
+    )
+    theirs.load_state_dict(ours.state_dict())
+    opts = Adam(ours.parameters(), lr=1e-2), torch.optim.Adam(theirs.parameters(), lr=1e-2)
+    x, y = torch.randn(64, 7), torch.randint(3, (64,))
+    for _ in range(25):
+        for net, opt in zip((ours, theirs), opts, strict=True):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b)
