@@ -372,24 +372,24 @@ def _sample_pixels(
 
 
 def _standardised(
-    x: torch.Tensor, dtype: torch.dtype, rows: int = 65536
+    x: torch.Tensor, dtype: torch.dtype, rows: int = 8192
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(n, C) pixels standardised per channel into ``dtype`` (bfloat16 for a bf16 fit), with the
     float32 mean and std (at least 1e-3). Done a block of rows at a time, so that with full masks
-    (hundreds of thousands of pixels) no float32 copy of them all is made."""
+    (hundreds of thousands of pixels) no float32 copy of them all is made; sums in float64."""
     total = torch.zeros(x.shape[1], dtype=torch.float64)
     squares = torch.zeros(x.shape[1], dtype=torch.float64)
     for r in range(0, len(x), rows):
-        part = x[r : r + rows].double()
-        total += part.sum(0)
-        squares += part.square().sum(0)
+        part = x[r : r + rows].float()
+        total += part.sum(0, dtype=torch.float64)
+        squares += part.square_().sum(0, dtype=torch.float64)
     n = len(x)
     mean = total / n
     var = (squares - n * mean**2).clamp_min(0) / max(n - 1, 1)
     mean, std = mean.float(), var.sqrt().float().clamp_min(1e-3)
     out = torch.empty(x.shape, dtype=dtype)
     for r in range(0, n, rows):
-        out[r : r + rows] = (x[r : r + rows].float() - mean) / std
+        out[r : r + rows] = x[r : r + rows].float().sub_(mean).div_(std)
     return out, mean, std
 
 
