@@ -14,10 +14,17 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .jobs import UserError
+from .jobs import Remedy, UserError
 
 MAX_NAME_BYTES = 255
 """The longest file name common file systems accept."""
+
+OVERWRITE = Remedy(
+    cli="pass --overwrite (or overwrite=True) to replace it",
+    plugin="tick 'overwrite files' to replace it, or choose another folder under 'save to'",
+)
+"""How to replace an existing output: every output the plugin writes is planned in its
+'Segment and export' tab, next to the 'overwrite files' box."""
 
 
 def _remove(path: Path) -> None:
@@ -27,7 +34,8 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _is_zarr_store(path: Path) -> bool:
+def is_zarr_store(path: Path) -> bool:
+    """A zarr array or group (v2 or v3) rather than a folder of other files."""
     return any((path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup"))
 
 
@@ -49,12 +57,12 @@ def refuse_existing(target: str | os.PathLike, overwrite: bool) -> None:
         is_folder, exists = target.is_dir(), target.exists() or target.is_symlink()
     except OSError as err:  # a folder name over the limit, a loop of links
         raise UserError(f"cannot write {target}: {err.strerror or err}") from None
-    if is_folder and not (target.suffix.lower() == ".zarr" and _is_zarr_store(target)):
+    if is_folder and not (target.suffix.lower() == ".zarr" and is_zarr_store(target)):
         raise UserError(
             f"cannot write {target}: it is a folder, and napari-mdm never replaces a folder with a file: name a file"
         )
     if not overwrite and exists:
-        raise UserError(f"{target} already exists; pass --overwrite (or overwrite=True) to replace it")
+        raise UserError(f"{target} already exists", OVERWRITE)
 
 
 def check_writable(target: str | os.PathLike) -> None:

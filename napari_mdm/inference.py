@@ -20,7 +20,7 @@ from .features import FeatureConfig, Frame, extract_features, num_channels, tile
 from .files import atomic_output, plan_outputs
 from .head import Head, Prediction, maps_to_prediction
 from .io import MARKER_KEY, ImageSource, label_dtype, read_array, split_stack, write_array, write_labels
-from .jobs import ProgressFn, StopFn, UserError, check_stop, report
+from .jobs import ProgressFn, Remedy, StopFn, UserError, check_stop, report
 from .naming import segmentation_outputs, stem
 from .tiling import run_tiled
 
@@ -205,9 +205,10 @@ def _check_inputs(head: Head, planned) -> None:
         if labels_path.suffix == ".png" and len(planes) > 1:
             raise UserError(f"{path} is a stack of {len(planes)} images: png holds one 2-D image; use tif or zarr")
         if any(_maps_too_large(p, head) for p in planes) and (labels_path.suffix != ".zarr" or len(planes) > 1):
+            split = " and split the stack into single images" if len(planes) > 1 else ""
             raise UserError(
-                f"{path} is too large to segment in memory; write it as zarr (--format zarr)"
-                + (" and split the stack into single images" if len(planes) > 1 else "")
+                f"{path} is too large to segment in memory",
+                Remedy(f"write it as zarr (--format zarr){split}", f"choose format 'zarr'{split}"),
             )
 
 

@@ -6,6 +6,7 @@ The CLI passes a progress bar, the widgets pass a worker's ``yield``, tests pass
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 ProgressFn = Callable[[int, int, str], None]
 """``progress(done, total, info)``: called after each unit of work (step, tile, image)."""
@@ -14,8 +15,33 @@ StopFn = Callable[[], bool]
 """``should_stop()``: polled between units of work; True cancels the job."""
 
 
+@dataclass(frozen=True)
+class Remedy:
+    """What the user can do about a :class:`UserError`, in the words of each front end: the CLI
+    (and the API) name their options, the plugin its controls, where a flag means nothing."""
+
+    cli: str
+    plugin: str
+
+
 class UserError(Exception):
-    """A problem with the user's input or files, reported as one line, never as a traceback."""
+    """A problem with the user's input or files, reported as one line, never as a traceback.
+
+    ``str(err)`` is the problem and the CLI's remedy; :attr:`in_plugin` the problem and the
+    plugin's remedy. A message that names an option gives it in a :class:`Remedy`, never in
+    ``problem`` (the plugin shows ``problem`` as it is)."""
+
+    def __init__(self, problem: str, remedy: Remedy | None = None) -> None:
+        super().__init__(problem if remedy is None else f"{problem}; {remedy.cli}")
+        self.problem, self.remedy = problem, remedy
+
+    def __reduce__(self):  # raised on a dask worker: comes back with both wordings
+        return type(self), (self.problem, self.remedy)
+
+    @property
+    def in_plugin(self) -> str:
+        """The text of the napari notification: the plugin's remedy instead of the CLI's."""
+        return str(self) if self.remedy is None else f"{self.problem}; {self.remedy.plugin}"
 
 
 def first_line(err: BaseException) -> str:

@@ -30,7 +30,7 @@ from .checkpoint import (
 )
 from .corruption import CorruptionConfig, corrupt_batch
 from .devices import available_memory_bytes, resolve_device
-from .jobs import Cancelled, ProgressFn, StopFn, UserError, check_stop, first_line, report
+from .jobs import Cancelled, ProgressFn, Remedy, StopFn, UserError, check_stop, first_line, report
 from .objectives import pretraining_loss
 from .ranks import Ranks, any_rank, data_parallel, join, process_device, ranks_from_env
 
@@ -137,8 +137,8 @@ def _check_memory(config: UNetConfig, crop: int, batch: int, device: torch.devic
     if need > have:
         raise UserError(
             f"crop {crop} with batch size {batch} needs at least {need / 2**30:,.1f} GiB for one "
-            f"training step, but {have / 2**30:,.1f} GiB is available on {device}: use a smaller "
-            "--crop or --batch-size"
+            f"training step, but {have / 2**30:,.1f} GiB is available on {device}",
+            Remedy("use a smaller --crop or --batch-size", "lower 'crop' or 'batch size'"),
         )
 
 

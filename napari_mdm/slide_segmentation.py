@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import plan_outputs
-from .jobs import Cancelled, ProgressFn, StopFn, UserError, check_stop, report
+from .files import OVERWRITE, is_zarr_store, plan_outputs
+from .jobs import Cancelled, ProgressFn, Remedy, StopFn, UserError, check_stop, report
 from .slides import SlideLevel, SlideRegion
 
 NGFF_VERSION = "0.4"
@@ -225,20 +225,42 @@ def pyramid_shapes(shape: tuple[int, int], smallest: int = 256) -> list[tuple[in
     return shapes
 
 
+ANOTHER_OUTPUT = Remedy(cli="choose another --out", plugin="choose another folder under 'save to'")
+
+
+def _existing_job(out: Path) -> dict | None:
+    """The job signature an existing output was written by, None when it is not our label image."""
+    import zarr
+
+    try:
+        return dict(zarr.open_group(str(out), mode="r").attrs).get("napari-mdm", {}).get("job")
+    except Exception:  # noqa: BLE001 (not a zarr group at all)
+        return None
+
+
+def _check_existing(out: Path, signature: dict, overwrite: bool) -> bool:
+    """True when ``out`` is this job's output, to resume; a UserError when it is something that
+    may not be replaced (a folder of other files) or that replacing was not asked for."""
+    theirs, ours = _existing_job(out), json.loads(json.dumps(signature))
+    if theirs == ours:
+        return True
+    if out.is_dir() and not is_zarr_store(out):
+        raise UserError(f"{out} is a folder of other files, and napari-mdm never replaces one", ANOTHER_OUTPUT)
+    if not overwrite and theirs is None:
+        raise UserError(f"{out} exists and is not the output of a napari-mdm slide job", OVERWRITE)
+    if not overwrite:
+        other = ", ".join(key for key in ours if theirs.get(key) != ours[key])
+        raise UserError(f"{out} holds the output of a slide job with another {other}: it cannot resume", OVERWRITE)
+    return False
+
+
 def _prepare_output(job: SlideJob, level: SlideLevel, dtype: np.dtype, overwrite: bool) -> None:
     """Create the OME-Zarr label image, or check that an existing one is this job's (to resume)."""
     import zarr
 
     out, signature = Path(job.out), job.signature()
-    if out.exists():
-        try:
-            theirs = dict(zarr.open_group(str(out), mode="r").attrs).get("napari-mdm", {}).get("job")
-        except Exception:  # not a zarr group at all
-            theirs = None
-        if theirs == json.loads(json.dumps(signature)):
-            return
-        if not overwrite:
-            raise UserError(f"{out} exists and holds another job's output; pass --overwrite to replace it")
+    if out.exists() and _check_existing(out, signature, overwrite):
+        return
     # only a zarr store may be replaced, never a folder of other files or an input
     plan_outputs([out], [p for p in (job.slide, job.head, job.backbone) if Path(p).exists()], overwrite)
     if out.exists():

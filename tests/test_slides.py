@@ -217,4 +217,11 @@ def test_the_cli_segments_a_slide_and_refuses_to_mix_jobs(slide, tmp_path, capsy
     assert main(args) == 0 and "4 chunks segmented" in capsys.readouterr().out
     assert main(args) == 0 and "4 done by an earlier run" in capsys.readouterr().out
     assert main([*args[:-2], "--chunk", "256"]) == 2
-    assert "holds another job's output" in capsys.readouterr().err
+    assert "a slide job with another chunk: it cannot resume; pass --overwrite" in capsys.readouterr().err
+    (tmp_path / "notes.ome.zarr").mkdir()
+    (tmp_path / "notes.ome.zarr" / "notes.txt").write_text("mine")
+    assert main([*args[:-3], str(tmp_path / "notes.ome.zarr"), "--overwrite"]) == 2
+    assert "is a folder of other files, and napari-mdm never replaces one; choose another --out" in (
+        capsys.readouterr().err
+    )
+    assert (tmp_path / "notes.ome.zarr" / "notes.txt").read_text() == "mine"

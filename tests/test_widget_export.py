@@ -66,7 +66,8 @@ def test_layers_are_segmented_written_and_shown(ready, tmp_path, wait_job, notes
     uncertainty, kind = read_back(tmp_path / "second_uncertainty.zarr")
     assert kind == "image" and uncertainty.shape == (64, 64)
     widget.start()
-    assert "already exists" in notes()[-1]
+    assert "already exists; tick 'overwrite files' to replace it" in notes()[-1]  # the plugin's words
+    assert "--overwrite" not in notes()[-1]
 
 
 def test_folder_is_segmented_to_tif_and_cancel_leaves_no_partial_file(ready, tmp_path, qtbot, wait_job):

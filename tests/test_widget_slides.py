@@ -127,3 +127,23 @@ def test_the_whole_slide_job_reports_tiles_cancels_resumes_and_opens_its_output(
     assert (np.asarray(labels.data[0])[DARK[0] + 8 : DARK[1] - 8, DARK[2] + 8 : DARK[3] - 8] == 2).mean() > 0.9
     assert isinstance(unc, Image) and not unc.visible and unc.multiscale
     assert slide_layer in viewer.layers and widget.slides.slide.value is slide_layer  # outputs are not slides
+
+
+def test_an_output_that_is_not_this_job_says_what_to_do_in_the_plugin(opened, tmp_path, wait_job, notes):
+    _, _, widget = opened
+    widget.slides.extent.value = "whole slide"
+    widget.out_dir.value = tmp_path
+    zarr.open_group(str(tmp_path / "slide_mask.ome.zarr"), mode="w", zarr_format=2)  # someone else's store
+    widget.start()
+    wait_job(widget.jobs)
+    assert (
+        "is not the output of a napari-mdm slide job; tick 'overwrite files' to replace it, or choose another "
+        "folder under 'save to'" in notes()[-1]
+    )
+    assert "--" not in notes()[-1]
+    (tmp_path / "slide_mask.ome.zarr" / ".zgroup").rename(tmp_path / "slide_mask.ome.zarr" / "notes.txt")
+    widget.overwrite.value = True  # a folder of other files: never replaced
+    widget.start()
+    wait_job(widget.jobs)
+    assert (tmp_path / "slide_mask.ome.zarr" / "notes.txt").exists()
+    assert notes()[-1].endswith("never replaces one; choose another folder under 'save to'")

@@ -288,7 +288,7 @@ class SegmentationWidget(Container):
         except UserError as err:
             if not live:
                 raise
-            self.jobs.status.value = f"live: {err}"  # strokes in progress: say it quietly, retry on the next
+            self.jobs.status.value = f"live: {err.in_plugin}"  # strokes in progress: say it quietly, retry on the next
             return None
         compute = self._training_job(backbone, planes, labels, config)
         title = "Live training" if live else "Training"

@@ -73,7 +73,7 @@ class Session:
                 self.set_backbone(load_backbone(name, device=resolve_device("auto")))
             except UserError as err:
                 notify_error(
-                    f"the default backbone {name!r} could not be loaded ({err}): load one in the 'Backbone' widget"
+                    f"the default backbone {name!r} could not be loaded ({err.in_plugin}): load one in the 'Backbone' widget"
                 )
                 return None
             which = "the default backbone" if self.preferred_backbone is None else "the backbone for these images,"

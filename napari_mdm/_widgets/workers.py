@@ -73,7 +73,7 @@ def user_action(method: Callable) -> Callable:
         try:
             return method(*args, **kwargs)
         except UserError as err:
-            notify_error(str(err))
+            notify_error(err.in_plugin)
             return None
 
     return guarded
@@ -96,7 +96,7 @@ def report_failure(title: str, err: BaseException) -> None:
     if isinstance(err, Cancelled):
         notify_info(f"{title}: cancelled")
     elif isinstance(err, UserError):
-        notify_error(f"{title}: {err}")
+        notify_error(f"{title}: {err.in_plugin}")
     else:
         log.error("%s failed", title, exc_info=err)
         notify_error(f"{title} failed: {type(err).__name__}: {err}")
