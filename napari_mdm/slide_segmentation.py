@@ -195,17 +195,19 @@ def _target_pixel(thumb: np.ndarray, scale: float, size: int, last: bool) -> np.
     return np.minimum(pixel, size - 1)
 
 
-def _multiscales(levels: int, name: str, downsample: float) -> list[dict]:
-    """NGFF multiscales whose scales are in the slide's level-0 pixels (level 0 of a job at slide
-    level k has that level's downsample), so a viewer lays the output over the slide."""
+def _multiscales(shapes: list[tuple[int, int]], name: str, downsample: tuple[float, float]) -> list[dict]:
+    """NGFF multiscales whose scales are in the slide's level-0 pixels, per axis (level 0 of a job
+    at slide level k has that level's downsample; each coarser level its size ratio to level 0,
+    as napari scales it), so a viewer lays the output over the slide."""
+    (h, w), (dy, dx) = shapes[0], downsample
     return [
         {
             "version": NGFF_VERSION,
             "name": name,
             "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
             "datasets": [
-                {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [downsample * 2.0**i] * 2}]}
-                for i in range(levels)
+                {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [dy * h / sh, dx * w / sw]}]}
+                for i, (sh, sw) in enumerate(shapes)
             ],
         }
     ]
@@ -273,10 +275,10 @@ def _prepare_output(job: SlideJob, level: SlideLevel, dtype: np.dtype, overwrite
     if job.uncertainty:
         maps = group.create_group("uncertainty")
         _create_levels(maps, shapes, job.chunk, "float32", 0.0)
-        maps.attrs["multiscales"] = _multiscales(len(shapes), "uncertainty", level.downsample)
+        maps.attrs["multiscales"] = _multiscales(shapes, "uncertainty", level.downsample)
     group.attrs.update(
         {
-            "multiscales": _multiscales(len(shapes), out.name, level.downsample),
+            "multiscales": _multiscales(shapes, out.name, level.downsample),
             "image-label": {"version": NGFF_VERSION, "source": {"image": job.slide}},
             "napari-mdm": {"job": signature, "complete": False},
         }

@@ -14,45 +14,60 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .io import ImageSource
 from .jobs import UserError
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".btf")
+MICRONS = ("micrometer", "micron")
 
 
 @dataclass(frozen=True)
 class SlideLevel:
     index: int
     shape: tuple[int, int]
-    downsample: float
-    """Full-resolution pixels per pixel of this level (1 for level 0)."""
-    mpp: float | None
-    """Microns per pixel at this level, when the file records it."""
+    downsample: tuple[float, float]
+    """Full-resolution pixels per pixel of this level along y and x (1, 1 for level 0): level 0's
+    size over this one's, as napari scales a multiscale layer's levels. The two differ where a
+    pyramid rounded odd sizes or shrank its axes unequally."""
+    mpp: tuple[float, float] | None
+    """Microns per pixel along y and x at this level, when the file records them."""
 
 
 def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in TIFF_SUFFIXES
 
 
-def _tiff_mpp(tif) -> float | None:
-    """Level-0 microns per pixel: OME PhysicalSizeX, an SVS 'MPP = x' description, or the TIFF resolution tags."""
-    if tif.is_ome:
-        match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata or "")
-        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata or "")
-        if match and (unit is None or unit.group(1) in ("µm", "um", "micron")):
-            return float(match.group(1))
-    page = tif.pages.first
-    match = re.search(r"MPP\s*=\s*([0-9.]+)", page.description or "")
-    if match:
-        return float(match.group(1))
-    resolution, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
+def _ome_size(metadata: str, axis: str) -> float | None:
+    """OME PhysicalSize{axis} in microns, None when absent or in another unit."""
+    match = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', metadata)
+    unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', metadata)
+    return float(match.group(1)) if match and (unit is None or unit.group(1) in ("µm", "um", "micron")) else None
+
+
+def _tag_size(page, tag: str) -> float | None:
+    """Microns per pixel from a TIFF resolution tag (pixels per inch or centimetre)."""
+    resolution, unit = page.tags.get(tag), page.tags.get("ResolutionUnit")
     if resolution and unit and unit.value in (2, 3):  # inch, centimetre
         numerator, denominator = resolution.value
         if numerator > 0 and denominator > 0 and numerator / denominator > 1:
             return (25400.0 if unit.value == 2 else 10000.0) / (numerator / denominator)
     return None
+
+
+def _tiff_mpp(tif) -> tuple[float, float] | None:
+    """Level-0 microns per pixel along y and x: OME PhysicalSizeY/X, an SVS 'MPP = x' description
+    (square pixels), or the TIFF resolution tags; an axis without its own size takes the other's."""
+    page = tif.pages.first
+    match = re.search(r"MPP\s*=\s*([0-9.]+)", page.description or "")
+    if tif.is_ome and _ome_size(tif.ome_metadata or "", "X") is not None:
+        y, x = _ome_size(tif.ome_metadata, "Y"), _ome_size(tif.ome_metadata, "X")
+    elif match:
+        y = x = float(match.group(1))
+    else:
+        y, x = _tag_size(page, "YResolution"), _tag_size(page, "XResolution")
+    if x is None:
+        return None
+    return (x if y is None else y), x
 
 
 def _tiff_levels(path: Path):
@@ -80,9 +95,9 @@ def _ome_zarr_levels(path: Path):
     datasets = multiscales[0]["datasets"]
     arrays = [node[d["path"]] for d in datasets]
     scale = next((t["scale"] for t in datasets[0].get("coordinateTransformations", []) if t["type"] == "scale"), None)
-    units = [a.get("unit") for a in multiscales[0].get("axes", []) if isinstance(a, dict)]
-    mpp = float(scale[-1]) if scale and units and units[-1] in ("micrometer", "micron") else None
-    return arrays, mpp
+    axes = [a if isinstance(a, dict) else {"name": a} for a in multiscales[0].get("axes", [])]
+    microns = {a.get("name"): float(s) for a, s in zip(axes, scale or [], strict=False) if a.get("unit") in MICRONS}
+    return arrays, (microns["y"], microns["x"]) if {"y", "x"} <= microns.keys() else None
 
 
 def _yx(shape: tuple[int, ...], path: Path) -> tuple[int, int]:
@@ -108,8 +123,9 @@ def _levels_and_arrays(path: str | os.PathLike):
     levels = []
     for i, arr in enumerate(arrays):
         shape = _yx(tuple(arr.shape), path)
-        down = full[1] / shape[1]
-        levels.append(SlideLevel(i, shape, round(down, 4), None if mpp is None else mpp * down))
+        down = (full[0] / shape[0], full[1] / shape[1])
+        level_mpp = None if mpp is None else (mpp[0] * down[0], mpp[1] * down[1])
+        levels.append(SlideLevel(i, shape, down, level_mpp))
     return levels, arrays
 
 
@@ -151,7 +167,8 @@ def is_slide(path: str | os.PathLike) -> bool:
 
 
 def pick_level(levels: list[SlideLevel], level: int | None = None, mpp: float | None = None) -> SlideLevel:
-    """Level ``level``, or the one whose mpp is nearest ``mpp`` (by ratio), or level 0."""
+    """Level ``level``, or the one whose mpp is nearest ``mpp`` (by ratio, summed over y and x:
+    a level whose axes shrank unequally is as far as its axes are), or level 0."""
     if level is not None:
         if not 0 <= level < len(levels):
             raise UserError(f"the slide has levels 0..{len(levels) - 1}, not {level}")
@@ -162,7 +179,7 @@ def pick_level(levels: list[SlideLevel], level: int | None = None, mpp: float | 
         raise UserError(f"microns per pixel must be above 0, got {mpp}")
     if levels[0].mpp is None:
         raise UserError("the slide does not record its microns per pixel: choose a level instead")
-    return min(levels, key=lambda lv: abs(np.log(lv.mpp / mpp)))
+    return min(levels, key=lambda lv: sum(abs(math.log(axis / mpp)) for axis in lv.mpp))
 
 
 MAX_REGION_PIXELS = 4096 * 4096
@@ -186,11 +203,12 @@ class SlideRegion:
 
     @property
     def scale(self) -> tuple[float, float]:
-        return self.level.downsample, self.level.downsample
+        return self.level.downsample
 
     @property
     def translate(self) -> tuple[float, float]:
-        return self.y0 * self.level.downsample, self.x0 * self.level.downsample
+        dy, dx = self.level.downsample
+        return self.y0 * dy, self.x0 * dx
 
 
 def region_at_level(
@@ -200,10 +218,10 @@ def region_at_level(
     to the level; a UserError when the box misses the slide or holds over ``max_pixels``
     (default :data:`MAX_REGION_PIXELS`)."""
     max_pixels = MAX_REGION_PIXELS if max_pixels is None else max_pixels
-    down, (h, w) = level.downsample, level.shape
+    (dy, dx), (h, w) = level.downsample, level.shape
     top, left, bottom, right = box
-    y0, x0 = max(0, math.floor(top / down)), max(0, math.floor(left / down))
-    y1, x1 = min(h, math.ceil(bottom / down)), min(w, math.ceil(right / down))
+    y0, x0 = max(0, math.floor(top / dy)), max(0, math.floor(left / dx))
+    y1, x1 = min(h, math.ceil(bottom / dy)), min(w, math.ceil(right / dx))
     if y1 <= y0 or x1 <= x0:
         raise UserError("the view shows none of the slide: pan or zoom to the part to segment")
     if (y1 - y0) * (x1 - x0) > max_pixels:

@@ -30,16 +30,17 @@ def _tissue(seed: int = 0) -> np.ndarray:
     return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
 
 
-def _write_tiff(path, img: np.ndarray) -> None:
+def _write_tiff(path, img: np.ndarray, coarser: np.ndarray | None = None, mpp=(0.5, 0.5)) -> None:
+    """A two-level OME-TIFF: ``img`` and ``coarser`` (by default every second pixel of it)."""
     with tifffile.TiffWriter(path, ome=True) as tif:
         tif.write(
             img,
             subifds=1,
             tile=(64, 64),
             photometric="rgb",
-            metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5},
+            metadata={"axes": "YXS", "PhysicalSizeY": mpp[0], "PhysicalSizeX": mpp[1]},
         )
-        tif.write(img[::2, ::2], subfiletype=1, tile=(64, 64), photometric="rgb")
+        tif.write(img[::2, ::2] if coarser is None else coarser, subfiletype=1, tile=(64, 64), photometric="rgb")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def _segment(slide, out, **kwargs):
 def test_pyramidal_tiff_levels_are_read_lazily_by_index_or_mpp(slide):
     levels = slide_levels(slide / "slide.ome.tif")
     assert [lv.shape for lv in levels] == [(H, W), (H // 2, W // 2)]
-    assert [lv.mpp for lv in levels] == [0.5, 1.0] and levels[1].downsample == 2
+    assert [lv.mpp for lv in levels] == [(0.5, 0.5), (1.0, 1.0)] and levels[1].downsample == (2, 2)
     assert pick_level(levels, mpp=0.9).index == 1 and pick_level(levels, mpp=0.3).index == 0
     source, level = open_slide(slide / "slide.ome.tif", mpp=1.0)
     expected = _tissue()[::2, ::2][10:20, 30:50].astype(np.float32) / 255
@@ -99,7 +100,7 @@ def test_ome_zarr_images_are_slides_too(tmp_path):
     ]
     levels = slide_levels(tmp_path / "image.ome.zarr")
     assert [lv.shape for lv in levels] == [(H, W), (H // 2, W // 2)]
-    # the unit is on the last axis here (channels): no mpp claimed rather than a wrong one
+    assert [lv.mpp for lv in levels] == [(0.25, 0.25), (0.5, 0.5)]  # from the y and x axes, not the channels
     assert open_slide(tmp_path / "image.ome.zarr", level=1)[0].shape == (H // 2, W // 2)
 
 
@@ -138,6 +139,39 @@ def test_a_label_image_of_a_coarser_level_is_laid_over_the_slide_and_a_slide_ope
     flat = tmp_path / "flat.tif"
     tifffile.imwrite(flat, _tissue())
     assert get_reader(str(flat)) is None  # one level: napari's own reader shows it
+
+
+def test_levels_whose_axes_shrink_unequally_are_placed_and_chosen_per_axis(slide, tmp_path):
+    from napari.layers import Image, Labels
+
+    img = _tissue()
+    _write_tiff(tmp_path / "aniso.ome.tif", img, coarser=img[::2, ::4], mpp=(0.25, 0.5))
+    full, coarse = slide_levels(tmp_path / "aniso.ome.tif")
+    assert coarse.downsample == (2, 4) and (full.mpp, coarse.mpp) == ((0.25, 0.5), (0.5, 2.0))
+    [(arrays, meta, _)] = get_reader(str(tmp_path / "aniso.ome.tif"))(str(tmp_path / "aniso.ome.tif"))
+    shown = Image(arrays, **meta)
+    assert [tuple(f) for f in shown.downsample_factors] == [full.downsample, coarse.downsample]  # as napari draws it
+    assert pick_level([full, coarse], mpp=1.0) is coarse and pick_level([full, coarse], mpp=0.4) is full
+    region = region_at_level(coarse, (10.0, 40.0, 100.0, 200.0))
+    assert (region.y0, region.y1, region.x0, region.x1) == (5, 50, 10, 50)
+    assert region.scale == (2, 4) and region.translate == (10, 40)
+    coarse_out = tmp_path / "aniso.ome.zarr"
+    segment_slide("random-tiny", slide / "head.safetensors", tmp_path / "aniso.ome.tif", coarse_out, level=1)
+    assert get_reader(str(coarse_out))(str(coarse_out))[0][1]["scale"] == (2, 4)  # laid over the slide per axis
+    # odd sizes: a 257 x 385 slide whose level 1 is 128 x 192 shrank by 2.008 and 2.005
+    odd = np.pad(img, ((0, 1), (0, 1), (0, 0)), mode="edge")
+    _write_tiff(tmp_path / "odd.ome.tif", odd, coarser=odd[::2, ::2][:128, :192])
+    _, half = slide_levels(tmp_path / "odd.ome.tif")
+    assert half.downsample == (257 / 128, 385 / 192)
+    assert region_at_level(half, (0, 0, 257, 385)).shape == (128, 192)
+    out = tmp_path / "odd.ome.zarr"
+    segment_slide("random-tiny", slide / "head.safetensors", tmp_path / "odd.ome.tif", out, chunk=CHUNK, level=0)
+    [(levels, meta, _)] = get_reader(str(out))(str(out))
+    datasets = zarr.open_group(str(out), mode="r").attrs["multiscales"][0]["datasets"]
+    scales = [d["coordinateTransformations"][0]["scale"] for d in datasets]
+    assert [lv.shape for lv in levels] == [(257, 385), (129, 193)] and scales == [[1, 1], [257 / 129, 385 / 193]]
+    labels = Labels(levels, **meta)
+    np.testing.assert_allclose(labels.downsample_factors * labels.scale, scales)  # the file and napari agree
 
 
 def test_a_region_of_the_view_maps_to_the_chosen_level(slide):
