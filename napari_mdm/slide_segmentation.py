@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -303,6 +304,23 @@ def build_pyramid(out: str | os.PathLike, should_stop: StopFn | None = None) -> 
                 dst[y // 2 : (y + step) // 2] = src[y : y + step : 2, ::2]
 
 
+TASK_PREFIX = "segment-tile"
+"""What the dask dashboard names a slide job's tasks: its progress bars and task stream group
+tasks by the key's words before the first token, so every tile of every job counts as one stage."""
+
+
+def tile_tasks(job: SlideJob, corners: list[tuple[int, int]]) -> list:
+    """One delayed :func:`segment_chunk` per tile, keyed ``segment-tile-RUN-Y-X`` (RUN tells
+    apart runs that share a cluster; Y, X the tile's corner in the level's pixels)."""
+    import dask
+
+    run = uuid.uuid4().hex
+    return [
+        dask.delayed(segment_chunk, pure=False)(job, y, x, dask_key_name=f"{TASK_PREFIX}-{run}-{y}-{x}")
+        for y, x in corners
+    ]
+
+
 def _run_local(tasks: list, workers: int, progress: ProgressFn | None, should_stop: StopFn | None) -> None:
     """dask's threaded scheduler, with progress per finished chunk and cancel between chunks."""
     import dask
@@ -374,8 +392,6 @@ def segment_slide(
     threaded scheduler with ``workers`` threads; an address or a ``distributed.Client`` runs the
     graph on that cluster. Started again after a kill or cancel, it skips the finished chunks.
     """
-    import dask
-
     from .head import Head
     from .io import label_dtype
     from .slides import slide_levels
@@ -392,7 +408,7 @@ def segment_slide(
     wanted = tissue_chunks(job.slide, levels, job.level, chunk) if tissue else set(grid)
     todo = [(y, x) for y, x in grid if (y, x) in wanted and not _marker(Path(out), y, x).exists()]
     resumed = sum((y, x) in wanted for y, x in grid) - len(todo)
-    tasks = [dask.delayed(segment_chunk, pure=False)(job, y, x) for y, x in todo]
+    tasks = tile_tasks(job, todo)
     if scheduler is None:
         _run_local(tasks, workers, progress, should_stop)
     else:

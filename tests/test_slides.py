@@ -234,6 +234,24 @@ def test_the_same_graph_runs_on_a_two_worker_cluster(slide, tmp_path):
     )
 
 
+def test_the_dashboard_shows_one_stage_of_tiles_named_by_their_corner(slide, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from dask.utils import key_split
+
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+        distributed.get_task_stream(client) as stream,
+    ):
+        result = _segment(slide, tmp_path / "seen.ome.zarr", scheduler=client)
+        prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    keys = [task["key"] for task in stream.data]
+    assert prefixes == ["segment-tile"] and {key_split(k) for k in keys} == {"segment-tile"}
+    corners = sorted(tuple(int(v) for v in k.rsplit("-", 2)[1:]) for k in keys)
+    assert len(corners) == result.computed == 4
+    assert all(zarr.open_group(str(tmp_path / "seen.ome.zarr"))["0"][y, x] > 0 for y, x in corners)  # written
+
+
 def test_the_cli_segments_a_slide_and_refuses_to_mix_jobs(slide, tmp_path, capsys):
     args = [
         "segment-slide",
