@@ -119,16 +119,14 @@ def _pair_labels(images: list[Path], labels: list[str]) -> list[Path]:
     return [Path(p) for p in labels]
 
 
-def _pretraining_images(args) -> tuple[list, list[Path]]:
-    """Check the pretrain command's options and outputs before any work, then read its images
-    (each plane of a stack, rescaled by --scale)."""
-    import numpy as np
-
+def _pretraining_images(args):
+    """Check the pretrain command's options and outputs before any work, then index its images
+    (each plane of a stack, rescaled by --scale), read crop by crop while training."""
     from .checkpoint import resolve_checkpoint, sidecar_path
     from .files import plan_outputs, refuse_existing
-    from .inference import open_planes
     from .io import collect_images
     from .pretrain import state_path
+    from .pretrain_images import PretrainImages
 
     if args.resume and not state_path(args.out).exists():
         raise UserError(f"--resume: there is no saved training state {state_path(args.out)}")
@@ -140,12 +138,7 @@ def _pretraining_images(args) -> tuple[list, list[Path]]:
     refuse_existing(args.out, overwrite=True)  # `--out .` is a folder: no weights, side file or state beside it
     inputs = [*paths, *([resolve_checkpoint(args.init)] if args.init and Path(args.init).exists() else [])]
     plan_outputs([args.out, sidecar_path(args.out), state_path(args.out)], inputs, args.overwrite or args.resume)
-    images = [plane.read() for p in paths for plane in open_planes(p)]  # a stack: each of its planes
-    if args.scale != 1:
-        from skimage.transform import rescale
-
-        images = [rescale(im, args.scale, channel_axis=-1, anti_aliasing=True).astype(np.float32) for im in images]
-    return images, paths
+    return PretrainImages.from_files(paths, args.scale), paths
 
 
 def cmd_pretrain(args) -> int:

@@ -32,6 +32,7 @@ from .corruption import CorruptionConfig, corrupt_batch
 from .devices import available_memory_bytes, resolve_device
 from .jobs import Cancelled, ProgressFn, Remedy, StopFn, UserError, check_stop, first_line, report
 from .objectives import pretraining_loss
+from .pretrain_images import PretrainImages
 from .ranks import Ranks, any_rank, data_parallel, join, process_device, ranks_from_env
 
 
@@ -94,13 +95,15 @@ class EMA:
         model.load_state_dict(self.shadow)
 
 
-def _crop_batch(images: Sequence[np.ndarray], crop: int, batch: int, rng: np.random.Generator) -> np.ndarray:
+def _crop_batch(images: PretrainImages, crop: int, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """``batch`` random crops, each flipped at random; only the regions cropped are read."""
     out = np.empty((batch, 3, crop, crop), dtype=np.float32)
     for i in range(batch):
-        img = images[rng.integers(len(images))]
-        y = rng.integers(img.shape[1] - crop + 1)
-        x = rng.integers(img.shape[2] - crop + 1)
-        patch = img[:, y : y + crop, x : x + crop]
+        index = int(rng.integers(len(images)))
+        h, w = images.padded_shape(index, crop)
+        y = int(rng.integers(h - crop + 1))
+        x = int(rng.integers(w - crop + 1))
+        patch = images.crop(index, y, x, crop)
         if rng.random() < 0.5:
             patch = patch[:, :, ::-1]
         if rng.random() < 0.5:
@@ -140,20 +143,6 @@ def _check_memory(config: UNetConfig, crop: int, batch: int, device: torch.devic
             f"training step, but {have / 2**30:,.1f} GiB is available on {device}",
             Remedy("use a smaller --crop or --batch-size", "lower 'crop' or 'batch size'"),
         )
-
-
-def prepare_images(images: Sequence[np.ndarray], crop: int) -> list[np.ndarray]:
-    """(H, W, 3) [0, 1] arrays -> (3, H, W) [-1, 1] float32, reflect-padded up to the crop size."""
-    prepared = []
-    for img in images:
-        arr = np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) * 2 - 1
-        pad_h, pad_w = max(0, crop - arr.shape[1]), max(0, crop - arr.shape[2])
-        if pad_h or pad_w:
-            arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w)), mode="symmetric")
-        prepared.append(arr)
-    if not prepared:
-        raise UserError("no images to pretrain on")
-    return prepared
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -238,7 +227,7 @@ class _Trainer:
     def __init__(
         self,
         model: UNet,
-        data: list[np.ndarray],
+        data: PretrainImages,
         corruption: CorruptionConfig,
         config: PretrainConfig,
         dev: torch.device,
@@ -373,7 +362,7 @@ def _train_loop(
 
 
 def pretrain(
-    images: Sequence[np.ndarray],
+    images: Sequence[np.ndarray] | PretrainImages,
     out: str | os.PathLike | None = None,
     unet: UNetConfig | str = "tiny",
     corruption: CorruptionConfig | None = None,
@@ -385,7 +374,8 @@ def pretrain(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> PretrainResult:
-    """Pretrain a backbone on (H, W, 3) images in [0, 1]; fine-tune ``init`` when given.
+    """Pretrain a backbone on (H, W, 3) images in [0, 1], or on a :class:`PretrainImages` that
+    streams them from files; fine-tune ``init`` when given.
 
     With ``out``, EMA weights go to ``out`` (float16 safetensors + JSON) and the resumable state
     to :func:`state_path` every ``checkpoint_every`` steps, at the end, and on cancel;
@@ -402,7 +392,8 @@ def pretrain(
     model = _build_model(unet, init, dev)
     _check_config(config, model)
     _check_memory(model.config, config.crop, config.batch_size, dev)
-    trainer = _Trainer(model, prepare_images(images, config.crop), corruption, config, dev, ranks)
+    data = images if isinstance(images, PretrainImages) else PretrainImages.from_arrays(images)
+    trainer = _Trainer(model, data, corruption, config, dev, ranks)
     meta = json.loads(
         json.dumps({"unet": model.config.to_dict(), "corruption": corruption.to_dict(), "train": asdict(config)})
     )  # tuples as JSON lists, as saved

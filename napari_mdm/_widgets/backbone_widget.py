@@ -222,14 +222,15 @@ class BackboneWidget(Container):
     def _load_file(self) -> None:
         self.load(existing_path(self.checkpoint, "a checkpoint file (.safetensors)"))
 
-    def _training_images(self) -> Callable[[], list]:
-        """A function that reads the training images, run in the worker (it may read a folder)."""
-        from ..io import collect_images, normalize_image, read_image
+    def _training_images(self) -> Callable[[], object]:
+        """A function that gives the training images, run in the worker (it may index a folder)."""
+        from ..io import collect_images, normalize_image
         from ..jobs import UserError
+        from ..pretrain_images import PretrainImages
 
-        if self.data.value == FOLDER:
+        if self.data.value == FOLDER:  # streamed: crops are read from a few open images at a time
             paths = collect_images([existing_path(self.folder, "an image folder to pretrain on", folder=True)])
-            return lambda: [read_image(p) for p in paths]
+            return lambda: PretrainImages.from_files(paths)
         layers = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
         if not layers:
             raise UserError("open at least one image (or choose a folder) to pretrain on")
