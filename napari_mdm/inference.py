@@ -163,12 +163,20 @@ def _maps_too_large(source: ImageSource, head: Head) -> bool:
     return (2 * len(head.class_values) + 1) * source.shape[0] * source.shape[1] * 4 > IN_MEMORY_MAPS_BYTES
 
 
+def _plane_name(path: str | os.PathLike, index: int, count: int) -> str:
+    return str(path) if count == 1 else f"{path} (plane {index + 1})"
+
+
 def open_planes(path: str | os.PathLike) -> list[ImageSource]:
     """The 2-D images of a file, read lazily: the image itself, or each plane of a stack (N, H, W[, C])."""
     planes = split_stack(read_array(path, lazy=True))
-    if len(planes) == 1:
-        return [ImageSource.from_array(planes[0], name=str(path))]
-    return [ImageSource.from_array(plane, name=f"{path} (plane {i + 1})") for i, plane in enumerate(planes)]
+    return [ImageSource.from_array(plane, name=_plane_name(path, i, len(planes))) for i, plane in enumerate(planes)]
+
+
+def open_plane(path: str | os.PathLike, index: int) -> ImageSource:
+    """Plane ``index`` of :func:`open_planes` alone: the other planes of a stack are not looked at."""
+    planes = split_stack(read_array(path, lazy=True))
+    return ImageSource.from_array(planes[index], name=_plane_name(path, index, len(planes)))
 
 
 def plan_segmentation(

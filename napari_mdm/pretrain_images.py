@@ -37,9 +37,9 @@ def _rescaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
 
 def _open_plane(path: str | os.PathLike, plane: int, scale: float):
     """Plane ``plane`` of ``path``, read lazily; rescaled (so read whole) when ``scale`` is not 1."""
-    from .inference import open_planes
+    from .inference import open_plane
 
-    source = open_planes(path)[plane]
+    source = open_plane(path, plane)
     if scale == 1:
         return source
     from skimage.transform import rescale

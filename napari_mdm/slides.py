@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .io import ImageSource
-from .jobs import UserError
+from .jobs import Remedy, UserError
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".btf")
 MICRONS = ("micrometer", "micron")
@@ -178,7 +178,10 @@ def pick_level(levels: list[SlideLevel], level: int | None = None, mpp: float | 
     if not mpp > 0:
         raise UserError(f"microns per pixel must be above 0, got {mpp}")
     if levels[0].mpp is None:
-        raise UserError("the slide does not record its microns per pixel: choose a level instead")
+        raise UserError(
+            "the slide does not record its microns per pixel",
+            Remedy("choose a level with --level", "choose its level under 'level'"),
+        )
     return min(levels, key=lambda lv: sum(abs(math.log(axis / mpp)) for axis in lv.mpp))
 
 

@@ -16,7 +16,7 @@ from napari_mdm.head import HeadConfig
 from napari_mdm.jobs import Cancelled, UserError
 from napari_mdm.pipeline import train_head
 from napari_mdm.slide_segmentation import segment_slide
-from napari_mdm.slides import open_slide, pick_level, region_at_level, slide_levels
+from napari_mdm.slides import SlideLevel, open_slide, pick_level, region_at_level, slide_levels
 
 H, W, CHUNK = 256, 384, 128
 
@@ -80,6 +80,11 @@ def test_pyramidal_tiff_levels_are_read_lazily_by_index_or_mpp(slide):
     np.testing.assert_allclose(source.region(10, 20, 30, 50), expected, atol=1e-6)
     with pytest.raises(UserError, match="levels 0..1"):
         open_slide(slide / "slide.ome.tif", level=5)
+    unknown = [SlideLevel(lv.index, lv.shape, lv.downsample, None) for lv in levels]
+    with pytest.raises(UserError) as caught:
+        pick_level(unknown, mpp=0.5)
+    assert str(caught.value).endswith("per pixel; choose a level with --level")
+    assert caught.value.in_plugin.endswith("per pixel; choose its level under 'level'")
 
 
 def test_ome_zarr_images_are_slides_too(tmp_path):
