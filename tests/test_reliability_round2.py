@@ -692,7 +692,7 @@ def test_segment_slide_never_replaces_a_folder_of_other_files_or_its_slide(kit, 
     results.mkdir()
     (results / "precious.txt").write_text("keep")
     for out in (results, slide):
-        with pytest.raises(UserError, match="it is a folder|is an input of this run"):
+        with pytest.raises(UserError, match="is a folder of other files|is an input of this run"):
             segment_slide(kit.backbone_path, kit.head_path, slide, out, overwrite=True)
     assert (results / "precious.txt").read_text() == "keep" and slide.stat().st_size > 0
 
