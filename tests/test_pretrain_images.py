@@ -61,3 +61,22 @@ def test_pretraining_on_a_streamed_folder_trains_as_on_the_images_in_memory(fold
     assert streamed.losses == whole.losses and streamed.backbone.provenance["images"] == 9
     for key, value in whole.backbone.model.state_dict().items():
         torch.testing.assert_close(streamed.backbone.model.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_a_streamed_run_resumes_exactly(folder, tmp_path):
+    from napari_mdm.checkpoint import read_tensors
+    from napari_mdm.pretrain import state_path
+
+    paths = collect_images([folder])
+    config = PretrainConfig(steps=6, batch_size=2, crop=CROP, checkpoint_every=3)
+
+    def run(out, **kwargs):
+        return pretrain(PretrainImages.from_files(paths, keep=2), out, "tiny", config=config, device="cpu", **kwargs)
+
+    run(tmp_path / "whole.safetensors")
+    polls = []
+    assert run(tmp_path / "cut.safetensors", should_stop=lambda: polls.append(1) or len(polls) > 4).step == 4
+    assert run(tmp_path / "cut.safetensors", resume=True).step == 6
+    whole, cut = (read_tensors(state_path(tmp_path / f"{n}.safetensors"))[0] for n in ("whole", "cut"))
+    for key, value in whole.items():
+        torch.testing.assert_close(cut[key], value, rtol=1e-4, atol=1e-5, msg=key)
