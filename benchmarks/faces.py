@@ -12,6 +12,7 @@ paper's CelebA-19 figure (59.9 mIoU, 20 labels, FFHQ-pretrained). Faces are read
     python -m benchmarks.faces --seeds 0 --name faces_seed0
     python -m benchmarks.faces --quick                  # a smoke run: 1 scribbled face, 2 test faces
     python -m benchmarks.faces --position               # also each backbone + position channels
+    python -m benchmarks.faces --backbone faces=ft.safetensors  # also a candidate checkpoint
 
 ``--position`` adds a row per backbone whose features also hold each pixel's position in the face
 (``FeatureConfig.position``): the faces are roughly aligned, so where a pixel lies says much.
@@ -154,6 +155,7 @@ def log(message: str) -> None:
 def run(args: argparse.Namespace) -> list[dict]:
     backbones = {"random-tiny": load_backbone("random-tiny")}
     backbones.update({name: load_backbone(name) for name in shipped_backbones()})
+    backbones.update({name: load_backbone(path) for name, path in args.backbones})
     feats = Features(backbones, args.position)
     train = faces("frontal/train")[: args.max_train]
     stores = {p: [] for p in args.protocols}
@@ -256,6 +258,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="1 scribbled training face, 2 test faces, one seed")
     parser.add_argument("--position", action="store_true", help="also each backbone with position channels")
     parser.add_argument(
+        "--backbone",
+        dest="backbones",
+        action="append",
+        default=[],
+        type=lambda text: tuple(text.split("=", 1)) if "=" in text else (Path(text).stem, text),
+        metavar="NAME=PATH",
+        help="also this checkpoint (a candidate, e.g. a fine-tuned faces backbone); repeatable",
+    )
+    parser.add_argument(
         "--name", default=None, help="results file name (default: faces; --quick writes only when named)"
     )
     args = parser.parse_args(argv)
@@ -263,7 +274,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.max_train, args.max_test = (2, 2) if args.quick else (None, None)
     if args.quick:
         args.shots, args.seeds, args.protocols = [1], [0], ["scribble"]
-    args.head = HeadConfig(ensemble=5, steps=200)
+    args.head = HeadConfig()  # the core's defaults, as a user gets them
     return args
 
 
