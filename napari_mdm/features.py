@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -177,6 +178,12 @@ def position_channels(y0: int, x0: int, size: tuple[int, int], whole: tuple[int,
     rows = torch.arange(y0, y0 + h, dtype=torch.float32) / max(big_h - 1, 1)
     cols = torch.arange(x0, x0 + w, dtype=torch.float32) / max(big_w - 1, 1)
     return torch.stack([rows[:, None].expand(h, w), cols[None, :].expand(h, w)])
+
+
+def tile_alignment(backbone: Backbone, config: FeatureConfig) -> int:
+    """Image pixels that tile starts are multiples of: the network's coarsest step at the
+    features' scale, so overlapping tiles see the same coarse grid (see ``tiling.axis_tiles``)."""
+    return max(1, math.ceil(backbone.model.config.divisor / config.scale))
 
 
 MARGIN = 16
@@ -368,7 +375,8 @@ def extract_features(
     frame = frame or Frame(0, 0, h, w)
     out = np.zeros((num_channels(backbone, config), h, w), dtype=np.float16)
     network = replace(config, filters=False, position=False) if config.diffusion else None
-    tiles = len(tile_grid((h, w), config.tile, config.overlap)) if network else 0
+    align = tile_alignment(backbone, config)
+    tiles = len(tile_grid((h, w), config.tile, config.overlap, align)) if network else 0
     per_tile = steps_per_tile(backbone, network) if network else 0
     counter = itertools.count(1)
 
@@ -380,7 +388,7 @@ def extract_features(
 
     if network:
         diffusion = torch.from_numpy(out[: num_channels(backbone, network)])
-        for (y0, y1, x0, x1), weight in weighted_tiles((h, w), config.tile, config.overlap):
+        for (y0, y1, x0, x1), weight in weighted_tiles((h, w), config.tile, config.overlap, align):
             # each block is added to the image straight from the network's float32 maps: no
             # tile-sized float16 copy to blend afterwards
             acts, padded, scaled = decoder_activations(backbone, source.region(y0, y1, x0, x1), y0, x0, network, step)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbone import Backbone
-from .features import FeatureConfig, Frame, extract_features, num_channels, tile_features
+from .features import FeatureConfig, Frame, extract_features, num_channels, tile_alignment, tile_features
 from .files import atomic_output, plan_outputs
 from .head import Head, Prediction, maps_to_prediction
 from .io import MARKER_KEY, ImageSource, label_dtype, read_array, split_stack, write_array, write_labels
@@ -82,7 +82,8 @@ def segment_maps(
         region = source.region(y0, y1, x0, x1)
         return head.predict_maps(tile_features(backbone, region, y0, x0, config, frame=frame))
 
-    run_tiled(source.shape, compute, out, config.tile, config.overlap, progress, should_stop)
+    align = tile_alignment(backbone, config)
+    run_tiled(source.shape, compute, out, config.tile, config.overlap, progress, should_stop, align)
 
 
 def segment(

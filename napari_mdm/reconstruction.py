@@ -52,6 +52,6 @@ def reconstruct(
 
     h, w = source.shape
     out = np.zeros((len(timesteps) * 6, h, w), dtype=np.float32)
-    run_tiled((h, w), compute, out, tile, 0.25, progress, should_stop)
+    run_tiled((h, w), compute, out, tile, 0.25, progress, should_stop, backbone.model.config.divisor)
     out = np.clip((out.reshape(len(timesteps), 2, 3, h, w) + 1) / 2, 0, 1).transpose(1, 0, 3, 4, 2)
     return np.ascontiguousarray(out[0]), np.ascontiguousarray(out[1])

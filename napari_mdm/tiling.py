@@ -20,26 +20,32 @@ TileFn = Callable[[int, int, int, int], np.ndarray]
 """``compute(y0, y1, x0, x1) -> (C, y1 - y0, x1 - x0)`` float32 result for one tile."""
 
 
-def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
-    """Tile start offsets along one axis: evenly strided, the last tile flush with the end."""
-    if length <= tile:
-        return [0]
-    stride = max(1, int(tile * (1 - overlap)))
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
-
-
 SLACK = 8
-"""A side up to 1/SLACK longer than the tile is covered by one tile of its length: a 522-px side
-would otherwise take two 512-px tiles overlapping by 502 px (twice the work for 2% more pixels)."""
+"""Tiles may grow to 1/SLACK longer than the configured tile when that saves tiles: a 522-px side
+is one tile (two 512-px tiles would overlap by 502 px), a 1024-px side two tiles of 576 px
+instead of three of 512 (1.8x fewer pixels through the network)."""
 
 
-def tile_grid(shape: tuple[int, int], tile: int, overlap: float) -> list[tuple[int, int, int, int]]:
-    """(y0, y1, x0, x1) of every tile covering an image of ``shape``."""
-    h, w = shape
-    th, tw = (n if n <= tile + tile // SLACK else tile for n in (h, w))
-    return [(y, y + th, x, x + tw) for y in tile_starts(h, th, overlap) for x in tile_starts(w, tw, overlap)]
+def axis_tiles(length: int, tile: int, overlap: float, align: int = 1) -> list[tuple[int, int]]:
+    """(start, end) of each tile along one axis: the fewest tiles of at most ``tile + tile //
+    SLACK`` pixels that overlap by at least ``tile * overlap``, as long as the configured tile where
+    that is enough, evenly spaced. Starts are multiples of ``align`` (the network's downsampling
+    factor), so every tile's coarse feature grid lies on the image's and overlapping tiles agree;
+    the last tile ends at the image's end and is up to ``align - 1`` pixels longer."""
+    longest = tile + tile // SLACK
+    if length <= longest:
+        return [(0, length)]
+    shared = tile - max(1, int(tile * (1 - overlap)))  # the overlap of tiles a stride apart
+    n = -(-(length - shared) // (longest - shared))
+    size = max(tile, -(-(length + (n - 1) * shared) // n))
+    starts = [int(i * (length - size) / (n - 1)) // align * align for i in range(n)]
+    return [(a, a + size) for a in starts[:-1]] + [(starts[-1], length)]
+
+
+def tile_grid(shape: tuple[int, int], tile: int, overlap: float, align: int = 1) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) of every tile covering an image of ``shape`` (see :func:`axis_tiles`)."""
+    rows, cols = (axis_tiles(n, tile, overlap, align) for n in shape)
+    return [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
 
 
 def pad_to(x: np.ndarray, divisor: int) -> np.ndarray:
@@ -79,10 +85,12 @@ def _weight_sum(tiles: list[tuple[int, int, int, int]], y0: int, y1: int, x0: in
 Box = tuple[int, int, int, int]
 
 
-def weighted_tiles(shape: tuple[int, int], tile: int, overlap: float) -> Iterator[tuple[Box, np.ndarray | None]]:
+def weighted_tiles(
+    shape: tuple[int, int], tile: int, overlap: float, align: int = 1
+) -> Iterator[tuple[Box, np.ndarray | None]]:
     """Each tile's (y0, y1, x0, x1) and its blending weights (h, w) float32, the share of the
     tile's result in each of its pixels; None when one tile covers the image (copy, no blend)."""
-    tiles = tile_grid(shape, tile, overlap)
+    tiles = tile_grid(shape, tile, overlap, align)
     for box in tiles:
         y0, y1, x0, x1 = box
         yield box, None if len(tiles) == 1 else gaussian_window(y1 - y0, x1 - x0) / _weight_sum(tiles, *box)
@@ -122,10 +130,11 @@ def run_tiled(
     overlap: float = 0.25,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    align: int = 1,
 ) -> None:
     """Fill ``out`` (C, H, W), zero-initialised, with the blended results of ``compute`` per tile."""
-    count = len(tile_grid(shape, tile, overlap))
-    for i, (box, weight) in enumerate(weighted_tiles(shape, tile, overlap)):  # one tile's weights at a time
+    count = len(tile_grid(shape, tile, overlap, align))
+    for i, (box, weight) in enumerate(weighted_tiles(shape, tile, overlap, align)):  # one tile's weights at a time
         check_stop(should_stop)
         _accumulate(out, box, compute(*box), weight)
         report(progress, i + 1, count, f"tile {i + 1}/{count}")
