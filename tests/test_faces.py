@@ -48,11 +48,27 @@ def test_the_face_sample_opens_with_the_face_classes_ready_to_paint(make_napari_
     assert list(labels.features["class"]) == ["unlabelled", *FACE_NAMES]  # napari's status bar names them
     # training before any backbone is loaded uses the one the face images ask for
     assert session_for(viewer).preferred_backbone == checkpoint.backbone_for("faces")[0]
+    line = widget.backbone_info.value  # and the tab says which, and why, opened before or after the sample
+    assert f"'{checkpoint.backbone_for('faces')[0]}'" in line and "loads when first needed" in line
     # the sample's classes are taken once: a renamed class stays renamed when the layer is chosen again
     table.item(0, 1).setText("face")
     widget.label_layers.value = []
     widget.label_layers.value = [labels]
     assert session_for(viewer).classes[1][0] == "face"
+
+
+def test_the_panel_shows_all_six_face_classes_without_scrolling_the_table(make_napari_viewer, qtbot):
+    from napari_mdm._widgets import PANEL
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-mdm", "face")
+    _, panel = viewer.window.add_plugin_dock_widget("napari-mdm", PANEL)
+    panel.show_tool("Few-shot segmentation")
+    table = panel.tools["Few-shot segmentation"].class_table.table
+    qtbot.waitUntil(lambda: table.isVisible() and table.verticalHeader().length() > 0)
+    assert table.rowCount() == 6 and table.verticalScrollBar().maximum() == 0
+    area = panel.tabs.currentWidget()  # and the taller table does not widen the tab past the panel
+    assert area.widget().minimumSizeHint().width() <= area.viewport().width()
 
 
 def test_the_face_sample_preselects_the_face_backbone_when_built_in(make_napari_viewer, faces_built_in):
@@ -72,6 +88,9 @@ def test_without_a_face_backbone_the_plugin_keeps_histology_and_says_so(make_nap
     _, widget = viewer.window.add_plugin_dock_widget("napari-mdm", "Backbone")
     assert widget.shipped.value == "histology" and session_for(viewer).preferred_backbone == "histology"
     assert "no 'faces' backbone" in widget.shipped.tooltip.lower() and "no 'faces' backbone" in widget.current.value
+    # the Few-shot tab says so too, until a backbone is loaded
+    _, seg = viewer.window.add_plugin_dock_widget("napari-mdm", "Few-shot segmentation")
+    assert "no 'faces' backbone" in seg.backbone_info.value.lower() and "'histology'" in seg.backbone_info.value
     # a backbone the user picks is not overridden by the next layer
     widget.shipped.value = "random-tiny"
     viewer.open_sample("napari-mdm", "face")

@@ -4,14 +4,16 @@ labels and prediction layers and name the class under the mouse in napari's stat
 from __future__ import annotations
 
 from magicgui.widgets import Container, PushButton
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QColor
-from qtpy.QtWidgets import QColorDialog, QHeaderView, QTableWidget, QTableWidgetItem
+from qtpy.QtWidgets import QColorDialog, QHeaderView, QSizePolicy, QTableWidget, QTableWidgetItem
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#edc948", "#76b7b2", "#ff9da7", "#9c755f", "#bab0ac")
 """Tableau 10: distinct, colour-blind-friendlier than napari's random label colours."""
 
 COLOR_ROLE = Qt.ItemDataRole.UserRole
+SHOWN_ROWS = 8
+"""The class table grows up to this many rows before it scrolls (the face sample has six classes)."""
 Classes = dict[int, tuple[str, str]]
 """Label id -> (name, '#rrggbb')."""
 
@@ -65,19 +67,35 @@ def take_offered_classes(layer) -> Classes:
     return {int(i): (str(name), str(color)) for i, (name, color) in offered.items()}
 
 
+class _RowsTable(QTableWidget):
+    """A table as tall as its rows (up to :data:`SHOWN_ROWS`): every class shows without scrolling.
+    Measured when laid out, once napari's style has set the header's height."""
+
+    def _rows_height(self) -> int:
+        rows = min(max(self.rowCount(), 2), SHOWN_ROWS)
+        height = self.horizontalHeader().sizeHint().height() + rows * self.verticalHeader().defaultSectionSize()
+        return height + 2 * self.frameWidth()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+        return QSize(super().sizeHint().width(), self._rows_height())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt's name): the width stays Qt's, so the dock stays narrow
+        return QSize(super().minimumSizeHint().width(), self._rows_height())
+
+
 class ClassTable(Container):
     """Rows of (id, name, colour); double-click a colour to change it, '+ class' adds a row."""
 
     def __init__(self, session) -> None:
         self.session = session
-        self.table = QTableWidget(0, 3)
+        self.table = _RowsTable(0, 3)
+        self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.table.setHorizontalHeaderLabels(["id", "name", "colour"])
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
-        self.table.setMaximumHeight(130)
         self.table.setToolTip(
             "Your classes: the label value you paint with, a name and a colour. "
             "Double-click a name to rename it, a colour to change it."
@@ -104,6 +122,7 @@ class ClassTable(Container):
             for column, item in enumerate((ident, QTableWidgetItem(name), swatch)):
                 self.table.setItem(row, column, item)
         self.table.blockSignals(False)
+        self.table.updateGeometry()
 
     def classes(self) -> Classes:
         rows = range(self.table.rowCount())

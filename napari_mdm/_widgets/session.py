@@ -27,6 +27,8 @@ class Session:
     backbone_changed = Signal(object)
     head_changed = Signal(object)
     classes_changed = Signal(object)
+    preference_changed = Signal(object)
+    """(name, note) of the backbone the open images ask for, or None (see :func:`prefer_backbone_for`)."""
 
     def __init__(self) -> None:
         from .classes import default_classes
@@ -37,6 +39,8 @@ class Session:
         """Label id -> (name, colour) of the user's classes (see :mod:`.classes`)."""
         self.preferred_backbone: str | None = None
         """The backbone the open images ask for (see :func:`prefer_backbone_for`); None: the default."""
+        self.preference_note: str | None = None
+        """Why that backbone: the line the widgets show until one is loaded."""
         self._features = None
 
     @property
@@ -76,8 +80,8 @@ class Session:
                     f"the default backbone {name!r} could not be loaded ({err.in_plugin}): load one in the 'Backbone' widget"
                 )
                 return None
-            which = "the default backbone" if self.preferred_backbone is None else "the backbone for these images,"
-            notify_info(f"using {which} {name!r} (choose another in the 'Backbone' widget)")
+            which = f"using the default backbone {name!r}" if self.preference_note is None else self.preference_note
+            notify_info(f"{which}; loaded now (choose another in the 'Backbone' widget)")
         return self.backbone
 
     def set_head(self, head) -> None:
@@ -103,13 +107,19 @@ def prefer_backbone_for(session: Session, layers) -> tuple[str, str] | None:
 
     kinds = {layer.metadata.get(KIND_KEY) for layer in layers} - {None}
     found = backbone_for(kinds.pop()) if len(kinds) == 1 else None
-    session.preferred_backbone = found[0] if found else None
+    preferred, note = found if found else (None, None)
+    if (preferred, note) != (session.preferred_backbone, session.preference_note):
+        session.preferred_backbone, session.preference_note = preferred, note
+        session.preference_changed.emit(found)
     return found
 
 
-def describe(backbone) -> str:
-    """One line about a backbone: name, size, corruption and the device it runs on."""
+def describe(backbone, note: str | None = None) -> str:
+    """One line about a backbone: name, size, corruption and the device it runs on; without one,
+    what loads when first needed (``note``: the one the open images ask for, and why)."""
     if backbone is None:
+        if note:
+            return f"no backbone loaded yet. {note[0].upper()}{note[1:]}; it loads when first needed"
         return "no backbone chosen: the default loads when first needed (or pick one in 'Backbone')"
     params = sum(p.numel() for p in backbone.model.parameters()) / 1e6
     name = "trained here, not saved yet" if backbone.name == "unsaved" else Path(backbone.name).name
@@ -120,13 +130,15 @@ class BackboneLabel(Label):
     """A line that always says which backbone the session uses and on which device."""
 
     def __init__(self, session: Session) -> None:
-        super().__init__(value=describe(session.backbone))
+        self.session = session
+        super().__init__(value=describe(session.backbone, session.preference_note))
         self.native.setWordWrap(True)
         wrap_to_width(self.native)
         session.backbone_changed.connect(self.show_backbone)  # psygnal holds bound methods weakly
+        session.preference_changed.connect(self.show_backbone)
 
-    def show_backbone(self, backbone) -> None:
-        self.value = describe(backbone)
+    def show_backbone(self, *_) -> None:
+        self.value = describe(self.session.backbone, self.session.preference_note)
 
 
 _SESSIONS: dict[int, Session] = {}
