@@ -61,6 +61,7 @@ def test_pretrain_plots_loss_saves_and_loads(opened, tmp_path, wait_job, notes):
     assert "mine.safetensors" in widget.current.value
 
     widget.fine_tune.value = True
+    assert not widget.preset.enabled and not widget.mode.enabled  # fine-tuning keeps the backbone's own
     widget.steps.value = 2
     widget.start_training()
     wait_job(widget.jobs)

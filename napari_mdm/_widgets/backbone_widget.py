@@ -153,8 +153,8 @@ class BackboneWidget(Container):
         self.fine_tune = CheckBox(
             value=False,
             text="fine-tune current",
-            tooltip="Continue training the backbone in use on your images (else start a "
-            "new network of the chosen preset)",
+            tooltip="Continue training the backbone in use on your images, keeping its size and "
+            "corruption (else start a new network of the chosen preset)",
         )
         self._make_save_controls()
 
@@ -177,6 +177,7 @@ class BackboneWidget(Container):
         self.load_shipped.changed.connect(lambda: self.load(self.shipped.value))
         self.load_file.changed.connect(self._load_file)
         self.train.changed.connect(self.start_training)
+        self.fine_tune.changed.connect(self._fine_tune_toggled)
         self.save.changed.connect(self._save)
         self.session.backbone_changed.connect(self._show_backbone)
         self.jobs.progressed.connect(self._plot_loss)
@@ -184,6 +185,10 @@ class BackboneWidget(Container):
         if self.session.backbone is not None:
             self._show_backbone(self.session.backbone)
         self.reset_choices()
+
+    def _fine_tune_toggled(self, on: bool) -> None:
+        """Fine-tuning keeps the current backbone's preset and corruption: their choosers rest."""
+        self.preset.enabled = self.mode.enabled = not on
 
     def reset_choices(self, *_) -> None:
         """Refresh the choosers; preselect the built-in backbone the open images ask for (the
