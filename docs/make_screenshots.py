@@ -41,13 +41,17 @@ def dismiss_notifications() -> None:
             widget.close()
 
 
-def shoot(viewer, panel, tool: str, name: str) -> None:
-    """The panel on the tab of ``tool``, the window at 1400 x 900, saved as docs/NAME.png."""
+def shoot(viewer, panel, tool: str, name: str, camera: dict | None = None) -> None:
+    """The panel on the tab of ``tool``, the window at 1400 x 900, saved as docs/NAME.png;
+    ``camera`` (e.g. ``{"center": (y, x), "zoom": 2}``) frames a detail, else the whole image."""
     panel.show_tool(tool)
     dismiss_notifications()
     viewer.window.resize(1400, 900)
     viewer.reset_view()
     settle()
+    if camera:
+        getattr(viewer, "scene", viewer).camera.update(camera)  # napari >= 0.9 moved the camera to the scene
+        settle()
     viewer.screenshot(str(DOCS / f"{name}.png"), canvas_only=False)
     print("wrote", DOCS / f"{name}.png")
 
@@ -89,7 +93,6 @@ def main(steps: int) -> None:
     labels.data = strokes(image.data)
     seg.class_table.table.item(0, 1).setText("tissue")
     seg.class_table.table.item(1, 1).setText("DAB stain")
-    seg.ensemble.value, seg.steps.value = 5, 150
     seg.start_training()
     wait(seg.jobs)
     viewer.layers.selection.active = labels
