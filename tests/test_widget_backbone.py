@@ -66,6 +66,7 @@ def test_pretrain_plots_loss_saves_and_loads(opened, tmp_path, wait_job, notes):
     widget.start_training()
     wait_job(widget.jobs)
     assert session_for(viewer).backbone.provenance["init"].endswith("mine.safetensors")
+    assert widget.jobs.status.value == "Fine-tuning: done" and notes()[-1].startswith("fine-tuning finished after 2")
 
 
 def test_cancel_keeps_what_was_trained(opened, qtbot, notes):

@@ -271,7 +271,7 @@ class BackboneWidget(Container):
                 should_stop=should_stop,
             )
 
-        self.jobs.start("Pretraining", compute, self._trained)
+        self.jobs.start("Fine-tuning" if init is not None else "Pretraining", compute, self._trained)
 
     def _plot_loss(self, done: int, total: int, info: str) -> None:
         """Pretraining reports 'loss=0.1234 img/s=... eta=...'; other jobs report no loss."""
@@ -283,7 +283,7 @@ class BackboneWidget(Container):
         self.use_backbone(result.backbone)
         state = "cancelled" if result.cancelled else "finished"
         notify_info(
-            f"pretraining {state} after {result.step} steps; the backbone in use is the one trained so far. "
+            f"{self.jobs.title.lower()} {state} after {result.step} steps; the backbone in use is the one trained so far. "
             "Save it with 'Save checkpoint'"
         )
 
