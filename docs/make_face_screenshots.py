@@ -18,7 +18,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from make_screenshots import settle, shoot, wait
+from make_screenshots import settle, shoot, shoot_suggestions, wait
 
 from napari_mdm._widgets import PANEL
 from napari_mdm._widgets.backbone_widget import FOLDER
@@ -69,13 +69,7 @@ def segment(viewer, panel) -> None:
     wait(seg.jobs)
     print("after training:", seg.jobs.status.value, "|", seg.backbone_info.value)
     shoot(viewer, panel, "Few-shot segmentation", "faces", FACE)
-    viewer.layers["astronaut prediction"].visible = False
-    viewer.layers["astronaut uncertainty"].visible = True
-    seg.suggest_regions()
-    shoot(viewer, panel, "Few-shot segmentation", "faces_uncertainty")
-    viewer.layers.remove("astronaut: label here")
-    viewer.layers["astronaut prediction"].visible = True
-    viewer.layers["astronaut uncertainty"].visible = False
+    shoot_suggestions(viewer, panel, "astronaut", "faces_uncertainty")
 
 
 def fine_tune(viewer, panel, work: Path) -> None:
@@ -92,10 +86,10 @@ def fine_tune(viewer, panel, work: Path) -> None:
     wait(backbone.jobs)
     print("fine-tuned:", backbone.current.value)
     backbone.save_path.value = work / "faces_finetuned.safetensors"
-    backbone._save()
+    backbone.save.clicked.emit()  # what pressing Save checkpoint does
     wait(backbone.jobs)
     backbone.checkpoint.value = work / "faces_finetuned.safetensors"
-    backbone._load_file()
+    backbone.load_file.clicked.emit()
     wait(backbone.jobs)
     print("loaded back:", backbone.current.value)
     shoot(viewer, panel, "Backbone", "faces_finetune_saved")

@@ -56,6 +56,18 @@ def shoot(viewer, panel, tool: str, name: str, camera: dict | None = None) -> No
     print("wrote", DOCS / f"{name}.png")
 
 
+def shoot_suggestions(viewer, panel, image: str, name: str) -> None:
+    """The uncertainty of the layer ``image`` with the boxes of 'Where should I label next?', saved
+    as docs/NAME.png; then the boxes go and the prediction shows again."""
+    viewer.layers[f"{image} prediction"].visible = False
+    viewer.layers[f"{image} uncertainty"].visible = True
+    panel.tools["Few-shot segmentation"].suggest_regions()
+    shoot(viewer, panel, "Few-shot segmentation", name)
+    viewer.layers.remove(f"{image}: label here")
+    viewer.layers[f"{image} prediction"].visible = True
+    viewer.layers[f"{image} uncertainty"].visible = False
+
+
 def strokes(image: np.ndarray) -> np.ndarray:
     """A few brush-like discs: class 2 on the brown (DAB) stain, class 1 on the rest."""
     from skimage.color import rgb2hed
@@ -97,13 +109,7 @@ def main(steps: int) -> None:
     wait(seg.jobs)
     viewer.layers.selection.active = labels
     shoot(viewer, panel, "Few-shot segmentation", "segmentation")
-    viewer.layers["ihc prediction"].visible = False
-    viewer.layers["ihc uncertainty"].visible = True
-    seg.suggest_regions()
-    shoot(viewer, panel, "Few-shot segmentation", "uncertainty")
-    viewer.layers.remove("ihc: label here")
-    viewer.layers["ihc prediction"].visible = True
-    viewer.layers["ihc uncertainty"].visible = False
+    shoot_suggestions(viewer, panel, "ihc", "uncertainty")
 
     rec = tools["Reconstructions"]
     rec.image.value = image
