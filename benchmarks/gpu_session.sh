@@ -4,6 +4,7 @@
 #   benchmarks/gpu_session.sh prepare        # here: the images and the wheel the device lacks
 #   benchmarks/gpu_session.sh device [MIN]   # there, through the device tool's run, e.g.
 #       run(command="bash benchmarks/gpu_session.sh device 8", carry=["data/pretrain", ".whl"], timeout_s=600)
+#       run(command="KIND=faces bash benchmarks/gpu_session.sh device 8", carry=["data/pretrain_faces", ".whl"], ...)
 #
 # On the device it runs tests/test_gpu.py (25 s), with THROUGHPUT=1 measures pretraining
 # throughput (small and paper presets, fp32 vs bf16, small with and without torch.compile; about
@@ -33,9 +34,18 @@ src, dst = Path(sys.argv[1]), Path(sys.argv[2])
 copied = [shutil.copy2(p, dst / p.name) for p in sorted(src.iterdir()) if p.stem in keep]
 print(f"{len(copied)} of {len(keep)} pretraining images copied to {dst}")
 EOF
+    # faces (issue 16): every FASSEG image except the benchmark's frontal/test faces, masks left out
+    faces=../shared/data/faces
+    if [ -d "$faces" ]; then
+        mkdir -p data/pretrain_faces
+        for part in frontal/train multipose/train multipose/test; do
+            find "$faces/$part" -name '*.jpg' -exec cp {} data/pretrain_faces/ \;
+        done
+        echo "$(ls data/pretrain_faces | wc -l) face images copied to data/pretrain_faces"
+    fi
     "${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform any -d .whl "pytorch-msssim==1.0.0"
-    du -sh data/pretrain .whl
+    du -sh data/pretrain* .whl
     ;;
 device)
     # DEVICE, BATCH, CROP, LR, BUDGET_S, PYTHON, THROUGHPUT=1 override the GPU settings (CPU smoke run: DEVICE=cpu BATCH=2 CROP=64)
@@ -61,11 +71,15 @@ device)
     echo "pretraining for $minutes minutes"
     # continue the committed GPU run (benchmarks/pretraining: every session's result, winning or
     # not), else the shipped backbone, else start fresh
+    # KIND=faces: the faces backbone (issue 16), fine-tuned from histology at first, on the face
+    # images at half size (the face benchmark's scale), 192-px crops (the faces are 235 px high there)
+    kind=${KIND:-histology} images=data/pretrain scale=1
+    [ "$kind" = faces ] && { images=data/pretrain_faces scale=0.5 crop=${CROP:-192}; }
     init=()
-    for ckpt in benchmarks/pretraining/histology.safetensors resources/histology.safetensors; do
+    for ckpt in "benchmarks/pretraining/$kind.safetensors" "resources/$kind.safetensors" resources/histology.safetensors; do
         [ -f "$ckpt" ] && { init=(--init "$ckpt"); break; }
     done
-    "$py" -m napari_mdm.cli pretrain --images data/pretrain --out "$out/histology.safetensors" --overwrite \
+    "$py" -m napari_mdm.cli pretrain --images "$images" --out "$out/$kind.safetensors" --overwrite --scale "$scale" \
         --preset small --mode mdm --loss ssim --batch-size "$batch" --crop "$crop" --lr "${LR:-2e-4}" --steps 1000000 \
         --checkpoint-every 250 --device "$device" --max-minutes "$minutes" "${init[@]}"
     rm -f "$out"/*.state.safetensors  # 115 MB: over the size that comes back
