@@ -5,8 +5,9 @@ components) on fixed reference images that ship with scikit-image (the ``ihc`` h
 and the ``astronaut`` photograph), deterministically: a head that records ``project=k`` and its
 backbone is applied with the same basis on any machine, and the feature cache's key (the
 feature settings) stays valid; the samples are computed in float32 even where the features use
-bfloat16, so the basis does not depend on the machine's bf16 units. Components are those of the blocks' per-pixel normalised
-activations concatenated, as the head would see them without the projection.
+bfloat16, so the basis does not depend on the machine's bf16 units. Components are those of the
+blocks' per-pixel normalised activations concatenated, as the head would see them without the
+projection.
 """
 
 from __future__ import annotations
@@ -87,19 +88,17 @@ def _cache_file(key: str) -> Path:
 
 
 def _stored_basis(key: str) -> torch.Tensor | None:
-    """The basis saved for ``key`` in the cache (shipped ones first), or None when absent or unreadable."""
-    from .checkpoint import CheckpointError, read_tensors, shipped_dir
+    """The basis saved for ``key`` in the cache, or None when absent or unreadable."""
+    from .checkpoint import CheckpointError, read_tensors
 
-    name = _cache_file(key).name
-    for path in (shipped_dir() / name, _cache_file(key)):
-        if path.is_file():
-            try:
-                tensors, meta = read_tensors(path)
-            except CheckpointError:
-                continue
-            if meta.get("key") == key and "basis" in tensors:
-                return tensors["basis"]
-    return None
+    path = _cache_file(key)
+    if not path.is_file():
+        return None
+    try:
+        tensors, meta = read_tensors(path)
+    except CheckpointError:
+        return None
+    return tensors["basis"] if meta.get("key") == key and "basis" in tensors else None
 
 
 def _store_basis(key: str, basis: torch.Tensor) -> None:
