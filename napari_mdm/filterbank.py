@@ -85,8 +85,8 @@ def _correlate(x: torch.Tensor, weights: tuple[float, ...], axis: int) -> torch.
     return out
 
 
-def _gaussian(x: torch.Tensor, sigma: float, y_order: int = 0, x_order: int = 0) -> torch.Tensor:
-    return _correlate(_correlate(x, _kernel(sigma, y_order), 1), _kernel(sigma, x_order), 2)
+def _gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    return _correlate(_correlate(x, _kernel(sigma, 0), 1), _kernel(sigma, 0), 2)
 
 
 def _scale_filters(x: torch.Tensor, sigma: float) -> list[torch.Tensor]:
