@@ -278,9 +278,7 @@ def tile_features(
     h, w = region.shape[:2]
     out = torch.empty(num_channels(backbone, config), h, w, dtype=torch.float16)
     if config.diffusion:
-        acts, padded, scaled = decoder_activations(backbone, region, y0, x0, config, on_step)
-        with torch.inference_mode():
-            _fill_diffusion(out, backbone, acts, padded, scaled, config)
+        _fill_diffusion(out, backbone, region, y0, x0, config, on_step)
     _fill_extras(out, region, y0, x0, config, frame, on_step)
     return out
 
@@ -332,15 +330,31 @@ def _channel_groups(
 def _fill_diffusion(
     out: torch.Tensor,
     backbone: Backbone,
+    region: np.ndarray,
+    y0: int,
+    x0: int,
+    config: FeatureConfig,
+    on_step: Callable[[], None],
+    weight: np.ndarray | None = None,
+) -> None:
+    """Run the network on ``region`` (corner at (y0, x0)) and write its upsampled (normalised,
+    draw-averaged) decoder maps into ``out``'s first channels, timestep-major then block then
+    channel; with ``weight`` (h, w), add them so weighted (a tile's share in a blend) instead,
+    straight from the network's float32 maps (no tile-sized float16 copy to blend afterwards)."""
+    acts, padded, scaled = decoder_activations(backbone, region, y0, x0, config, on_step)
+    with torch.inference_mode():
+        _write_diffusion(out, backbone, acts, padded, scaled, config, weight)
+
+
+def _write_diffusion(
+    out: torch.Tensor,
+    backbone: Backbone,
     acts: dict[int, torch.Tensor],
     padded: tuple[int, int],
     scaled: tuple[int, int],
     config: FeatureConfig,
-    weight: np.ndarray | None = None,
+    weight: np.ndarray | None,
 ) -> None:
-    """Write the upsampled (normalised, draw-averaged) decoder maps into ``out``'s first channels,
-    timestep-major then block then channel; with ``weight`` (h, w), add them so weighted (a tile's
-    share in a blend) instead."""
     h, w = out.shape[1:]
     steps = len(config.timesteps)
     per_step = config.project or sum(acts[b].shape[1] for b in config.blocks)
@@ -389,11 +403,8 @@ def extract_features(
     if network:
         diffusion = torch.from_numpy(out[: num_channels(backbone, network)])
         for (y0, y1, x0, x1), weight in weighted_tiles((h, w), config.tile, config.overlap, align):
-            # each block is added to the image straight from the network's float32 maps: no
-            # tile-sized float16 copy to blend afterwards
-            acts, padded, scaled = decoder_activations(backbone, source.region(y0, y1, x0, x1), y0, x0, network, step)
-            with torch.inference_mode():
-                _fill_diffusion(diffusion[:, y0:y1, x0:x1], backbone, acts, padded, scaled, network, weight)
+            region = source.region(y0, y1, x0, x1)
+            _fill_diffusion(diffusion[:, y0:y1, x0:x1], backbone, region, y0, x0, network, step, weight)
     whole = source.region(0, h, 0, w) if config.filters else None
     _fill_extras(out, whole, 0, 0, config, frame, step, should_stop)
     return out
