@@ -44,17 +44,25 @@ def _sources(seed: int) -> list[np.ndarray]:
     return [(rng.random((600, 600, 3)) * 120 + 60).astype(np.uint8)]
 
 
-def _block(sources: list[np.ndarray], by: int, bx: int, tissue: float, seed: int) -> np.ndarray:
+def _in_section(by: int, bx: int, n: int, tissue: float) -> bool:
+    """Whether block (by, bx) of an n x n grid lies in the section: one round piece of tissue in
+    the middle of the glass covering the fraction ``tissue`` of it, as a biopsy on a slide does
+    (tissue spread evenly over the glass would make every chunk a tissue chunk)."""
+    radius = n * np.sqrt(tissue / np.pi)
+    return (by + 0.5 - n / 2) ** 2 + (bx + 0.5 - n / 2) ** 2 <= radius**2
+
+
+def _block(sources: list[np.ndarray], by: int, bx: int, n: int, tissue: float, seed: int) -> np.ndarray:
     """The full-resolution block at (by, bx): a tissue crop or glass, the same on every call."""
     rng = np.random.default_rng([seed, by, bx])
-    if rng.random() >= tissue:
+    if not _in_section(by, bx, n, tissue):
         return np.clip(GLASS + rng.normal(0, 2, (BLOCK, BLOCK, 3)), 0, 255).astype(np.uint8)
     src = sources[rng.integers(len(sources))]
     y, x = rng.integers(src.shape[0] - BLOCK + 1), rng.integers(src.shape[1] - BLOCK + 1)
     return src[y : y + BLOCK, x : x + BLOCK]
 
 
-def build_slide(path: Path, side: int, tissue: float = 0.5, seed: int = 0) -> None:
+def build_slide(path: Path, side: int, tissue: float = 0.1, seed: int = 0) -> None:
     """A pyramidal OME-TIFF of ``side`` x ``side`` pixels (levels 1/1, 1/4, 1/16), written block by block."""
     sources = _sources(seed)
     n = -(-side // BLOCK)
@@ -63,7 +71,7 @@ def build_slide(path: Path, side: int, tissue: float = 0.5, seed: int = 0) -> No
         size = BLOCK // step
         for by in range(0, n, 1):
             for bx in range(n):
-                yield _block(sources, by, bx, tissue, seed)[::step, ::step][:size, :size]
+                yield _block(sources, by, bx, n, tissue, seed)[::step, ::step][:size, :size]
 
     with tifffile.TiffWriter(path, ome=True, bigtiff=True) as tif:
         for i, step in enumerate((1, 4, 16)):
@@ -98,17 +106,27 @@ def _head(backbone, features: str, root: Path) -> Path:
     return root / "head.safetensors"
 
 
-def _worker_peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _worker_state() -> tuple[float, int]:
+    """Peak RSS (MiB) and torch threads of the calling worker process."""
+    import torch
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, torch.get_num_threads()
 
 
-def measure(side: int, workers: int, backbone: str, head: Path, root: Path) -> dict:
+def tissue_megapixels(side: int, tissue: float) -> float:
+    """Megapixels of tissue on a slide :func:`build_slide` made (its section's blocks)."""
+    n = -(-side // BLOCK)
+    blocks = sum(_in_section(by, bx, n, tissue) for by in range(n) for bx in range(n))
+    return blocks * BLOCK * BLOCK / 1e6
+
+
+def measure(side: int, workers: int, backbone: str, head: Path, root: Path, tissue: float) -> dict:
     """One slide segmented on a fresh LocalCluster of ``workers`` single-threaded processes."""
     from distributed import Client, LocalCluster
 
     slide = root / f"slide_{side}.ome.tif"
     if not slide.exists():
-        build_slide(slide, side)
+        build_slide(slide, side, tissue)
     with (
         LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster) as client,
@@ -118,16 +136,18 @@ def measure(side: int, workers: int, backbone: str, head: Path, root: Path) -> d
             backbone, head, slide, root / f"out_{side}_{workers}.ome.zarr", chunk=1024, scheduler=client, overwrite=True
         )
         seconds = time.perf_counter() - start
-        peaks = list(client.run(_worker_peak_mib).values())
-    tissue_mp = result.computed * 1024 * 1024 / 1e6  # upper bound: edge chunks are smaller
+        states = list(client.run(_worker_state).values())
+    tissue_mp = tissue_megapixels(side, tissue)
     return {
         "side": side,
         "workers": workers,
         "seconds": round(seconds, 1),
         "chunks": result.chunks,
         "tissue_chunks": result.computed,
+        "tissue_megapixels": round(tissue_mp, 1),
         "seconds_per_tissue_megapixel": round(seconds / max(tissue_mp, 1e-9), 2),
-        "peak_rss_mib_per_worker": [round(p) for p in peaks],
+        "peak_rss_mib_per_worker": [round(peak) for peak, _ in states],
+        "torch_threads_per_worker": [threads for _, threads in states],
     }
 
 
@@ -137,6 +157,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--features", choices=list(FEATURE_SETS), default="filters")
     parser.add_argument("--quick", action="store_true", help="one 2048-px slide, filter-bank head, 1 and 2 workers")
+    parser.add_argument("--tissue", type=float, default=0.1, help="fraction of the glass the section covers")
+    parser.add_argument("--keep", type=Path, default=None, help="keep slides, head and outputs in this folder")
     parser.add_argument("--name", default=None, help="results/NAME.json and .md (default: slides_<features>)")
     args = parser.parse_args(argv)
     sides = [2048] if args.quick else args.sides
@@ -144,14 +166,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     backbone = default_backbone_name()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        root = Path(scratch)
+        root = args.keep or Path(scratch)
+        root.mkdir(parents=True, exist_ok=True)
         head = _head(load_backbone(backbone), features, root)
         for side in sides:
             for workers in args.workers:
-                rows.append(measure(side, workers, backbone, head, root))
+                rows.append(measure(side, workers, backbone, head, root, args.tissue))
                 print(json.dumps(rows[-1]), flush=True)
-    if not args.quick:
-        _write(rows, args.name or f"slides_{features}", features, backbone, argv)
+                if not args.quick:  # after every row: a stopped run keeps what it measured
+                    _write(rows, args.name or f"slides_{features}", features, backbone, argv)
     return rows
 
 
@@ -165,11 +188,12 @@ def _write(rows: list[dict], name: str, features: str, backbone: str, argv: list
         "",
         f"`{command}`",
         "",
-        "| slide | workers | seconds | tissue chunks | s per tissue MP | peak RSS per worker (MiB) |",
-        "|---|---|---|---|---|---|",
+        "| slide | workers | seconds | tissue MP | chunks computed | s per tissue MP | peak RSS per worker (MiB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['side']}² | {r['workers']} | {r['seconds']} | {r['tissue_chunks']}/{r['chunks']} | "
+        f"| {r['side']}² | {r['workers']} | {r['seconds']} | {r['tissue_megapixels']} | "
+        f"{r['tissue_chunks']}/{r['chunks']} | "
         f"{r['seconds_per_tissue_megapixel']} | {', '.join(map(str, r['peak_rss_mib_per_worker']))} |"
         for r in rows
     ]

@@ -5,10 +5,14 @@ The slide is ``benchmarks.slides``'s: real GlaS/MoNuSeg blocks on glass as a pyr
 the head is trained on one GlaS training image and its gland mask. Run under an X display from
 the repository root (``Xvfb :99 & DISPLAY=:99 python docs/make_slide_screenshot.py``); about two
 minutes on a CPU; the work is kept in build/slide_screenshot, so a second run only shoots.
+
+``--slide SLIDE --labels OUT.ome.zarr --png PNG`` shoots a slide segmented elsewhere instead, e.g.
+the 20,000-px slide of ``python -m benchmarks.slides --keep DIR``.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import napari
@@ -42,10 +46,17 @@ def segmented() -> Path:
 
 
 def main() -> None:
-    out = segmented()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slide", type=Path, help="a segmented slide (default: build and segment WORK's)")
+    parser.add_argument("--labels", type=Path, help="its segment-slide output")
+    parser.add_argument("--png", type=Path, default=DOCS / "slide.png")
+    args = parser.parse_args()
+    if (args.slide is None) != (args.labels is None):
+        parser.error("--slide and --labels go together")
+    slide_path, out = (args.slide, args.labels) if args.slide else (WORK / "slide.ome.tif", segmented())
     viewer = napari.Viewer(title="napari-mdm")
     viewer.window.resize(1400, 900)
-    [slide] = viewer.open(WORK / "slide.ome.tif", plugin="napari-mdm")
+    [slide] = viewer.open(slide_path, plugin="napari-mdm")
     [labels] = viewer.open(out, plugin="napari-mdm")
     _, panel = viewer.window.add_plugin_dock_widget("napari-mdm", PANEL)
     export = panel.tools["Segment and export"]
@@ -58,8 +69,8 @@ def main() -> None:
     settle(1)
     viewer.reset_view()
     settle(2)
-    viewer.screenshot(str(DOCS / "slide.png"), canvas_only=False)
-    print("wrote", DOCS / "slide.png", "| slide levels", [tuple(map(int, s)) for s in slide.level_shapes])
+    viewer.screenshot(str(args.png), canvas_only=False)
+    print("wrote", args.png, "| slide levels", [tuple(map(int, s)) for s in slide.level_shapes])
     viewer.close()
 
 
