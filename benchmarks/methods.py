@@ -47,6 +47,8 @@ class FeatureSpec:
     head_float32: bool = False
     head_hidden: tuple[int, ...] | None = None
     """The head's hidden layer widths (None: the core's default)."""
+    head_rank_tolerance: float | None = None
+    """The head's ``rank_tolerance`` (None: the core's default; 0: the exact first layer)."""
 
     @property
     def base(self) -> str | None:

@@ -90,9 +90,9 @@ def parse_blocks(text: str) -> tuple[int, ...]:
 
 
 def parse_variant(text: str, backbones: dict[str, Backbone]) -> FeatureSpec:
-    """'NAME=BACKBONE:blocks=3-7:project=64:timesteps=50:scale=0.5:bf16:filters:steps=50:fp32:hidden=64,32'
-    -> a FeatureSpec (bf16: the backbone in bfloat16; steps, fp32, hidden: the head's steps, float32
-    products and hidden layer widths)."""
+    """'NAME=BACKBONE:blocks=3-7:project=64:timesteps=50:scale=0.5:bf16:filters:steps=50:fp32:hidden=64,32:rank=0'
+    -> a FeatureSpec (bf16: the backbone in bfloat16; steps, fp32, hidden, rank: the head's steps,
+    float32 products, hidden layer widths and first-layer rank tolerance)."""
     name, _, rest = text.partition("=")
     backbone, *options = rest.split(":")
     if backbone not in backbones:
@@ -112,6 +112,8 @@ def parse_variant(text: str, backbones: dict[str, Backbone]) -> FeatureSpec:
             fields["head_steps"] = int(value)
         elif key == "hidden":
             fields["head_hidden"] = tuple(int(v) for v in value.split(","))
+        elif key == "rank":
+            fields["head_rank_tolerance"] = float(value)
         else:
             raise SystemExit(f"--variant {text}: unknown option {option!r}")
     return FeatureSpec(f"mlp({name})", backbone=backbone, **fields)
@@ -296,6 +298,9 @@ def run_split(
                     steps=spec.head_steps or head_config.steps,
                     bfloat16=not spec.head_float32,
                     hidden=spec.head_hidden or head_config.hidden,
+                    rank_tolerance=head_config.rank_tolerance
+                    if spec.head_rank_tolerance is None
+                    else spec.head_rank_tolerance,
                 )
                 head = fit_head(feats, labels, spec_config, ignore=0)
                 fit_seconds.setdefault(spec.name, []).append(time.perf_counter() - start)

@@ -127,6 +127,8 @@ def test_filter_bank_only_head_round_trip(tmp_path):
                 "2",
                 "--steps",
                 "60",
+                "--rank-tolerance",
+                "0",
                 "--out",
                 str(head),
             ]
@@ -152,6 +154,7 @@ def test_filter_bank_only_head_round_trip(tmp_path):
     )
     loaded = Head.load(head)
     assert loaded.in_channels == num_filter_channels() and not loaded.context.features.diffusion
+    assert loaded.config.rank_tolerance == 0  # the exact first layer, as asked
     prediction = read_labels(tmp_path / "pred" / "c.tif")
     truth = epithelium[CROPS["c"]]
     dice = 2 * (prediction * truth).sum() / (prediction.sum() + truth.sum())

@@ -9,7 +9,7 @@ from napari_mdm.backbone import Backbone, build_backbone, randomize
 from napari_mdm.checkpoint import random_backbone
 from napari_mdm.corruption import CorruptionConfig
 from napari_mdm.features import FeatureConfig, extract_features
-from napari_mdm.head import Head, HeadConfig, HeadContext, fit_head
+from napari_mdm.head import LOW_RANK_MIN_PIXELS, Head, HeadConfig, HeadContext, fit_head, low_rank_first_layer
 from napari_mdm.jobs import UserError
 from napari_mdm.metrics import dice
 
@@ -127,9 +127,40 @@ def test_bfloat16_products_predict_what_float32_does(backbone):
     assert (fast[2:4].argmax(0) == exact[2:4].argmax(0)).mean() > 0.99  # votes
 
 
+def test_low_rank_first_layer_is_exact_where_the_pixels_span_few_directions():
+    gen = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(64, 200, generator=gen), torch.randn(64, 1, generator=gen)
+    directions, offset = torch.randn(200, 5, generator=gen), torch.randn(200, 1, generator=gen)
+    sample = directions @ torch.randn(5, 1000, generator=gen) + offset  # pixels in a 5-d affine subspace
+    layer = low_rank_first_layer(weight, bias, sample, 1e-4)
+    assert layer.reduce.shape == (5, 200) and layer.expand.shape == (64, 5)
+    unseen = directions @ torch.randn(5, 300, generator=gen) + offset
+    torch.testing.assert_close(
+        layer.expand @ (layer.reduce @ unseen) + layer.bias, weight @ unseen + bias, atol=1e-3, rtol=1e-4
+    )
+    assert low_rank_first_layer(weight, bias, torch.randn(200, 1000, generator=gen), 1e-4) is None  # not cheaper
+    assert low_rank_first_layer(weight, bias, torch.zeros(200, 10), 0.01) is None  # no variance to keep
+
+
+def test_prediction_through_the_low_rank_first_layer_keeps_the_labels(backbone):
+    img, truth = _two_textures(6, size=256)
+    feats = extract_features(backbone, img)
+    head = fit_head([feats], [truth], FAST)
+    first = head.first_layer(torch.from_numpy(feats).reshape(len(feats), -1))
+    assert first is not None and first.reduce.shape[0] * 2 < first.expand.shape[0]  # rank well below E * h
+    fast = head.predict_maps(feats)
+    exact_head = Head(head.net, head.class_values, head.mean, head.std, replace(head.config, rank_tolerance=0))
+    exact = exact_head.predict_maps(feats)
+    np.testing.assert_allclose(fast[:2], exact[:2], atol=0.05)  # mean probabilities
+    assert (fast[:2].argmax(0) == exact[:2].argmax(0)).mean() > 0.99
+    small = feats[:, :128, : LOW_RANK_MIN_PIXELS // 128 - 1]  # below the size where it pays: exact
+    np.testing.assert_array_equal(head.predict_maps(small), exact_head.predict_maps(small))
+
+
 def test_heads_saved_before_the_bfloat16_option_ran_in_float32():
-    legacy = {k: v for k, v in HeadConfig().to_dict().items() if k != "bfloat16"}
+    legacy = {k: v for k, v in HeadConfig().to_dict().items() if k not in ("bfloat16", "rank_tolerance")}
     assert HeadConfig.from_dict(legacy).bfloat16 is False
+    assert HeadConfig.from_dict(legacy).rank_tolerance == 0  # and with the exact first layer
     assert FeatureConfig.from_dict({"timesteps": [50]}).bfloat16 is False
     assert HeadConfig().bfloat16 and FeatureConfig().bfloat16  # new heads: bfloat16 where native
 
