@@ -68,6 +68,15 @@ def test_position_in_the_image_is_a_feature_choice_the_head_records(annotated, w
     assert head.context.features.position is True and head.in_channels == num_filter_channels() + 2
 
 
+def test_exact_prediction_is_a_head_choice_the_head_records(annotated, wait_job):
+    viewer, widget, _ = annotated
+    assert widget.exact.value is False  # by default the first layer runs through its main directions
+    widget.features.value, widget.exact.value = "filters", True
+    widget.start_training()
+    wait_job(widget.jobs)
+    assert session_for(viewer).head.config.rank_tolerance == 0
+
+
 def test_live_mode_retrains_after_a_stroke(annotated, paint, qtbot):
     viewer, widget, labels = annotated
     widget.live.value = True  # prepares features in the background
