@@ -4,7 +4,6 @@ and its uncertainty; in live mode it retrains shortly after each stroke."""
 from __future__ import annotations
 
 from dataclasses import replace
-
 from typing import TYPE_CHECKING
 
 import numpy as np
