@@ -247,9 +247,15 @@ def log(message: str) -> None:
 
 
 def run_split(
-    split: data.Split, scale: float, settings: Settings, backbones: dict[str, Backbone], specs: list[FeatureSpec]
+    split: data.Split,
+    scale: float,
+    settings: Settings,
+    backbones: dict[str, Backbone],
+    specs: list[FeatureSpec],
+    on_tested: Callable[[list[dict]], None] = lambda records: None,
 ) -> list[dict]:
-    """Train every method on every plan of one dataset at one scale, then score all test images."""
+    """Train every method on every plan of one dataset at one scale, then score all test images;
+    ``on_tested`` gets the records so far after each test image (a long run keeps what it measured)."""
     configs = base_configs(specs, backbones)
     need_filters = any(s.filters for s in specs) or "forest" in settings.methods
     style = SCRIBBLE_STYLES[split.dataset]
@@ -342,10 +348,25 @@ def run_split(
             predicted = np.asarray(CLASSES)[scores.argmax(0)]
             dices[key][sample.name] = dice(predicted == FOREGROUND, mask)
         log(f"{split.dataset} x{scale}: tested {k + 1}/{len(tests)} ({sample.name})")
+        on_tested(_dice_records(split.dataset, scale, dices, fractions))
 
-    return [
+    return _dice_records(split.dataset, scale, dices, fractions) + [
         {
             "dataset": split.dataset,
+            "scale": scale,
+            "timing": {
+                "train_feature_seconds": features_seconds,
+                "fit_seconds": {k: float(np.mean(v)) for k, v in fit_seconds.items()},
+            },
+        }
+    ]
+
+
+def _dice_records(dataset: str, scale: float, dices: dict[tuple, dict[str, float]], fractions: dict) -> list[dict]:
+    """One record per method, protocol, shots and seed: its mean Dice over the images tested so far."""
+    return [
+        {
+            "dataset": dataset,
             "scale": scale,
             "method": method,
             "protocol": protocol,
@@ -356,15 +377,7 @@ def run_split(
             "label_fraction": fractions[(protocol, n, seed)],
         }
         for (method, protocol, n, seed), per_image in dices.items()
-    ] + [
-        {
-            "dataset": split.dataset,
-            "scale": scale,
-            "timing": {
-                "train_feature_seconds": features_seconds,
-                "fit_seconds": {k: float(np.mean(v)) for k, v in fit_seconds.items()},
-            },
-        }
+        if per_image
     ]
 
 
@@ -453,6 +466,14 @@ def measure_speed(backbones: dict[str, Backbone], specs: list[FeatureSpec], sett
     forest_scores(forest, filt)
     out["rf_predict_seconds"] = round(time.perf_counter() - start, 2)
     return out
+
+
+def _keep_partial(path: Path, records: list[dict]) -> None:
+    """The records measured so far, written (atomically) where a stopped run leaves them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"summary": summarize(records), "records": records}, indent=1, default=str))
+    tmp.replace(path)
 
 
 def code_version() -> dict:
@@ -569,12 +590,17 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--sweep {settings.sweep}: no such backbone ({', '.join(backbones)})")
     specs = feature_specs(settings, backbones)
     log(f"backbones: {', '.join(backbones)}; head inputs: {', '.join(s.name for s in specs)}")
+    name = args.name or ("speed" if args.speed_only else "quick" if args.quick else "full")
+    partial = args.out / f"{name}.partial.json"
     records = []
     for dataset in () if args.speed_only else settings.datasets:
         split = data.load_split(dataset)
         for scale in settings.scales:
-            records += run_split(split, scale, settings, backbones, specs)
-    name = args.name or ("speed" if args.speed_only else "quick" if args.quick else "full")
+            records.extend(
+                run_split(
+                    split, scale, settings, backbones, specs, lambda current: _keep_partial(partial, records + current)
+                )
+            )
     result = {
         "name": name,
         "command": "python -m benchmarks.run "
@@ -605,6 +631,7 @@ def main(argv: list[str] | None = None) -> dict:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1, default=str))
     tmp.replace(path)
+    partial.unlink(missing_ok=True)
     report.write_report(path)
     print(report.markdown(result))
     return result

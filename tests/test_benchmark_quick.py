@@ -60,7 +60,17 @@ def test_pick_tests_spreads_over_the_list():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not data.available(), reason=f"benchmark data not found under {data.DATA_ROOT}")
-def test_quick_mode_end_to_end(tmp_path):
+def test_quick_mode_end_to_end(tmp_path, monkeypatch):
+    import benchmarks.run
+
+    kept = benchmarks.run._keep_partial
+    partials = []  # what a run stopped after each test image would have left
+
+    def spy(path, records):
+        kept(path, records)
+        partials.append(json.loads(path.read_text()))
+
+    monkeypatch.setattr(benchmarks.run, "_keep_partial", spy)
     result = main(
         [
             "--quick",
@@ -98,6 +108,8 @@ def test_quick_mode_end_to_end(tmp_path):
     # the filter bank alone separates glands from stroma on real crops far better than chance
     assert max(r["mean"] for r in rows if r["method"] == "rf(filters)") > 50
     assert saved["summary"] == result["summary"] and saved["peak_rss_mib"] > 0
+    assert [{r["test_images"] for r in p["summary"]} for p in partials] == [{1}, {2}]
+    assert partials[-1]["summary"] == rows and not (tmp_path / "ci.partial.json").exists()
 
 
 def test_throughput_measures_the_core_training_loop_and_writes_its_table(tmp_path):
