@@ -133,7 +133,7 @@ def measure(side: int, workers: int, backbone: str, head: Path, root: Path, tiss
     ):
         start = time.perf_counter()
         result = segment_slide(
-            backbone, head, slide, root / f"out_{side}_{workers}.ome.zarr", chunk=1024, scheduler=client, overwrite=True
+            backbone, head, slide, root / f"out_{side}_{workers}.ome.zarr", scheduler=client, overwrite=True
         )
         seconds = time.perf_counter() - start
         states = list(client.run(_worker_state).values())

@@ -555,6 +555,8 @@ def _add_segment(sub) -> None:
 
 
 def _add_segment_slide(sub) -> None:
+    from .slide_segmentation import SLIDE_CHUNK
+
     p = sub.add_parser(
         "segment-slide",
         help="segment a whole slide (pyramidal TIFF/SVS/OME-TIFF, OME-Zarr, zarr) "
@@ -571,7 +573,13 @@ def _add_segment_slide(sub) -> None:
         default=None,
         help="microns per pixel to segment at (the nearest level; default: the head's, else level 0)",
     )
-    p.add_argument("--chunk", type=int, default=1024, help="output chunk side: one dask task each")
+    p.add_argument(
+        "--chunk",
+        type=_at_least(64),
+        default=SLIDE_CHUNK,
+        help="output chunk side: one dask task each (default: %(default)s, which with the halo reads "
+        "1024 px: 2 x 2 network tiles)",
+    )
     p.add_argument("--all-tiles", action="store_true", help="segment blank background too (no tissue detection)")
     p.add_argument("--uncertainty", action="store_true", help="also write the uncertainty (uncertainty/0)")
     p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (default: local threads)")

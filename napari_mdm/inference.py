@@ -25,7 +25,10 @@ from .naming import segmentation_outputs, stem
 from .tiling import run_tiled
 
 IN_MEMORY_MAPS_BYTES = 1 << 30
-WHOLE_IMAGE_FEATURES_BYTES = 1 << 30
+WHOLE_IMAGE_FEATURES_BYTES = 3 << 29
+"""Images whose features fit in 1.5 GiB are featurised whole and the head runs once per pixel;
+larger ones tile by tile (bounded memory, overlaps computed twice). 1.5 GiB holds a 1024² region
+of the default 656 channels: a whole-slide chunk with its halo."""
 ZARR_CHUNK = 1024
 """Side of the square chunks in which large images' maps and outputs are written."""
 

@@ -14,6 +14,7 @@ from napari.layers import Image
 from .._reader import MASK_SUFFIX, UNCERTAINTY_SUFFIX, read_label_image
 from ..jobs import UserError
 from ..naming import stem
+from ..slide_segmentation import SLIDE_CHUNK
 from ..slides import TIFF_SUFFIXES
 from .classes import apply_classes
 from .layers import OUTPUT_KEY, is_output, show_result
@@ -22,7 +23,7 @@ from .workers import notify_info
 
 VISIBLE, WHOLE = "visible region", "whole slide"
 SLIDE_SUFFIXES = (*TIFF_SUFFIXES, ".zarr")
-TILE = 1024
+TILE = SLIDE_CHUNK
 """Output tile side of a whole-slide job (one dask task, one progress step and one resume unit each)."""
 
 
