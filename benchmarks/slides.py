@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def _write(rows: list[dict], name: str, features: str, backbone: str, argv: list[str] | None) -> None:
-    command = "python -m benchmarks.slides " + " ".join(argv or [])
+    command = "python -m benchmarks.slides " + shlex.join(sys.argv[1:] if argv is None else argv)
     RESULTS.joinpath(f"{name}.json").write_text(
         json.dumps({"command": command, "features": features, "backbone": backbone, "rows": rows}, indent=2) + "\n"
     )
