@@ -585,6 +585,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not data.available():
         raise SystemExit(f"benchmark data not found under {data.DATA_ROOT} (set NAPARI_MDM_DATA)")
     started = time.time()
+    code = code_version()  # the code this run imported, not what is checked out when it ends
     backbones = load_backbones(args.backbone, args.preset, not args.no_shipped)
     if settings.sweep and settings.sweep not in backbones:
         raise SystemExit(f"--sweep {settings.sweep}: no such backbone ({', '.join(backbones)})")
@@ -623,7 +624,7 @@ def main(argv: list[str] | None = None) -> dict:
         "paper": report.PAPER,
         "speed": {} if args.no_speed else measure_speed(backbones, specs, settings),
         "peak_rss_mib": round(peak_rss_mib(), 1),
-        "code": code_version(),
+        "code": code,
         "host": {"machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__},
     }
     args.out.mkdir(parents=True, exist_ok=True)
