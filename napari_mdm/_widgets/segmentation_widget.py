@@ -72,6 +72,7 @@ class SegmentationWidget(Container):
         )
         self.class_table = ClassTable(self.session)
         self._make_setting_controls()
+        self._make_head_controls()
         self.train = PushButton(
             text="Train && predict", tooltip="Learn from your strokes and colour the whole image by class"
         )
@@ -136,11 +137,10 @@ class SegmentationWidget(Container):
         self.load_head = PushButton(text="Load head", tooltip="Use a classifier saved earlier")
 
     def _make_setting_controls(self) -> None:
-        """Feature and head settings, their defaults read from FeatureConfig and HeadConfig."""
+        """Feature settings, their defaults read from FeatureConfig."""
         from ..features import FeatureConfig
-        from ..head import HeadConfig
 
-        features, head = FeatureConfig(), HeadConfig()
+        features = FeatureConfig()
 
         self.timesteps = LineEdit(
             value=", ".join(map(str, features.timesteps)),
@@ -171,6 +171,12 @@ class SegmentationWidget(Container):
             "or right). Turn it on for images that are all framed alike, such as passport-style faces, "
             "to tell a left eye from a right one; leave it off when things can be anywhere (tissue)",
         )
+
+    def _make_head_controls(self) -> None:
+        """Head settings, their defaults read from HeadConfig, and the live-preview switch."""
+        from ..head import HeadConfig
+
+        head = HeadConfig()
         self.ensemble = SpinBox(
             value=head.ensemble,
             min=1,
