@@ -33,6 +33,7 @@ from skimage.transform import resize
 from napari_mdm.backbone import PRESETS, Backbone, count_parameters
 from napari_mdm.checkpoint import load_backbone, random_backbone, shipped_backbones
 from napari_mdm.features import num_channels
+from napari_mdm.files import atomic_output
 from napari_mdm.head import HeadConfig, class_scores, fit_head
 from napari_mdm.io import read_image, read_labels
 from napari_mdm.metrics import dice
@@ -468,12 +469,15 @@ def measure_speed(backbones: dict[str, Backbone], specs: list[FeatureSpec], sett
     return out
 
 
+def _write_json(path: Path, data: dict) -> None:
+    """``data`` as JSON at ``path``, whole or not at all (a stopped run leaves no torn file)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+
+
 def _keep_partial(path: Path, records: list[dict]) -> None:
-    """The records measured so far, written (atomically) where a stopped run leaves them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"summary": summarize(records), "records": records}, indent=1, default=str))
-    tmp.replace(path)
+    """The records measured so far, where a stopped run leaves them."""
+    _write_json(path, {"summary": summarize(records), "records": records})
 
 
 def code_version() -> dict:
@@ -627,11 +631,8 @@ def main(argv: list[str] | None = None) -> dict:
         "code": code,
         "host": {"machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    tmp.replace(path)
+    _write_json(path, result)
     partial.unlink(missing_ok=True)
     report.write_report(path)
     print(report.markdown(result))
