@@ -164,7 +164,7 @@ def segment_slide_region(
     slide: str | os.PathLike,
     region: SlideRegion,
     *,
-    halo: int = 64,
+    halo: int = SLIDE_HALO,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
