@@ -274,20 +274,22 @@ class Head:
     def _dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.config.bfloat16 and fast_bfloat16("cpu") else torch.float32
 
+    def _centred(self, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(C, n) pixels minus the training mean (as rounded to the pixels' precision, which the
+        first layer's bias expects), subtracted in float32 and only then rounded to ``dtype``: a
+        channel that hardly varied in training (std clamped to 1e-3) would otherwise turn the
+        rounding of its raw value into noise hundreds of times larger."""
+        centre = self.mean.to(pixels.dtype).float()
+        return pixels.float().sub_(centre[:, None]).to(dtype)
+
     @torch.inference_mode()
     def member_probabilities(self, pixels: torch.Tensor, first: FirstLayer | None = None) -> torch.Tensor:
         """(C, n) features -> (E, K, n) per-member class probabilities. The products run in
         bfloat16 where that is native (``HeadConfig.bfloat16``), the softmax in float32; ``first``
-        replaces the exact first layer (:meth:`first_layer`).
-
-        The mean is subtracted in float32 before any rounding to bfloat16: a channel that hardly
-        varied in training (std clamped to 1e-3) would otherwise turn that rounding of its raw
-        value into noise hundreds of times larger."""
+        replaces the exact first layer (:meth:`first_layer`); pixels are :meth:`_centred` first."""
         dtype = self._dtype()
-        centre = self.mean.to(pixels.dtype)
-        (w0, b0), *rest = self._pixel_layers(dtype, centre)
-        x = torch.sub(pixels, centre[:, None], out=torch.empty(pixels.shape))  # 4x faster than into bfloat16
-        x = x.to(dtype)
+        (w0, b0), *rest = self._pixel_layers(dtype, self.mean.to(pixels.dtype))
+        x = self._centred(pixels, dtype)
         y = torch.addmm(b0, w0, x) if first is None else torch.addmm(first.bias, first.expand, first.reduce @ x)
         y = y.view(self.net.weights[0].shape[0], -1, y.shape[-1])  # (E, h, n)
         for w, b in rest:
@@ -302,10 +304,9 @@ class Head:
         if not self.config.rank_tolerance or n < LOW_RANK_MIN_PIXELS:
             return None
         dtype = self._dtype()
-        centre = self.mean.to(pixels.dtype)
-        (w0, b0), *_ = self._pixel_layers(torch.float32, centre)
+        (w0, b0), *_ = self._pixel_layers(torch.float32, self.mean.to(pixels.dtype))
         picks = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:LOW_RANK_SAMPLE].sort().values
-        sample = (pixels[:, picks].float() - centre.float()[:, None]).to(dtype)  # sorted: 4x faster to gather
+        sample = self._centred(pixels[:, picks], dtype)  # sorted picks: 4x faster to gather
         layer = low_rank_first_layer(w0.to(dtype), b0, sample, self.config.rank_tolerance)
         return layer.to(dtype) if layer is not None else None
 
