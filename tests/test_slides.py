@@ -228,6 +228,45 @@ def test_a_cancelled_slide_job_resumes_and_ends_as_an_uninterrupted_one(slide, t
     )
 
 
+KILL_AFTER_TWO_CHUNKS = """
+import os, signal, sys
+from napari_mdm.slide_segmentation import segment_slide
+
+done = []
+
+def progress(finished, total, info):
+    done.append(finished)
+    if len(done) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no pyramid, no 'complete' flag
+
+segment_slide("random-tiny", sys.argv[1], sys.argv[2], sys.argv[3], chunk=128, halo=16, progress=progress)
+"""
+
+
+def test_a_killed_slide_job_resumes_and_ends_as_an_uninterrupted_one(slide, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    whole = _segment(slide, tmp_path / "whole.ome.zarr")
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_TWO_CHUNKS, *map(str, (slide / "head.safetensors", slide / "slide.ome.tif"))]
+        + [str(tmp_path / "killed.ome.zarr")],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not zarr.open_group(str(tmp_path / "killed.ome.zarr")).attrs["napari-mdm"].get("complete")
+    again = _segment(slide, tmp_path / "killed.ome.zarr")
+    assert again.resumed >= 2 and again.resumed + again.computed == whole.computed
+    for level in ("0", "1"):
+        np.testing.assert_array_equal(
+            zarr.open_array(str(tmp_path / f"killed.ome.zarr/{level}"))[:],
+            zarr.open_array(str(tmp_path / f"whole.ome.zarr/{level}"))[:],
+        )
+
+
 def test_the_same_graph_runs_on_a_two_worker_cluster(slide, tmp_path):
     distributed = pytest.importorskip("distributed")
     _segment(slide, tmp_path / "local.ome.zarr", workers=2)
