@@ -33,7 +33,7 @@ from benchmarks.data import DATA_ROOT
 from benchmarks.methods import fit_forest
 from napari_mdm.checkpoint import load_backbone, shipped_backbones
 from napari_mdm.feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
-from napari_mdm.features import FeatureConfig, extract_features, position_channels, resolve_config
+from napari_mdm.features import FeatureConfig, float16_features, position_channels, resolve_config
 from napari_mdm.filterbank import filter_features
 from napari_mdm.head import HeadConfig, fit_head
 from napari_mdm.io import read_image, read_labels
@@ -93,7 +93,7 @@ class Features:
         # the backbone runs once for both rows
         where = position_channels(0, 0, shape, shape).numpy().astype(np.float16)
         for name, backbone in self.backbones.items():
-            out[name] = extract_features(backbone, image, self.configs[name])
+            out[name] = float16_features(backbone, image, self.configs[name])
             if self.position:
                 out[f"{name}+position"] = np.concatenate([out[name], where])
         return out

@@ -39,7 +39,8 @@ METHODS = {
     "+auto steps": ({"project": 0, "bfloat16": True}, {"ensemble": 5, "steps": 0, "bfloat16": True}),
     "+projection": ({"project": 64, "bfloat16": True}, {"ensemble": 5, "steps": 0, "bfloat16": True}),
     "hidden 64": ({}, {"hidden": (64, 32)}),
-    "exact first layer": ({}, {"rank_tolerance": 0}),
+    "exact first layer": ({"compact": False}, {"rank_tolerance": 0}),
+    "float16 features": ({"compact": False}, {}),
     "default": ({}, {}),
 }
 """'before' is the default until issue 14 (decoder blocks 3-9 of the shipped backbone, all 784
@@ -49,8 +50,10 @@ backbone's (where the CPU has bf16 units), automatic head steps (50 for strokes,
 masks), the 64-channel projection (`--project 64`); all of them predict through the head's exact
 first layer. 'hidden 64' is the default with a head half as wide (first hidden layer 64 instead of
 128); 'exact first layer' is the default predicting through the head's whole first layer
-(``rank_tolerance=0``) instead of its leading components on the image. 'default' is whatever the
-core's defaults are today."""
+(``rank_tolerance=0``) instead of its leading components on the image, on float16 features (the
+plugin's "exact prediction"); 'float16 features' is the default holding features in float16
+instead of int8 codes (``FeatureConfig.compact``). 'default' is whatever the core's defaults are
+today."""
 LADDER = ("before", "+early stop", "+head 5x200", "+bf16 head", "+bf16 backbone", "+auto steps", "+projection")
 """The knob ladder's rows, measured with the exact first layer they had."""
 
@@ -99,8 +102,12 @@ def _ours(name: str, backbone_name: str, image: np.ndarray, labels: list[np.ndar
         n = len(backbone.model.output_blocks)
         feature_overrides = {**feature_overrides, "blocks": tuple(range(n // 3, n))}
     config = resolve_config(backbone, FeatureConfig(**feature_overrides))
-    ladder = name in LADDER  # rows from before the low-rank first layer predict through the exact one
-    head_config = HeadConfig(**({"rank_tolerance": 0} if ladder else {}), **head_overrides)
+    if name in LADDER:  # rows from before the low-rank layer and int8 codes: the exact layer, float16
+        feature_overrides, head_overrides = (
+            {"compact": False, **feature_overrides},
+            {"rank_tolerance": 0, **head_overrides},
+        )
+    head_config = HeadConfig(**head_overrides)
     out: dict = {"channels": None}
     start = time.perf_counter()
     features = extract_features(backbone, normalize_image(image), config)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from sklearn.ensemble import RandomForestClassifier
 
 from napari_mdm.backbone import Backbone, UNet, UNetConfig
-from napari_mdm.features import FeatureConfig, default_blocks, extract_features
+from napari_mdm.compact import CompactFeatures
+from napari_mdm.features import FeatureConfig, default_blocks, extract_features, group_widths
 from napari_mdm.filterbank import filter_features
 
 from .labels import BACKGROUND, FOREGROUND
@@ -49,6 +50,9 @@ class FeatureSpec:
     """The head's hidden layer widths (None: the core's default)."""
     head_rank_tolerance: float | None = None
     """The head's ``rank_tolerance`` (None: the core's default; 0: the exact first layer)."""
+    compact: bool = False
+    """Features coded in int8 as ``FeatureConfig.compact`` holds them (here: coded once over the
+    whole image and decoded, see :func:`compute_bases`)."""
 
     @property
     def base(self) -> str | None:
@@ -77,6 +81,7 @@ def base_configs(specs: list[FeatureSpec], backbones: dict[str, Backbone]) -> di
                 project=project,
                 bfloat16=spec.bfloat16,
                 scale=spec.feature_scale,
+                compact=False,  # specs cut channels from the float16 base (coded copies: compute_bases)
             )
         elif spec.backbone is not None:
             steps, blocks = wanted.setdefault(spec.backbone, (set(), set()))
@@ -86,7 +91,12 @@ def base_configs(specs: list[FeatureSpec], backbones: dict[str, Backbone]) -> di
     return {
         **{
             name: FeatureConfig(
-                timesteps=tuple(sorted(s)), blocks=tuple(sorted(b)), filters=False, project=0, bfloat16=False
+                timesteps=tuple(sorted(s)),
+                blocks=tuple(sorted(b)),
+                filters=False,
+                project=0,
+                bfloat16=False,
+                compact=False,
             )
             for name, (s, b) in wanted.items()
         },
@@ -95,13 +105,27 @@ def base_configs(specs: list[FeatureSpec], backbones: dict[str, Backbone]) -> di
 
 
 def compute_bases(
-    image: np.ndarray, backbones: dict[str, Backbone], configs: dict[str, FeatureConfig], filters: bool
+    image: np.ndarray,
+    backbones: dict[str, Backbone],
+    configs: dict[str, FeatureConfig],
+    filters: bool,
+    compact: bool = False,
 ) -> dict[str, np.ndarray]:
-    """(C, H, W) float16 base features of one image: per backbone, plus ``"filters"``."""
+    """(C, H, W) float16 base features of one image: per backbone, plus ``"filters"``; with
+    ``compact``, each also coded in int8 as the core's compact features and decoded (key + CODED):
+    a base's groups and channels are coded as those of any spec cut from it would be."""
     bases = {key: extract_features(backbones[key.split("~")[0]], image, config) for key, config in configs.items()}
     if filters:
         bases["filters"] = filter_features(image)
+    if compact:
+        widths = {key: group_widths(backbones[key.split("~")[0]], config) for key, config in configs.items()}
+        bases |= {
+            key + CODED: CompactFeatures.from_array(f, widths.get(key, [])).to_float16() for key, f in bases.items()
+        }
     return bases
+
+
+CODED = "#int8"
 
 
 def channel_index(spec: FeatureSpec, backbone: Backbone, config: FeatureConfig) -> np.ndarray:
@@ -121,18 +145,19 @@ def spec_features(
     spec: FeatureSpec, bases: dict[str, np.ndarray], backbones: dict[str, Backbone], configs: dict[str, FeatureConfig]
 ) -> np.ndarray:
     parts = []
+    coded = CODED if spec.compact else ""
     if spec.base is not None and spec.base != spec.backbone:
-        base, width = bases[spec.base], configs[spec.base].project
+        base, width = bases[spec.base + coded], configs[spec.base].project
         if spec.project and spec.project < width:  # the first components of each timestep
             base = base[np.concatenate([t * width + np.arange(spec.project) for t in range(len(spec.timesteps))])]
         parts.append(base)
     elif spec.backbone is not None:
-        base = bases[spec.backbone]
+        base = bases[spec.backbone + coded]
         config = configs[spec.backbone]
         index = channel_index(spec, backbones[spec.backbone], config)
         parts.append(base if len(index) == len(base) else base[index])
     if spec.filters:
-        parts.append(bases["filters"])
+        parts.append(bases["filters" + coded])
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 

@@ -91,9 +91,10 @@ def parse_blocks(text: str) -> tuple[int, ...]:
 
 
 def parse_variant(text: str, backbones: dict[str, Backbone]) -> FeatureSpec:
-    """'NAME=BACKBONE:blocks=3-7:project=64:timesteps=50:scale=0.5:bf16:filters:steps=50:fp32:hidden=64,32:rank=0'
-    -> a FeatureSpec (bf16: the backbone in bfloat16; steps, fp32, hidden, rank: the head's steps,
-    float32 products, hidden layer widths and first-layer rank tolerance)."""
+    """'NAME=BACKBONE:blocks=3-7:project=64:timesteps=50:scale=0.5:bf16:filters:int8:steps=50:fp32:hidden=64,32:rank=0'
+    -> a FeatureSpec (bf16: the backbone in bfloat16; int8: features coded as compact ones; steps,
+    fp32, hidden, rank: the head's steps, float32 products, hidden layer widths and first-layer rank
+    tolerance)."""
     name, _, rest = text.partition("=")
     backbone, *options = rest.split(":")
     if backbone not in backbones:
@@ -107,8 +108,8 @@ def parse_variant(text: str, backbones: dict[str, Backbone]) -> FeatureSpec:
             fields["timesteps"] = tuple(int(v) for v in value.split(","))
         elif key in ("project", "scale"):
             fields["project" if key == "project" else "feature_scale"] = (int if key == "project" else float)(value)
-        elif key in ("bf16", "filters", "fp32"):
-            fields[{"bf16": "bfloat16", "filters": "filters", "fp32": "head_float32"}[key]] = True
+        elif key in ("bf16", "filters", "fp32", "int8"):
+            fields[{"bf16": "bfloat16", "filters": "filters", "fp32": "head_float32", "int8": "compact"}[key]] = True
         elif key == "steps":
             fields["head_steps"] = int(value)
         elif key == "hidden":
@@ -259,6 +260,7 @@ def run_split(
     ``on_tested`` gets the records so far after each test image (a long run keeps what it measured)."""
     configs = base_configs(specs, backbones)
     need_filters = any(s.filters for s in specs) or "forest" in settings.methods
+    compact = any(s.compact for s in specs)
     style = SCRIBBLE_STYLES[split.dataset]
     shots = settings.shots[split.dataset]
     runs = plans(len(split.train), shots, settings.seeds)
@@ -273,7 +275,7 @@ def run_split(
     for k, i in enumerate(sorted(fewest)):
         _, mask, small = load_sample(split.train[i], scale, settings.max_size)
         start = time.perf_counter()
-        bases = compute_bases(small, backbones, configs, need_filters)
+        bases = compute_bases(small, backbones, configs, need_filters, compact)
         features_seconds += time.perf_counter() - start
         train_images[i] = small
         for protocol in settings.protocols:
@@ -340,7 +342,7 @@ def run_split(
     dices: dict[tuple, dict[str, float]] = {key: {} for key in scorers}
     for k, sample in enumerate(tests):
         _, mask, small = load_sample(sample, scale, settings.max_size)
-        bases = compute_bases(small, backbones, configs, need_filters)
+        bases = compute_bases(small, backbones, configs, need_filters, compact)
         features = {s.name: spec_features(s, bases, backbones, configs) for s in specs}
         if need_filters:
             features["filters"] = bases["filters"]
@@ -536,7 +538,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         dest="variants",
         metavar="NAME=BACKBONE:OPTIONS",
         help="extra head input with fast-path knobs, e.g. fast=histology:blocks=3-7:project=64 "
-        "(options: blocks, timesteps, project, scale, bf16, filters)",
+        "(options: blocks, timesteps, project, scale, bf16, filters, int8, steps, fp32, hidden, rank)",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-speed", action="store_true", help="skip the 512x512 speed figures")

@@ -110,11 +110,12 @@ def filter_features(
     scales: Sequence[float] = DEFAULT_SCALES,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
-    out: np.ndarray | None = None,
+    out=None,
 ) -> np.ndarray:
     """(C, H, W) float16 filter responses of an (H, W, 3) image in [0, 1]; see the module docstring.
     ``out``: a (C, H, W) float16 array to write them into (a feature map's last channels), so the
-    image's responses are never held twice."""
+    image's responses are never held twice, or any (C, H, W) target that ``out[k] = (H, W) values``
+    fills channel by channel (compact features' ``channels``); returned filled."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise UserError(f"filter features need an (H, W, 3) RGB image, got shape {image.shape}")
@@ -123,8 +124,8 @@ def filter_features(
     h, w = image.shape[:2]
     if out is None:
         out = np.empty((num_filter_channels(scales), h, w), dtype=np.float16)
-    elif out.shape != (num_filter_channels(scales), h, w) or out.dtype != np.float16:
-        raise ValueError(f"filter responses need a {(num_filter_channels(scales), h, w)} float16 array")
+    elif tuple(out.shape) != (num_filter_channels(scales), h, w) or getattr(out, "dtype", np.float16) != np.float16:
+        raise ValueError(f"filter responses need a {(num_filter_channels(scales), h, w)} float16 target")
     channels = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
     per_scale = len(CHANNELS) * len(FILTERS)
     for i, sigma in enumerate(scales):

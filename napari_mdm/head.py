@@ -9,7 +9,7 @@ uncertainty: Jensen-Shannon divergence of the members (entropy of the mean minus
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,7 @@ from torch import nn
 
 from .adam import Adam
 from .checkpoint import CheckpointError, build_checked, read_tensors, write_tensors
+from .compact import CompactFeatures
 from .devices import fast_bfloat16
 from .features import FeatureConfig
 from .io import MAX_LABEL, label_dtype
@@ -217,6 +218,12 @@ def low_rank_first_layer(
     return FirstLayer(axes.T @ weight.float(), axes, bias.float() + mean - axes @ (axes.T @ mean))
 
 
+def _low_rank_picks(n: int) -> torch.Tensor:
+    """The LOW_RANK_SAMPLE pixels of n that a low-rank first layer is fitted on: fixed, sorted
+    (4x faster to gather)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:LOW_RANK_SAMPLE].sort().values
+
+
 @dataclass
 class Prediction:
     labels: np.ndarray  # (H, W) class values
@@ -288,13 +295,36 @@ class Head:
         bfloat16 where that is native (``HeadConfig.bfloat16``), the softmax in float32; ``first``
         replaces the exact first layer (:meth:`first_layer`); pixels are :meth:`_centred` first."""
         dtype = self._dtype()
-        (w0, b0), *rest = self._pixel_layers(dtype, self.mean.to(pixels.dtype))
+        (w0, b0), *_ = self._pixel_layers(dtype, self.mean.to(pixels.dtype))
         x = self._centred(pixels, dtype)
         y = torch.addmm(b0, w0, x) if first is None else torch.addmm(first.bias, first.expand, first.reduce @ x)
+        return self._after_first(y)
+
+    def _after_first(self, y: torch.Tensor) -> torch.Tensor:
+        """The first layer's (E * h, n) outputs -> (E, K, n) per-member class probabilities."""
+        (_, _), *rest = self._pixel_layers(y.dtype, self.mean)
         y = y.view(self.net.weights[0].shape[0], -1, y.shape[-1])  # (E, h, n)
         for w, b in rest:
             y = torch.baddbmm(b, w, y.relu_())
         return F.softmax(y.float(), dim=1)
+
+    def _compact_first(self, features: CompactFeatures) -> Callable[[int, int], torch.Tensor]:
+        """``fn(start, stop)`` -> the first layer's (E * h, n) outputs on pixels start:stop of
+        compact features, computed on their codes (:meth:`CompactFeatures.product`): through the
+        layer's leading components on the image (as :meth:`first_layer`) or the exact layer."""
+        dtype = self._dtype()
+        (w0, centred_bias), *_ = self._pixel_layers(torch.float32, self.mean)
+        b0 = centred_bias - w0 @ self.mean[:, None]  # the layer on raw values, not centred ones
+        n = features.shape[1] * features.shape[2]
+        layer = None
+        if self.config.rank_tolerance and n >= LOW_RANK_MIN_PIXELS:
+            sample = torch.from_numpy(features.pixels(_low_rank_picks(n).numpy())).to(dtype)
+            layer = low_rank_first_layer(w0.to(dtype), b0, sample, self.config.rank_tolerance)
+        if layer is None:
+            exact = features.product(w0, dtype)
+            return lambda start, stop: exact(start, stop).add_(b0).to(dtype)
+        reduce, expand, bias = features.product(layer.reduce, dtype), layer.expand.to(dtype), layer.bias.to(dtype)
+        return lambda start, stop: torch.addmm(bias, expand, reduce(start, stop).to(dtype))
 
     @torch.inference_mode()
     def first_layer(self, pixels: torch.Tensor) -> FirstLayer | None:
@@ -305,14 +335,13 @@ class Head:
             return None
         dtype = self._dtype()
         (w0, b0), *_ = self._pixel_layers(torch.float32, self.mean.to(pixels.dtype))
-        picks = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:LOW_RANK_SAMPLE].sort().values
-        sample = self._centred(pixels[:, picks], dtype)  # sorted picks: 4x faster to gather
+        sample = self._centred(pixels[:, _low_rank_picks(n)], dtype)
         layer = low_rank_first_layer(w0.to(dtype), b0, sample, self.config.rank_tolerance)
         return layer.to(dtype) if layer is not None else None
 
     def predict_maps(
         self,
-        features: np.ndarray | torch.Tensor,
+        features: np.ndarray | torch.Tensor | CompactFeatures,
         chunk: int = 16384,
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
@@ -323,17 +352,15 @@ class Head:
         Progress is reported per chunk of pixels; 16k-pixel chunks keep each product's operands in
         cache (1.5-2x faster than 64k on one thread).
         """
-        feats = torch.as_tensor(features)
-        c, h, w = feats.shape
+        c, h, w = features.shape
         self.check_features(c)
-        flat = feats.reshape(c, -1)
-        first = self.first_layer(flat)
+        probabilities = self._chunk_probabilities(features)
         k = len(self.class_values)
         out = torch.empty(2 * k + 1, h * w)
         chunks = range(0, h * w, chunk)
         for i, s in enumerate(chunks):
             check_stop(should_stop)
-            probs = self.member_probabilities(flat[:, s : s + chunk], first)  # (E, K, n)
+            probs = probabilities(s, min(s + chunk, h * w))  # (E, K, n)
             mean = probs.mean(0)
             out[:k, s : s + chunk] = mean
             winners = probs.transpose(1, 2).contiguous().argmax(-1)  # (E, n); argmax across a strided dim is slow
@@ -342,8 +369,23 @@ class Head:
             report(progress, i + 1, len(chunks), "pixels")
         return out.reshape(2 * k + 1, h, w).numpy()
 
+    @torch.inference_mode()
+    def _chunk_probabilities(
+        self, features: np.ndarray | torch.Tensor | CompactFeatures
+    ) -> Callable[[int, int], torch.Tensor]:
+        """``fn(start, stop)`` -> (E, K, n) member probabilities of the flattened pixels start:stop."""
+        if isinstance(features, CompactFeatures):
+            first_output = self._compact_first(features)
+            return lambda start, stop: self._after_first(first_output(start, stop))
+        flat = torch.as_tensor(features).reshape(features.shape[0], -1)
+        first = self.first_layer(flat)
+        return lambda start, stop: self.member_probabilities(flat[:, start:stop], first)
+
     def predict(
-        self, features: np.ndarray | torch.Tensor, progress: ProgressFn | None = None, should_stop: StopFn | None = None
+        self,
+        features: np.ndarray | torch.Tensor | CompactFeatures,
+        progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
     ) -> Prediction:
         maps = self.predict_maps(features, progress=progress, should_stop=should_stop)
         return maps_to_prediction(maps, self.class_values)
@@ -423,7 +465,7 @@ def maps_to_prediction(maps: np.ndarray, class_values: Sequence[int]) -> Predict
 
 
 def _sample_pixels(
-    features: Sequence[np.ndarray],
+    features: Sequence[np.ndarray | CompactFeatures],
     labels: Sequence[np.ndarray],
     class_values: list[int],
     per_class: int,
@@ -439,9 +481,16 @@ def _sample_pixels(
         for i, (feat, idx) in enumerate(zip(features, where, strict=False)):
             mine = keep[(keep >= offsets[i]) & (keep < offsets[i + 1])] - offsets[i]
             if len(mine):
-                xs.append(feat.reshape(feat.shape[0], -1)[:, idx[np.sort(mine)]].T)
+                xs.append(_take(feat, idx[np.sort(mine)]).T)
                 ys.append(np.full(len(mine), k))
     return np.concatenate(xs), np.concatenate(ys)  # in the features' own precision: float16 is half the bytes
+
+
+def _take(features: np.ndarray | CompactFeatures, index: np.ndarray) -> np.ndarray:
+    """(C, n) features of the pixels at flat indices ``index``, float16 (compact ones decoded)."""
+    if isinstance(features, CompactFeatures):
+        return features.pixels(index).astype(np.float16)
+    return features.reshape(features.shape[0], -1)[:, index]
 
 
 def _standardised(
@@ -539,7 +588,7 @@ def _train(
 
 
 def fit_head(
-    features: Sequence[np.ndarray],
+    features: Sequence[np.ndarray | CompactFeatures],
     labels: Sequence[np.ndarray],
     config: HeadConfig | None = None,
     ignore: int | None = 0,

@@ -8,7 +8,7 @@ from napari_mdm.backbone import Backbone, build_backbone, randomize
 from napari_mdm.checkpoint import random_backbone
 from napari_mdm.corruption import CorruptionConfig
 from napari_mdm.feature_sets import FEATURE_SETS
-from napari_mdm.features import FeatureCache, FeatureConfig, extract_features, num_channels
+from napari_mdm.features import FeatureCache, FeatureConfig, float16_features, num_channels
 from napari_mdm.filterbank import filter_features, num_filter_channels
 from napari_mdm.jobs import Cancelled, UserError
 from napari_mdm.tiling import weighted_tiles
@@ -33,7 +33,7 @@ def image():
 
 def test_features_have_the_promised_shape_dtype_and_channels(backbone, image):
     cfg = FeatureConfig(timesteps=(50, 200), blocks=(3, 5, 7), project=0)
-    feats = extract_features(backbone, image, cfg)
+    feats = float16_features(backbone, image, cfg)
     expected = 2 * sum(backbone.model.block_channels[b] for b in (3, 5, 7)) + num_filter_channels()
     assert feats.shape == (expected, *image.shape[:2]) and feats.dtype == np.float16
     assert num_channels(backbone, cfg) == expected
@@ -43,7 +43,7 @@ def test_features_have_the_promised_shape_dtype_and_channels(backbone, image):
     rms = np.sqrt((feats[: backbone.model.block_channels[3]].astype(np.float32) ** 2).mean(0))
     assert np.median(np.abs(rms - 1)) < 0.01 and rms.max() < 1.01 and rms.min() > 0.8
     # the filter bank comes last, and only when asked for
-    diffusion_only = extract_features(
+    diffusion_only = float16_features(
         backbone, image, FeatureConfig(timesteps=(50, 200), blocks=(3, 5, 7), filters=False, project=0)
     )
     assert np.array_equal(diffusion_only, feats[: expected - num_filter_channels()])
@@ -60,11 +60,11 @@ def test_filter_bank_alone_skips_the_network(image, monkeypatch):
 
     monkeypatch.setattr(backbone.model, "decoder_features", must_not_run)
     config = FeatureConfig(**FEATURE_SETS["filters"])
-    feats = extract_features(backbone, image, config)
+    feats = float16_features(backbone, image, config)
     assert num_channels(backbone, config) == num_filter_channels() == feats.shape[0]
     np.testing.assert_allclose(feats.astype(np.float32), filter_features(image).astype(np.float32), atol=0.02)
     with pytest.raises(UserError, match="no features chosen"):
-        extract_features(backbone, image, FeatureConfig(diffusion=False, filters=False))
+        float16_features(backbone, image, FeatureConfig(diffusion=False, filters=False))
     # heads saved before the choice existed read the backbone
     assert FeatureConfig.from_dict({"timesteps": [50]}).diffusion
 
@@ -72,17 +72,17 @@ def test_filter_bank_alone_skips_the_network(image, monkeypatch):
 def test_projection_keeps_the_leading_principal_components_the_same_everywhere(backbone, image):
     from napari_mdm import projection
 
-    small = extract_features(backbone, image, FeatureConfig(timesteps=(50, 200), project=8, filters=False))
+    small = float16_features(backbone, image, FeatureConfig(timesteps=(50, 200), project=8, filters=False))
     assert small.shape == (2 * 8, *image.shape[:2]) and small.dtype == np.float16 and np.isfinite(small).all()
-    larger = extract_features(backbone, image, FeatureConfig(timesteps=(50, 200), project=16, filters=False))
+    larger = float16_features(backbone, image, FeatureConfig(timesteps=(50, 200), project=16, filters=False))
     # components are nested: the first 8 of 16 are the 8, for each timestep
     np.testing.assert_allclose(larger[np.r_[0:8, 16:24]].astype(np.float32), small.astype(np.float32), atol=0.02)
     # the basis is fitted on fixed reference images: the same after it is forgotten
     projection._BASES.clear()
-    again = extract_features(backbone, image, FeatureConfig(timesteps=(50, 200), project=8, filters=False))
+    again = float16_features(backbone, image, FeatureConfig(timesteps=(50, 200), project=8, filters=False))
     np.testing.assert_array_equal(again, small)
     # leading components carry far more of the variance than the 8/256 a random projection keeps
-    full = extract_features(backbone, image, FeatureConfig(timesteps=(50,), project=0, filters=False)).astype(
+    full = float16_features(backbone, image, FeatureConfig(timesteps=(50,), project=0, filters=False)).astype(
         np.float32
     )
     centred = full.reshape(len(full), -1) - full.reshape(len(full), -1).mean(1, keepdims=True)
@@ -93,7 +93,7 @@ def test_projection_keeps_the_leading_principal_components_the_same_everywhere(b
         backbone, FeatureConfig(project=0, filters=False)
     )
     with pytest.raises(UserError, match="project must be"):
-        extract_features(backbone, image, FeatureConfig(project=-1))
+        float16_features(backbone, image, FeatureConfig(project=-1))
     # heads saved before the projection existed read every channel
     assert FeatureConfig.from_dict({"timesteps": [50]}).project == 0
 
@@ -132,8 +132,8 @@ def test_tiles_blend_without_seams(backbone, image):
     # The untrained control has zero-initialised residual branches (a fresh diffusion U-Net), so
     # no tile-wide GroupNorm/attention context: tiled and whole-image features must agree up to
     # the tiling itself. This checks blending and image-wide corruption, not the network.
-    whole = extract_features(backbone, image, FeatureConfig(tile=512, filters=False)).astype(np.float32)
-    tiled = extract_features(backbone, image, FeatureConfig(tile=96, overlap=0.25, filters=False)).astype(np.float32)
+    whole = float16_features(backbone, image, FeatureConfig(tile=512, filters=False)).astype(np.float32)
+    tiled = float16_features(backbone, image, FeatureConfig(tile=96, overlap=0.25, filters=False)).astype(np.float32)
     rel = np.abs(whole - tiled).mean() / np.abs(whole).mean()
     assert rel < 0.03
     assert np.corrcoef(whole.ravel(), tiled.ravel())[0, 1] > 0.99
@@ -158,7 +158,7 @@ def test_tiles_cover_the_image_and_their_blend_weights_sum_to_one(shape):
 
 def test_images_smaller_than_a_tile_and_odd_sizes_work(backbone):
     small = np.random.default_rng(1).random((13, 21, 3), dtype=np.float32)
-    feats = extract_features(backbone, small, FeatureConfig(tile=64))
+    feats = float16_features(backbone, small, FeatureConfig(tile=64))
     assert feats.shape[1:] == (13, 21)
 
 
@@ -166,54 +166,54 @@ def test_tiled_features_of_a_random_network_stay_close_to_whole_image_ones(image
     # every layer random: GroupNorm and attention now see only their tile
     torch.manual_seed(0)
     backbone = Backbone(randomize(build_backbone("tiny")).eval(), CorruptionConfig(), digest="randomized")
-    whole = extract_features(backbone, image, FeatureConfig(tile=512)).astype(np.float32)
-    tiled = extract_features(backbone, image, FeatureConfig(tile=128, overlap=0.5)).astype(np.float32)
+    whole = float16_features(backbone, image, FeatureConfig(tile=512)).astype(np.float32)
+    tiled = float16_features(backbone, image, FeatureConfig(tile=128, overlap=0.5)).astype(np.float32)
     assert np.corrcoef(whole.ravel(), tiled.ravel())[0, 1] > 0.9
 
 
 def test_scale_computes_at_lower_resolution_and_returns_full_size(backbone, image):
-    half = extract_features(backbone, image, FeatureConfig(scale=0.5))
+    half = float16_features(backbone, image, FeatureConfig(scale=0.5))
     assert half.shape == (num_channels(backbone, FeatureConfig()), *image.shape[:2]) and np.isfinite(half).all()
-    assert not np.allclose(half, extract_features(backbone, image))
+    assert not np.allclose(half, float16_features(backbone, image))
 
 
 def test_draws_average_several_masks(backbone, image):
-    one = extract_features(backbone, image[:64, :64], FeatureConfig(timesteps=(300,), draws=1))
-    avg = extract_features(backbone, image[:64, :64], FeatureConfig(timesteps=(300,), draws=3))
+    one = float16_features(backbone, image[:64, :64], FeatureConfig(timesteps=(300,), draws=1))
+    avg = float16_features(backbone, image[:64, :64], FeatureConfig(timesteps=(300,), draws=3))
     assert one.shape == avg.shape and not np.array_equal(one, avg)
 
 
 def test_bad_settings_are_user_errors(backbone, image):
     with pytest.raises(UserError, match="blocks"):
-        extract_features(backbone, image, FeatureConfig(blocks=(42,)))
+        float16_features(backbone, image, FeatureConfig(blocks=(42,)))
     with pytest.raises(UserError, match="timesteps"):
-        extract_features(backbone, image, FeatureConfig(timesteps=(5000,)))
+        float16_features(backbone, image, FeatureConfig(timesteps=(5000,)))
     with pytest.raises(UserError, match="tile"):
-        extract_features(backbone, image, FeatureConfig(tile=100))
+        float16_features(backbone, image, FeatureConfig(tile=100))
 
 
 def test_progress_and_cancel(backbone, image):
     seen = []
-    extract_features(backbone, image, FeatureConfig(tile=96), progress=lambda d, t, i: seen.append((d, t)))
+    float16_features(backbone, image, FeatureConfig(tile=96), progress=lambda d, t, i: seen.append((d, t)))
     assert seen[-1][0] == seen[-1][1] > 1
     with pytest.raises(Cancelled):
-        extract_features(backbone, image, FeatureConfig(tile=96), should_stop=lambda: True)
+        float16_features(backbone, image, FeatureConfig(tile=96), should_stop=lambda: True)
 
 
 def test_cache_reuses_only_on_an_identical_signature(backbone, image, tmp_path):
     cache = FeatureCache(directory=str(tmp_path))
     crop = image[:64, :64].copy()
-    a = cache.get(crop, backbone, FeatureConfig())
-    assert cache.get(crop, backbone, FeatureConfig()) is a
-    b = cache.get(crop, backbone, FeatureConfig(timesteps=(100,)))
+    a = cache.get(crop, backbone, FeatureConfig(compact=False))
+    assert cache.get(crop, backbone, FeatureConfig(compact=False)) is a
+    b = cache.get(crop, backbone, FeatureConfig(timesteps=(100,), compact=False))
     assert b is not a and len(cache) == 2
     changed = crop.copy()
     changed[0, 0, 0] += 0.5
-    assert cache.get(changed, backbone, FeatureConfig()) is not a
+    assert cache.get(changed, backbone, FeatureConfig(compact=False)) is not a
     other = Backbone(backbone.model, backbone.corruption, digest="another")
-    assert cache.get(crop, other, FeatureConfig()) is not a
+    assert cache.get(crop, other, FeatureConfig(compact=False)) is not a
     # a new cache finds the features on disk, signature-checked
-    again = FeatureCache(directory=str(tmp_path)).get(crop, backbone, FeatureConfig())
+    again = FeatureCache(directory=str(tmp_path)).get(crop, backbone, FeatureConfig(compact=False))
     np.testing.assert_array_equal(again, a)
     assert len(list(tmp_path.glob("*.zarr"))) == 4
 
@@ -222,7 +222,7 @@ def test_channels_last_weights_and_bfloat16_change_features_only_by_rounding(ima
     plain, moved = random_backbone("tiny"), random_backbone("tiny").to("cpu")  # .to: channels-last weights
     assert moved.model.input_conv.weight.is_contiguous(memory_format=torch.channels_last)
     exact = FeatureConfig(filters=False, bfloat16=False)
-    reference = extract_features(plain, image, exact).astype(np.float32)
-    np.testing.assert_allclose(extract_features(moved, image, exact), reference, atol=2e-2)
-    fast = extract_features(moved, image, FeatureConfig(filters=False)).astype(np.float32)  # bf16 where native
+    reference = float16_features(plain, image, exact).astype(np.float32)
+    np.testing.assert_allclose(float16_features(moved, image, exact), reference, atol=2e-2)
+    fast = float16_features(moved, image, FeatureConfig(filters=False)).astype(np.float32)  # bf16 where native
     assert np.abs(fast - reference).mean() < 0.05 * np.abs(reference).mean()

@@ -8,7 +8,7 @@ import torch
 from napari_mdm.backbone import Backbone, build_backbone, randomize
 from napari_mdm.checkpoint import random_backbone
 from napari_mdm.corruption import CorruptionConfig
-from napari_mdm.features import FeatureConfig, extract_features
+from napari_mdm.features import FeatureConfig, float16_features
 from napari_mdm.head import LOW_RANK_MIN_PIXELS, Head, HeadConfig, HeadContext, fit_head, low_rank_first_layer
 from napari_mdm.jobs import UserError
 from napari_mdm.metrics import dice
@@ -44,9 +44,9 @@ def test_head_separates_textures_from_sparse_strokes():
     labels = np.zeros_like(truth)
     labels[10:86:4, 8:20] = 1  # a few strokes per class
     labels[10:86:4, 76:88] = 2
-    head = fit_head([extract_features(backbone, img, config)], [labels], FAST)
+    head = fit_head([float16_features(backbone, img, config)], [labels], FAST)
     test_img, test_truth = _two_textures(1)
-    pred = head.predict(extract_features(backbone, test_img, config))
+    pred = head.predict(float16_features(backbone, test_img, config))
     assert pred.class_values == [1, 2]
     assert (pred.labels == test_truth).mean() > 0.85
     assert pred.probabilities.shape == (2, 96, 96)
@@ -56,8 +56,8 @@ def test_head_separates_textures_from_sparse_strokes():
 
 def test_uncertainty_is_higher_where_classes_meet(backbone):
     img, truth = _two_textures(2)
-    head = fit_head([extract_features(backbone, img)], [truth], FAST)
-    pred = head.predict(extract_features(backbone, img))
+    head = fit_head([float16_features(backbone, img)], [truth], FAST)
+    pred = head.predict(float16_features(backbone, img))
     border = np.abs(np.diff(truth, axis=1, prepend=truth[:, :1])) > 0
     near = np.zeros_like(border)
     for shift in range(-3, 4):
@@ -73,7 +73,7 @@ def test_head_segments_real_glands_above_chance(backbone):
 
     image, mask = read_image(GLAS / "train" / "train_1.png"), read_labels(GLAS / "train" / "train_1_mask.png")
     half = image.shape[1] // 2
-    feats = extract_features(backbone, image, FeatureConfig(scale=0.5))
+    feats = float16_features(backbone, image, FeatureConfig(scale=0.5))
     head = fit_head([feats[:, :, :half]], [mask[:, :half]], HeadConfig(ensemble=3, steps=200), ignore=None)
     pred = head.predict(feats[:, :, half:])
     truth = mask[:, half:]
@@ -83,7 +83,7 @@ def test_head_segments_real_glands_above_chance(backbone):
 
 def test_save_load_round_trip_predicts_the_same(backbone, tmp_path):
     img, truth = _two_textures(3)
-    feats = extract_features(backbone, img)
+    feats = float16_features(backbone, img)
     head = fit_head([feats], [truth], FAST, context=HeadContext(features=FeatureConfig(), class_names={1: "a"}))
     head.save(tmp_path / "head.safetensors")
     loaded = Head.load(tmp_path / "head.safetensors")
@@ -95,7 +95,7 @@ def test_save_load_round_trip_predicts_the_same(backbone, tmp_path):
 
 def test_label_problems_are_clear_errors(backbone):
     img, truth = _two_textures(4, size=32)
-    feats = extract_features(backbone, img)
+    feats = float16_features(backbone, img)
     with pytest.raises(UserError, match="no labels"):
         fit_head([feats], [np.zeros((32, 32), int)], FAST)
     with pytest.raises(UserError, match="only one class"):
@@ -110,15 +110,15 @@ def test_label_problems_are_clear_errors(backbone):
 def test_label_values_that_skip_numbers_are_kept(backbone):
     img, truth = _two_textures(5, size=48)
     labels = np.where(truth == 1, 3, 7)
-    head = fit_head([extract_features(backbone, img)], [labels], FAST)
-    assert set(np.unique(head.predict(extract_features(backbone, img)).labels)) <= {3, 7}
+    head = fit_head([float16_features(backbone, img)], [labels], FAST)
+    assert set(np.unique(head.predict(float16_features(backbone, img)).labels)) <= {3, 7}
 
 
 def test_bfloat16_products_predict_what_float32_does(backbone):
     # bfloat16 is used only where it is native (fast_bfloat16); elsewhere both configs run float32
     img, truth = _two_textures(3)
     flat = np.full((1, *truth.shape), 3.7, np.float16)  # no spread in training: its std is clamped to 1e-3
-    feats = np.concatenate([extract_features(backbone, img), flat])
+    feats = np.concatenate([float16_features(backbone, img), flat])
     head = fit_head([feats], [truth], FAST)
     fast = head.predict_maps(feats)
     head.config = replace(head.config, bfloat16=False)
@@ -144,7 +144,7 @@ def test_low_rank_first_layer_is_exact_where_the_pixels_span_few_directions():
 
 def test_prediction_through_the_low_rank_first_layer_keeps_the_labels(backbone):
     img, truth = _two_textures(6, size=256)
-    feats = extract_features(backbone, img)
+    feats = float16_features(backbone, img)
     head = fit_head([feats], [truth], FAST)
     first = head.first_layer(torch.from_numpy(feats).reshape(len(feats), -1))
     assert first is not None and first.reduce.shape[0] * 2 < first.expand.shape[0]  # rank well below E * h
@@ -167,7 +167,7 @@ def test_heads_saved_before_the_bfloat16_option_ran_in_float32():
 
 def test_a_head_with_no_hidden_layer_predicts(backbone):
     img, truth = _two_textures(4)
-    feats = extract_features(backbone, img)
+    feats = float16_features(backbone, img)
     head = fit_head([feats], [truth], replace(FAST, hidden=()))
     assert (head.predict(feats).labels == truth).mean() > 0.8
 
@@ -178,7 +178,7 @@ def test_automatic_steps_follow_the_labelled_pixels(backbone):
     assert training_steps(HeadConfig(), 1_000) == STROKE_STEPS and training_steps(HeadConfig(), 10**6) == MASK_STEPS
     assert training_steps(HeadConfig(steps=7), 10**6) == 7
     img, truth = _two_textures(5)
-    feats = extract_features(backbone, img)
+    feats = float16_features(backbone, img)
     strokes = np.zeros_like(truth)
     strokes[10:86:8, 8:20], strokes[10:86:8, 76:88] = 1, 2
     head = fit_head([feats], [strokes], HeadConfig(ensemble=2))

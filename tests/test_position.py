@@ -14,7 +14,7 @@ from napari_mdm.checkpoint import random_backbone
 from napari_mdm.features import (
     FeatureConfig,
     Frame,
-    extract_features,
+    float16_features,
     num_channels,
     position_channels,
     resolve_config,
@@ -42,12 +42,12 @@ def test_position_adds_two_channels_of_image_wide_coordinates_on_every_tiling(ba
     plain = FeatureConfig(tile=32, filters=False, project=0)
     placed = FeatureConfig(tile=32, filters=False, project=0, position=True)
     assert num_channels(backbone, placed) == num_channels(backbone, plain) + 2
-    tiled = extract_features(backbone, image, placed)
+    tiled = float16_features(backbone, image, placed)
     assert tiled.shape == (num_channels(backbone, placed), H, W) and tiled.dtype == np.float16
     # the other channels are untouched, and the position ones are the whole image's, not the tile's
-    np.testing.assert_array_equal(tiled[:-2], extract_features(backbone, image, plain))
+    np.testing.assert_array_equal(tiled[:-2], float16_features(backbone, image, plain))
     np.testing.assert_allclose(tiled[-2:].astype(np.float32), _expected((H, W)), atol=1e-3)
-    one_tile = extract_features(backbone, image, FeatureConfig(tile=128, filters=False, project=0, position=True))
+    one_tile = float16_features(backbone, image, FeatureConfig(tile=128, filters=False, project=0, position=True))
     np.testing.assert_allclose(tiled[-2:].astype(np.float32), one_tile[-2:].astype(np.float32), atol=1e-3)
     assert tiled[-2:].min() == 0 and tiled[-2:].max() == 1
 
@@ -121,7 +121,7 @@ def test_position_channels_tell_mirrored_twins_apart_and_mirroring_swaps_them(ba
 def test_the_head_never_trains_on_flipped_copies(backbone, monkeypatch):
     """No augmentation makes a head flip-invariant: training never flips anything."""
     image, labels = _twin_blobs()
-    feats = extract_features(backbone, image, FeatureConfig(tile=64, project=0, position=True))
+    feats = float16_features(backbone, image, FeatureConfig(tile=64, project=0, position=True))
 
     def no_flip(*args, **kwargs):
         raise AssertionError("the head's training flipped its inputs")
@@ -171,7 +171,7 @@ def test_the_face_benchmark_s_position_rows_hold_the_library_s_position_features
 
     image = np.random.default_rng(1).random((40, 50, 3), dtype=np.float32)
     rows = Features({"random-tiny": backbone}, position=True).of(image)
-    expected = extract_features(backbone, image, FeatureConfig(position=True))
+    expected = float16_features(backbone, image, FeatureConfig(position=True))
     np.testing.assert_array_equal(rows["random-tiny+position"], expected)
     np.testing.assert_array_equal(rows["random-tiny"], expected[:-2])
 

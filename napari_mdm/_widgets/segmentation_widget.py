@@ -196,9 +196,10 @@ class SegmentationWidget(Container):
         self.exact = CheckBox(
             value=not head.rank_tolerance,
             text="exact prediction",
-            tooltip="Apply each classifier's whole first layer to every pixel. Off (faster): apply it "
-            "through its main directions on each image, 2-3x cheaper; labels differ on a few pixels "
-            "in a thousand, along class borders",
+            tooltip="Hold features in float16 and apply each classifier's whole first layer to every "
+            "pixel. Off (faster, half the memory): features as int8 codes, the first layer applied "
+            "through its main directions on each image; labels differ on a few pixels in a thousand, "
+            "along class borders",
         )
         self.live = CheckBox(
             value=False,
@@ -328,6 +329,7 @@ class SegmentationWidget(Container):
                 timesteps=timesteps,
                 project=self.channels.value,
                 position=self.position.value,
+                compact=not self.exact.value,
                 **FEATURE_SETS[self.features.value],
             ),
         )
