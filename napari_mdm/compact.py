@@ -28,6 +28,8 @@ import torch
 CODE_MAX = 127
 RANGE_SAMPLE = 65536
 """Pixels whose range sets a whole-image channel's step and offset."""
+PIXEL_BLOCK = 8192
+"""Pixels decoded at a time by :meth:`CompactFeatures.pixels`."""
 ROW_BYTES = 1 << 20
 """About this many float32 bytes per pass when blending a group, so temporaries stay in cache."""
 
@@ -124,14 +126,20 @@ class CompactFeatures:
         coded = (v - mid).div_(max(step, 1e-30)).round_().clamp_(-CODE_MAX, CODE_MAX)
         self.codes[channel] = coded.to(torch.int8).numpy()
 
-    def pixels(self, index: np.ndarray) -> np.ndarray:
-        """(C, n) float32 decoded features of the pixels at flat indices ``index``."""
+    def pixels(self, index: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+        """(C, n) decoded features of the pixels at flat indices ``index``, in ``dtype``; decoded
+        PIXEL_BLOCK pixels at a time (hundreds of thousands of labelled pixels are no float32 copy)."""
         c = self.shape[0]
-        out = self.codes.reshape(c, -1)[:, index].astype(np.float32)
-        out *= self.channel_steps[:, None]
-        for g, (start, stop) in enumerate(self.groups):
-            out[start:stop] *= self.pixel_scales[g].reshape(-1)[index].astype(np.float32)
-        out += self.offsets[:, None]
+        codes, scales = self.codes.reshape(c, -1), self.pixel_scales.reshape(len(self.groups), -1)
+        out = np.empty((c, len(index)), dtype)
+        for a in range(0, len(index), PIXEL_BLOCK):
+            picks = index[a : a + PIXEL_BLOCK]
+            block = codes[:, picks].astype(np.float32)
+            block *= self.channel_steps[:, None]
+            for g, (start, stop) in enumerate(self.groups):
+                block[start:stop] *= scales[g, picks].astype(np.float32)
+            block += self.offsets[:, None]
+            out[:, a : a + PIXEL_BLOCK] = block
         return out
 
     def to_float16(self) -> np.ndarray:
@@ -139,7 +147,7 @@ class CompactFeatures:
         c, h, w = self.shape
         out = np.empty((c, h, w), np.float16)
         for row in range(h):
-            out[:, row] = self.pixels(np.arange(row * w, (row + 1) * w))
+            out[:, row] = self.pixels(np.arange(row * w, (row + 1) * w), np.float16)
         return out
 
     def write_zarr(self, store: str):

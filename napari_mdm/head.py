@@ -489,7 +489,7 @@ def _sample_pixels(
 def _take(features: np.ndarray | CompactFeatures, index: np.ndarray) -> np.ndarray:
     """(C, n) features of the pixels at flat indices ``index``, float16 (compact ones decoded)."""
     if isinstance(features, CompactFeatures):
-        return features.pixels(index).astype(np.float16)
+        return features.pixels(index, np.float16)
     return features.reshape(features.shape[0], -1)[:, index]
 
 
