@@ -130,7 +130,8 @@ class CompactFeatures:
         """(C, n) decoded features of the pixels at flat indices ``index``, in ``dtype``; decoded
         PIXEL_BLOCK pixels at a time (hundreds of thousands of labelled pixels are no float32 copy)."""
         c = self.shape[0]
-        codes, scales = self.codes.reshape(c, -1), self.pixel_scales.reshape(len(self.groups), -1)
+        pixels = self.shape[1] * self.shape[2]
+        codes, scales = self.codes.reshape(c, pixels), self.pixel_scales.reshape(len(self.groups), pixels)
         out = np.empty((c, len(index)), dtype)
         for a in range(0, len(index), PIXEL_BLOCK):
             picks = index[a : a + PIXEL_BLOCK]
