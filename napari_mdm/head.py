@@ -471,19 +471,27 @@ def _sample_pixels(
     per_class: int,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``per_class`` labelled pixels of each class, drawn across all images."""
-    xs, ys = [], []
+    """Up to ``per_class`` labelled pixels of each class, drawn across all images, gathered into one
+    (n, C) array in the features' own precision (float16 for compact ones: half the bytes)."""
+    picks = []  # (image, flat pixel indices, class index)
     for k, value in enumerate(class_values):
         where = [np.flatnonzero(lab.ravel() == value) for lab in labels]
         total = sum(len(w) for w in where)
         keep = rng.permutation(total)[: min(per_class, total)]
         offsets = np.cumsum([0] + [len(w) for w in where])
-        for i, (feat, idx) in enumerate(zip(features, where, strict=False)):
+        for i, idx in enumerate(where):
             mine = keep[(keep >= offsets[i]) & (keep < offsets[i + 1])] - offsets[i]
             if len(mine):
-                xs.append(_take(feat, idx[np.sort(mine)]).T)
-                ys.append(np.full(len(mine), k))
-    return np.concatenate(xs), np.concatenate(ys)  # in the features' own precision: float16 is half the bytes
+                picks.append((i, idx[np.sort(mine)], k))
+    dtype = np.result_type(*(np.float16 if isinstance(f, CompactFeatures) else f.dtype for f in features))
+    xs = np.empty((sum(len(p) for _, p, _ in picks), features[0].shape[0]), dtype)
+    ys = np.empty(len(xs), np.int64)
+    start = 0
+    for i, index, k in picks:  # filled in place: full masks gather hundreds of thousands of pixels
+        xs[start : start + len(index)] = _take(features[i], index).T
+        ys[start : start + len(index)] = k
+        start += len(index)
+    return xs, ys
 
 
 def _take(features: np.ndarray | CompactFeatures, index: np.ndarray) -> np.ndarray:
@@ -498,7 +506,8 @@ def _standardised(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(n, C) pixels standardised per channel into ``dtype`` (bfloat16 for a bf16 fit), with the
     float32 mean and std (at least 1e-3). Done a block of rows at a time, so that with full masks
-    (hundreds of thousands of pixels) no float32 copy of them all is made; sums in float64."""
+    (hundreds of thousands of pixels) no float32 copy of them all is made; sums in float64. Where
+    ``dtype`` is as wide as ``x``'s (float16 -> bfloat16), the result overwrites ``x``."""
     total = torch.zeros(x.shape[1], dtype=torch.float64)
     squares = torch.zeros(x.shape[1], dtype=torch.float64)
     for r in range(0, len(x), rows):
@@ -509,8 +518,9 @@ def _standardised(
     mean = total / n
     var = (squares - n * mean**2).clamp_min(0) / max(n - 1, 1)
     mean, std = mean.float(), var.sqrt().float().clamp_min(1e-3)
-    out = torch.empty(x.shape, dtype=dtype)
-    for r in range(0, n, rows):
+    same_width = x.is_contiguous() and x.element_size() == torch.empty(0, dtype=dtype).element_size()
+    out = x.view(dtype) if same_width and x.dtype != dtype else torch.empty(x.shape, dtype=dtype)
+    for r in range(0, n, rows):  # each block read before it is overwritten
         out[r : r + rows] = x[r : r + rows].float().sub_(mean).div_(std)
     return out, mean, std
 
