@@ -130,8 +130,8 @@ def filter_features(
     per_scale = len(CHANNELS) * len(FILTERS)
     for i, sigma in enumerate(scales):
         check_stop(should_stop)
-        for f, response in enumerate(_scale_filters(channels, float(sigma))):
-            for c in range(len(CHANNELS)):  # channel-major within a scale: r/gaussian, r/gradient, ...
-                out[i * per_scale + c * len(FILTERS) + f] = response[c].numpy()
+        for c in range(len(CHANNELS)):  # one colour at a time: a third of the temporaries
+            for f, response in enumerate(_scale_filters(channels[c : c + 1], float(sigma))):
+                out[i * per_scale + c * len(FILTERS) + f] = response[0].numpy()  # r/gaussian, r/gradient, ...
         report(progress, i + 1, len(scales), f"sigma={sigma:g}")
     return out
