@@ -521,7 +521,7 @@ def _add_train_head(sub) -> None:
         "--float16-features",
         action="store_true",
         help="hold whole images' features in float16 instead of int8 codes (twice the memory, "
-        "prediction about 1.4x slower on one CPU thread; labels differ on about 1 pixel in 500)",
+        "prediction about 1.3x slower on one CPU thread; labels differ on about 1 pixel in 1000)",
     )
     _add_head_options(p, head)
     p.add_argument("--out", required=True, help="head file to write (.safetensors)")

@@ -13,7 +13,7 @@ Two codings, each where it fits:
 Prediction never decodes a whole map: the head's first layer is a matrix product, so each group's
 product with its codes is scaled per pixel afterwards, and the channel steps and offsets fold into
 the weights and the bias (:meth:`CompactFeatures.product`). Int8 codes turn into bfloat16 for that
-product 20x faster than float16 values do on a CPU. The coding error is about 1 % of a channel's
+product 8x faster than float16 values do on a CPU. The coding error is about 1 % of a channel's
 spread (``benchmarks.loop``: labels as with float16 on 99.9 % of the pixels).
 """
 
