@@ -465,11 +465,9 @@ def _add_reconstruct(sub) -> None:
 
 
 def _add_train_head(sub) -> None:
-    from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
-    from .features import FeatureConfig
     from .head import HeadConfig
 
-    features, head = FeatureConfig(), HeadConfig()
+    head = HeadConfig()
     p = sub.add_parser("train-head", help="train the few-shot head on labelled images")
     _add_backbone_options(p)
     p.add_argument("--images", nargs="+", required=True)
@@ -480,6 +478,19 @@ def _add_train_head(sub) -> None:
         action="store_true",
         help="labels are full masks in which 0 is a class (background), not 'unlabelled'",
     )
+    _add_feature_options(p)
+    _add_head_options(p, head)
+    p.add_argument("--out", required=True, help="head file to write (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing head file")
+    p.set_defaults(func=cmd_train_head)
+
+
+def _add_feature_options(p) -> None:
+    """The feature settings a head is trained with (``FeatureConfig``)."""
+    from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
+    from .features import FeatureConfig
+
+    features = FeatureConfig()
     p.add_argument("--timesteps", type=_ints, default=features.timesteps)
     p.add_argument("--blocks", type=_ints, default=features.blocks, help="decoder blocks (default: the backbone's)")
     p.add_argument(
@@ -523,10 +534,6 @@ def _add_train_head(sub) -> None:
         help="hold whole images' features in float16 instead of int8 codes (twice the memory, "
         "prediction about 1.3x slower on one CPU thread; labels differ on about 1 pixel in 1000)",
     )
-    _add_head_options(p, head)
-    p.add_argument("--out", required=True, help="head file to write (.safetensors)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing head file")
-    p.set_defaults(func=cmd_train_head)
 
 
 def _add_head_options(p, head) -> None:
