@@ -1,10 +1,11 @@
-"""Multi-timestep, multi-block decoder features of a frozen backbone, per pixel, in float16.
+"""Multi-timestep, multi-block decoder features of a frozen backbone, per pixel: whole images'
+as int8 codes (``compact``), tiles' in float16.
 
 For each tile: corrupt it at each timestep (reproducibly, image-wide: see ``corruption``), run
 the backbone up to the deepest decoder block needed, upsample each chosen block bilinearly to
-pixel resolution, L2-normalise it per pixel, and concatenate; optionally append the classic
-filter bank (``filterbank``) of the same tile and the pixels' image-wide position. Tiles are
-blended (``tiling``).
+pixel resolution (a band of rows at a time), L2-normalise it per pixel, and concatenate;
+optionally append the classic filter bank (``filterbank``) of the same tile and the pixels'
+image-wide position. Tiles are blended (``tiling``).
 """
 
 from __future__ import annotations
