@@ -501,17 +501,12 @@ def extract_features(
 
 
 def float16_features(
-    backbone: Backbone,
-    image: np.ndarray | ImageSource,
-    config: FeatureConfig | None = None,
-    progress: ProgressFn | None = None,
-    should_stop: StopFn | None = None,
-    frame: Frame | None = None,
+    backbone: Backbone, image: np.ndarray | ImageSource, config: FeatureConfig | None = None, **options
 ) -> np.ndarray:
-    """:func:`extract_features` as a (C, H, W) float16 array whatever ``config.compact`` says: for
-    code that cuts, stacks or feeds channels elsewhere (a classifier of one's own, benchmarks)."""
-    config = replace(config or FeatureConfig(), compact=False)
-    return extract_features(backbone, image, config, progress, should_stop, frame)
+    """:func:`extract_features` (``options``: its progress, should_stop, frame) as a (C, H, W)
+    float16 array whatever ``config.compact`` says: for code that cuts, stacks or feeds channels
+    elsewhere (a classifier of one's own, benchmarks)."""
+    return extract_features(backbone, image, replace(config or FeatureConfig(), compact=False), **options)
 
 
 FEATURES_VERSION = 6
