@@ -25,13 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .tiling import ROW_PASS_BYTES
+
 CODE_MAX = 127
 RANGE_SAMPLE = 65536
 """Pixels whose range sets a whole-image channel's step and offset."""
 PIXEL_BLOCK = 8192
 """Pixels decoded at a time by :meth:`CompactFeatures.pixels`."""
-ROW_BYTES = 1 << 20
-"""About this many float32 bytes per pass when blending a group, so temporaries stay in cache."""
 
 
 @dataclass(eq=False)
@@ -99,7 +99,7 @@ class CompactFeatures:
         codes = torch.from_numpy(self.codes)[start:stop, y0:y1, x0:x1]
         scales = torch.from_numpy(self.pixel_scales)[group, y0:y1, x0:x1]
         w = None if weight is None else torch.from_numpy(weight)
-        rows = max(1, ROW_BYTES // (4 * (stop - start) * (x1 - x0)))
+        rows = max(1, ROW_PASS_BYTES // (4 * (stop - start) * (x1 - x0)))
         for r in range(0, y1 - y0, rows):
             part = values[:, r : r + rows].float()
             if w is not None:

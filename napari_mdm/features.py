@@ -315,7 +315,7 @@ def tile_features(
     h, w = region.shape[:2]
     out = torch.empty(num_channels(backbone, config), h, w, dtype=torch.float16)
     if config.diffusion:
-        _fill_diffusion(_writer(out.numpy(), (0, h, 0, w), None), (h, w), backbone, region, y0, x0, config, on_step)
+        _fill_diffusion(_writer(out.numpy(), (0, h, 0, w), None), backbone, region, y0, x0, config, on_step)
     _fill_extras(out.numpy(), region, y0, x0, config, frame, on_step)
     return out
 
@@ -421,7 +421,6 @@ def _channel_groups(
 
 def _fill_diffusion(
     write: Write,
-    size: tuple[int, int],
     backbone: Backbone,
     region: np.ndarray,
     y0: int,
@@ -430,11 +429,11 @@ def _fill_diffusion(
     on_step: Callable[[], None],
 ) -> None:
     """Run the network on ``region`` (corner at (y0, x0)) and ``write`` its decoder maps, upsampled
-    to ``size`` (normalised, draw-averaged), as the first channels, timestep-major then block then
-    channel, straight from the network's float32 maps (no tile-sized float16 copy to blend)."""
+    to the region's size (normalised, draw-averaged), as the first channels, timestep-major then
+    block then channel, straight from the network's float32 maps (no tile-sized float16 copy to blend)."""
     acts, padded, scaled = decoder_activations(backbone, region, y0, x0, config, on_step)
     with torch.inference_mode():
-        _write_diffusion(write, size, backbone, acts, padded, scaled, config)
+        _write_diffusion(write, region.shape[:2], backbone, acts, padded, scaled, config)
 
 
 def _write_diffusion(
@@ -494,7 +493,7 @@ def extract_features(
         for box, weight in weighted_tiles((h, w), config.tile, config.overlap, align):
             y0, y1, x0, x1 = box
             region = source.region(y0, y1, x0, x1)
-            _fill_diffusion(_writer(out, box, weight), (y1 - y0, x1 - x0), backbone, region, y0, x0, network, step)
+            _fill_diffusion(_writer(out, box, weight), backbone, region, y0, x0, network, step)
     whole = source.region(0, h, 0, w) if config.filters else None
     _fill_extras(out, whole, 0, 0, config, frame, step, should_stop)
     return out

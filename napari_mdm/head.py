@@ -518,7 +518,7 @@ def _standardised(
     mean = total / n
     var = (squares - n * mean**2).clamp_min(0) / max(n - 1, 1)
     mean, std = mean.float(), var.sqrt().float().clamp_min(1e-3)
-    same_width = x.is_contiguous() and x.element_size() == torch.empty(0, dtype=dtype).element_size()
+    same_width = x.is_contiguous() and x.element_size() == dtype.itemsize
     out = x.view(dtype) if same_width and x.dtype != dtype else torch.empty(x.shape, dtype=dtype)
     for r in range(0, n, rows):  # each block read before it is overwritten
         out[r : r + rows] = x[r : r + rows].float().sub_(mean).div_(std)

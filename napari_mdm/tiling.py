@@ -96,11 +96,15 @@ def weighted_tiles(
         yield box, None if len(tiles) == 1 else gaussian_window(y1 - y0, x1 - x0) / _weight_sum(tiles, *box)
 
 
+ROW_PASS_BYTES = 1 << 20
+"""Float32 bytes blended per pass of rows, so the temporaries stay in cache."""
+
+
 def add_weighted(dst: torch.Tensor, src: torch.Tensor, weight: np.ndarray | None) -> None:
     """``dst += src * weight`` (or ``dst[...] = src`` without weights) for (C, h, w) maps, summed
     in float32 a few rows at a time: the temporaries stay in cache (a transposing copy from the
     backbone's channels-last maps runs 4x faster so), and float16 ``dst`` is rounded once a tile."""
-    rows = max(1, (1 << 20) // (4 * dst.shape[0] * dst.shape[2]))  # about 1 MB of float32 a pass
+    rows = max(1, ROW_PASS_BYTES // (4 * dst.shape[0] * dst.shape[2]))
     w = None if weight is None else torch.from_numpy(weight)
     for r in range(0, dst.shape[1], rows):
         part, values = dst[:, r : r + rows], src[:, r : r + rows]
