@@ -101,12 +101,12 @@ def _ours(name: str, backbone_name: str, image: np.ndarray, labels: list[np.ndar
     if feature_overrides.get("blocks") == "all":  # the decoder's second half, full resolution included
         n = len(backbone.model.output_blocks)
         feature_overrides = {**feature_overrides, "blocks": tuple(range(n // 3, n))}
-    config = resolve_config(backbone, FeatureConfig(**feature_overrides))
     if name in LADDER:  # rows from before the low-rank layer and int8 codes: the exact layer, float16
         feature_overrides, head_overrides = (
             {"compact": False, **feature_overrides},
             {"rank_tolerance": 0, **head_overrides},
         )
+    config = resolve_config(backbone, FeatureConfig(**feature_overrides))
     head_config = HeadConfig(**head_overrides)
     out: dict = {"channels": None}
     start = time.perf_counter()
