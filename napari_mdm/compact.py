@@ -21,10 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
 
+from .memory import zeros
 from .tiling import ROW_PASS_BYTES
 
 CODE_MAX = 127
@@ -55,8 +57,8 @@ class CompactFeatures:
         if ends[-1] > channels:
             raise ValueError(f"groups of {list(widths)} channels do not fit in {channels}")
         return cls(
-            np.zeros((channels, height, width), np.int8),
-            np.zeros((len(widths), height, width), np.float16),
+            zeros((channels, height, width), np.int8),
+            zeros((len(widths), height, width), np.float16),
             tuple((int(a), int(b)) for a, b in zip(ends[:-1], ends[1:], strict=True)),
             np.ones(channels, np.float32),
             np.zeros(channels, np.float32),
@@ -93,7 +95,8 @@ class CompactFeatures:
     ) -> None:
         """Blend (c, h, w) ``values`` of group ``group`` into the region ``box`` (y0, y1, x0, x1):
         the region's decoded values plus ``values * weight`` coded again (without a weight,
-        ``values`` replace them), a few rows at a time."""
+        ``values`` replace them), a few rows at a time. Only the columns an earlier tile wrote
+        (a nonzero scale) are decoded: elsewhere the decoded values are zeros."""
         start, stop = self.groups[group]
         y0, y1, x0, x1 = box
         codes = torch.from_numpy(self.codes)[start:stop, y0:y1, x0:x1]
@@ -103,8 +106,7 @@ class CompactFeatures:
         for r in range(0, y1 - y0, rows):
             part = values[:, r : r + rows].float()
             if w is not None:
-                decoded = codes[:, r : r + rows].float().mul_(scales[r : r + rows].float())
-                part = decoded.addcmul_(part, w[r : r + rows])
+                part = _blend(part, w[r : r + rows], codes[:, r : r + rows], scales[r : r + rows])
             scale = (part.abs().amax(0) / CODE_MAX).half()
             scales[r : r + rows] = scale
             codes[:, r : r + rows] = part.div_(scale.float().clamp_min(1e-30)).round_().clamp_(-CODE_MAX, CODE_MAX)
@@ -115,8 +117,7 @@ class CompactFeatures:
         v = torch.as_tensor(values).float()
         flat = v.reshape(-1)
         if flat.numel() > RANGE_SAMPLE:
-            picks = torch.randint(flat.numel(), (RANGE_SAMPLE,), generator=torch.Generator().manual_seed(0))
-            lo, hi = flat[picks].aminmax()
+            lo, hi = flat[_range_picks(flat.numel())].aminmax()
             if not hi > lo:
                 lo, hi = flat.aminmax()
         else:
@@ -208,6 +209,27 @@ class CompactFeatures:
             return out
 
         return apply
+
+
+def _blend(values: torch.Tensor, weight: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``decoded + values * weight`` for (c, rows, w) float32 ``values`` (overwritten) and the coded
+    rows they blend into, decoding only the span of columns with a nonzero scale (written before)."""
+    written = torch.nonzero(scales.ne(0).any(0)).squeeze(1)
+    blended = None
+    if len(written):
+        a, b = int(written[0]), int(written[-1]) + 1
+        blended = codes[:, :, a:b].float().mul_(scales[:, a:b].float()).addcmul_(values[:, :, a:b], weight[:, a:b])
+    out = values.mul_(weight)
+    if blended is not None:
+        out[:, :, a:b] = blended
+    return out
+
+
+@lru_cache(maxsize=4)
+def _range_picks(pixels: int) -> torch.Tensor:
+    """RANGE_SAMPLE fixed pixel indices (seed 0) whose range sets a channel's step and offset;
+    the same for every channel of an image, so drawn once."""
+    return torch.randint(pixels, (RANGE_SAMPLE,), generator=torch.Generator().manual_seed(0))
 
 
 @dataclass(eq=False)

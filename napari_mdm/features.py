@@ -31,6 +31,7 @@ from .devices import fast_bfloat16
 from .filterbank import filter_features, num_filter_channels
 from .io import ImageSource
 from .jobs import ProgressFn, StopFn, UserError, check_stop, report
+from .memory import reused_heap, zeros
 from .tiling import add_weighted, pad_to, tile_grid, weighted_tiles
 
 
@@ -243,6 +244,7 @@ def decoder_activations(
         torch.inference_mode(),
         torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bfloat16 and fast_bfloat16(device)),
         per_block(backbone.model, on_step),
+        reused_heap(),
     ):
         acts = backbone.model.decoder_features(batch, torch.tensor(steps, device=device), config.blocks)
     return acts, tuple(batch.shape[-2:]), (sh, sw)
@@ -365,7 +367,7 @@ def empty_features(backbone: Backbone, config: FeatureConfig, h: int, w: int) ->
     """Zeroed (C, H, W) features to fill: compact or float16 as ``config.compact`` says."""
     if config.compact:
         return CompactFeatures.empty(num_channels(backbone, config), h, w, group_widths(backbone, config))
-    return np.zeros((num_channels(backbone, config), h, w), dtype=np.float16)
+    return zeros((num_channels(backbone, config), h, w), np.float16)
 
 
 def _fill_extras(

@@ -21,6 +21,7 @@ from .files import atomic_output, plan_outputs
 from .head import Head, Prediction, maps_to_prediction
 from .io import MARKER_KEY, ImageSource, label_dtype, read_array, split_stack, write_array, write_labels
 from .jobs import ProgressFn, Remedy, StopFn, UserError, check_stop, report
+from .memory import zeros
 from .naming import segmentation_outputs, stem
 from .tiling import run_tiled
 
@@ -101,7 +102,7 @@ def segment(
     """Labels, probabilities and uncertainty for one 2-D image (array or :class:`ImageSource`),
     which lies at ``frame`` in a larger one (a slide chunk; default: the image itself)."""
     source = _as_source(image)
-    maps = np.zeros((2 * len(head.class_values) + 1, *source.shape), dtype=np.float32)
+    maps = zeros((2 * len(head.class_values) + 1, *source.shape), np.float32)
     segment_maps(backbone, head, source, maps, draws, progress, should_stop, frame)
     return maps_to_prediction(maps, head.class_values)
 

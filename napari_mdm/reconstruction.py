@@ -12,6 +12,7 @@ from .block_progress import per_block
 from .corruption import Corrupted, corrupt_region, estimate_x0, hashed_patch_mask
 from .io import ImageSource
 from .jobs import ProgressFn, StopFn, UserError, check_stop
+from .memory import zeros
 from .tiling import pad_to, run_tiled
 
 
@@ -51,7 +52,7 @@ def reconstruct(
         return np.concatenate([corrupted, x0_hat], axis=1).reshape(-1, h, w)
 
     h, w = source.shape
-    out = np.zeros((len(timesteps) * 6, h, w), dtype=np.float32)
+    out = zeros((len(timesteps) * 6, h, w), np.float32)
     run_tiled((h, w), compute, out, tile, 0.25, progress, should_stop, backbone.model.config.divisor)
     out = np.clip((out.reshape(len(timesteps), 2, 3, h, w) + 1) / 2, 0, 1).transpose(1, 0, 3, 4, 2)
     return np.ascontiguousarray(out[0]), np.ascontiguousarray(out[1])

@@ -135,3 +135,26 @@ def test_compact_features_survive_the_disk_cache_and_a_damaged_one_is_recomputed
 def test_heads_saved_before_compact_features_read_float16():
     assert FeatureConfig.from_dict({"timesteps": [50]}).compact is False
     assert FeatureConfig().compact is True
+
+
+def test_blending_decodes_only_what_earlier_tiles_wrote():
+    """Three overlapping writes with partition-of-unity weights: the codes equal those of blending
+    by decoding the whole region each time, and pixels written once hold their tile's values."""
+    rng = np.random.default_rng(1)
+    values = torch.from_numpy(rng.normal(size=(4, 12, 40)).astype(np.float32))
+    boxes = [(0, 12, 0, 20), (0, 12, 12, 32), (0, 12, 26, 40)]
+    weights = [np.ones((12, b[3] - b[2]), np.float32) for b in boxes]
+    for (_, _, a0, a1), (_, _, b0, _), wa, wb in zip(boxes, boxes[1:], weights, weights[1:], strict=False):
+        shared = np.linspace(1, 0, a1 - b0, dtype=np.float32)
+        wa[:, b0 - a0 :] = shared
+        wb[:, : a1 - b0] = 1 - shared
+    fresh, whole = (CompactFeatures.empty(4, 12, 40, [4]) for _ in range(2))
+    for box, weight in zip(boxes, weights, strict=True):
+        part = values[:, :, box[2] : box[3]]
+        fresh.add_group(0, box, part.clone(), weight)
+        codes = torch.from_numpy(whole.codes[:, :, box[2] : box[3]]).float()
+        decoded = codes * torch.from_numpy(whole.pixel_scales[0, :, box[2] : box[3]]).float()
+        whole.add_group(0, box, decoded.addcmul_(part, torch.from_numpy(weight)), None)
+    assert np.array_equal(fresh.codes, whole.codes) and np.array_equal(fresh.pixel_scales, whole.pixel_scales)
+    alone = fresh.to_float16()[:, :, :12].astype(np.float32)
+    assert np.abs(alone - values[:, :, :12].numpy()).max() <= np.abs(values.numpy()).max() / CODE_MAX
