@@ -50,6 +50,8 @@ class FeatureSpec:
     """The head's hidden layer widths (None: the core's default)."""
     head_rank_tolerance: float | None = None
     """The head's ``rank_tolerance`` (None: the core's default; 0: the exact first layer)."""
+    head_pixels: int | None = None
+    """The head's ``pixels_per_class`` (None: the run's)."""
     compact: bool = False
     """Features coded in int8 as ``FeatureConfig.compact`` holds them (here: coded once over the
     whole image and decoded, see :func:`compute_bases`)."""

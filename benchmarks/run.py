@@ -91,10 +91,10 @@ def parse_blocks(text: str) -> tuple[int, ...]:
 
 
 def parse_variant(text: str, backbones: dict[str, Backbone]) -> FeatureSpec:
-    """'NAME=BACKBONE:blocks=3-7:project=64:timesteps=50:scale=0.5:bf16:filters:int8:steps=50:fp32:hidden=64,32:rank=0'
+    """'NAME=BACKBONE:blocks=3-7:project=64:timesteps=50:scale=0.5:bf16:filters:int8:steps=50:fp32:hidden=64,32:rank=0:pixels=65536'
     -> a FeatureSpec (bf16: the backbone in bfloat16; int8: features coded as compact ones; steps,
-    fp32, hidden, rank: the head's steps, float32 products, hidden layer widths and first-layer rank
-    tolerance)."""
+    fp32, hidden, rank, pixels: the head's steps, float32 products, hidden layer widths, first-layer
+    rank tolerance and labelled pixels kept per class)."""
     name, _, rest = text.partition("=")
     backbone, *options = rest.split(":")
     if backbone not in backbones:
@@ -116,6 +116,8 @@ def parse_variant(text: str, backbones: dict[str, Backbone]) -> FeatureSpec:
             fields["head_hidden"] = tuple(int(v) for v in value.split(","))
         elif key == "rank":
             fields["head_rank_tolerance"] = float(value)
+        elif key == "pixels":
+            fields["head_pixels"] = int(value)
         else:
             raise SystemExit(f"--variant {text}: unknown option {option!r}")
     return FeatureSpec(f"mlp({name})", backbone=backbone, **fields)
@@ -310,6 +312,7 @@ def run_split(
                     rank_tolerance=head_config.rank_tolerance
                     if spec.head_rank_tolerance is None
                     else spec.head_rank_tolerance,
+                    pixels_per_class=spec.head_pixels or head_config.pixels_per_class,
                 )
                 head = fit_head(feats, labels, spec_config, ignore=0)
                 fit_seconds.setdefault(spec.name, []).append(time.perf_counter() - start)
@@ -538,7 +541,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         dest="variants",
         metavar="NAME=BACKBONE:OPTIONS",
         help="extra head input with fast-path knobs, e.g. fast=histology:blocks=3-7:project=64 "
-        "(options: blocks, timesteps, project, scale, bf16, filters, int8, steps, fp32, hidden, rank)",
+        "(options: blocks, timesteps, project, scale, bf16, filters, int8, steps, fp32, hidden, rank, pixels)",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-speed", action="store_true", help="skip the 512x512 speed figures")
