@@ -127,13 +127,14 @@ class CompactFeatures:
         coded = (v - mid).div_(max(step, 1e-30)).round_().clamp_(-CODE_MAX, CODE_MAX)
         self.codes[channel] = coded.to(torch.int8).numpy()
 
-    def pixels(self, index: np.ndarray, dtype: type = np.float32) -> np.ndarray:
-        """(C, n) decoded features of the pixels at flat indices ``index``, in ``dtype``; decoded
-        PIXEL_BLOCK pixels at a time (hundreds of thousands of labelled pixels are no float32 copy)."""
+    def pixels(self, index: np.ndarray, dtype: type = np.float32, out: np.ndarray | None = None) -> np.ndarray:
+        """(C, n) decoded features of the pixels at flat indices ``index``, in ``dtype`` or written
+        into ``out`` (C, n), which may be a view; decoded PIXEL_BLOCK pixels at a time (hundreds of
+        thousands of labelled pixels are no float32 copy)."""
         c = self.shape[0]
         pixels = self.shape[1] * self.shape[2]
         codes, scales = self.codes.reshape(c, pixels), self.pixel_scales.reshape(len(self.groups), pixels)
-        out = np.empty((c, len(index)), dtype)
+        out = np.empty((c, len(index)), dtype) if out is None else out
         for a in range(0, len(index), PIXEL_BLOCK):
             picks = index[a : a + PIXEL_BLOCK]
             block = codes[:, picks].astype(np.float32)

@@ -31,7 +31,7 @@ from .devices import fast_bfloat16
 from .filterbank import filter_features, num_filter_channels
 from .io import ImageSource
 from .jobs import ProgressFn, StopFn, UserError, check_stop, report
-from .memory import reused_heap, zeros
+from .memory import release_free_memory, reused_heap, zeros
 from .tiling import add_weighted, pad_to, tile_grid, weighted_tiles
 
 
@@ -498,6 +498,7 @@ def extract_features(
             _fill_diffusion(_writer(out, box, weight), backbone, region, y0, x0, network, step)
     whole = source.region(0, h, 0, w) if config.filters else None
     _fill_extras(out, whole, 0, 0, config, frame, step, should_stop)
+    release_free_memory()
     return out
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from .adam import Adam
 from .checkpoint import CheckpointError, build_checked, read_tensors, write_tensors
-from .compact import CompactFeatures
+from .compact import PIXEL_BLOCK, CompactFeatures
 from .devices import fast_bfloat16
 from .features import FeatureConfig
 from .io import MAX_LABEL, label_dtype
@@ -488,17 +488,21 @@ def _sample_pixels(
     ys = np.empty(len(xs), np.int64)
     start = 0
     for i, index, k in picks:  # filled in place: full masks gather hundreds of thousands of pixels
-        xs[start : start + len(index)] = _take(features[i], index).T
+        _take(features[i], index, xs[start : start + len(index)].T)
         ys[start : start + len(index)] = k
         start += len(index)
     return xs, ys
 
 
-def _take(features: np.ndarray | CompactFeatures, index: np.ndarray) -> np.ndarray:
-    """(C, n) features of the pixels at flat indices ``index``, float16 (compact ones decoded)."""
+def _take(features: np.ndarray | CompactFeatures, index: np.ndarray, out: np.ndarray) -> None:
+    """Write the features of the pixels at flat indices ``index`` into ``out`` (C, n), compact
+    ones decoded, PIXEL_BLOCK pixels at a time (no copy of a class's pixels beside ``out``)."""
     if isinstance(features, CompactFeatures):
-        return features.pixels(index, np.float16)
-    return features.reshape(features.shape[0], -1)[:, index]
+        features.pixels(index, out.dtype, out)
+        return
+    flat = features.reshape(features.shape[0], -1)
+    for a in range(0, len(index), PIXEL_BLOCK):
+        out[:, a : a + PIXEL_BLOCK] = flat[:, index[a : a + PIXEL_BLOCK]]
 
 
 def _standardised(

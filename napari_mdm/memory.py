@@ -88,3 +88,12 @@ def reused_heap() -> Iterator[None]:
                 _LIBC.mallopt(M_MMAP_THRESHOLD, OUTSIDE_MMAP)
                 _LIBC.mallopt(M_TRIM_THRESHOLD, OUTSIDE_TRIM)
                 _LIBC.malloc_trim(0)
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free memory back to the system (glibc keeps up to OUTSIDE_TRIM at its top
+    and whatever lies below live blocks): after an image's features, the head's fit then peaks
+    lower. Inside :func:`reused_heap`, or without glibc, nothing happens."""
+    with _lock:
+        if _LIBC is not None and _open_jobs[0] == 0:
+            _LIBC.malloc_trim(0)

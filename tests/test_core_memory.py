@@ -38,4 +38,5 @@ def test_reused_heap_nests_across_threads_and_is_left_closed():
         t.join()
     with pytest.raises(ValueError, match="inside"), memory.reused_heap():
         raise ValueError("inside")
+    memory.release_free_memory()
     assert not errors and memory._open_jobs == [0]
