@@ -25,6 +25,7 @@ from .devices import fast_bfloat16
 from .features import FeatureConfig
 from .io import MAX_LABEL, label_dtype
 from .jobs import ProgressFn, StopFn, UserError, check_stop, first_line, report
+from .memory import release_free_memory
 
 if TYPE_CHECKING:
     from .backbone import Backbone
@@ -367,6 +368,7 @@ class Head:
             out[k : 2 * k, s : s + chunk] = F.one_hot(winners, k).float().mean(0).T
             out[2 * k, s : s + chunk] = entropy(mean, 0) - entropy(probs, 1).mean(0)
             report(progress, i + 1, len(chunks), "pixels")
+        release_free_memory()
         return out.reshape(2 * k + 1, h, w).numpy()
 
     @torch.inference_mode()
@@ -506,7 +508,7 @@ def _take(features: np.ndarray | CompactFeatures, index: np.ndarray, out: np.nda
 
 
 def _standardised(
-    x: torch.Tensor, dtype: torch.dtype, rows: int = 8192
+    x: torch.Tensor, dtype: torch.dtype, rows: int = 1024
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(n, C) pixels standardised per channel into ``dtype`` (bfloat16 for a bf16 fit), with the
     float32 mean and std (at least 1e-3). Done a block of rows at a time, so that with full masks
@@ -631,4 +633,6 @@ def fit_head(
     net = EnsembleMLP(config.ensemble, x.shape[1], config.hidden, len(class_values)).to(device)
     _train(net, x, y, config, device, progress, should_stop)
     context = replace(context or HeadContext(), pixels=int(len(y)))
+    del x, y
+    release_free_memory()
     return Head(net.cpu(), class_values, mean.cpu(), std.cpu(), config, context)
