@@ -169,6 +169,16 @@ def num_channels(backbone: Backbone, config: FeatureConfig) -> int:
 POSITION_CHANNELS = 2
 
 
+def features_nbytes(backbone: Backbone, config: FeatureConfig, h: int, w: int) -> int:
+    """Bytes an (h, w) image's features take when held whole: int8 codes plus a float16 scale per
+    pixel and group (compact), or float16 values."""
+    config = resolve_config(backbone, config)
+    channels = num_channels(backbone, config)
+    if config.compact:
+        return (channels + 2 * len(group_widths(backbone, config))) * h * w
+    return 2 * channels * h * w
+
+
 class Frame(NamedTuple):
     """Where an image lies in the whole it was cut from (a slide chunk in its slide): its top-left
     corner there and the whole's shape. Position channels are measured in the whole."""

@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from .backbone import Backbone
-from .features import FeatureConfig, Frame, extract_features, num_channels, tile_alignment, tile_features
+from .features import (
+    FeatureConfig,
+    Frame,
+    extract_features,
+    features_nbytes,
+    tile_alignment,
+    tile_features,
+)
 from .files import atomic_output, plan_outputs
 from .head import Head, Prediction, maps_to_prediction
 from .io import MARKER_KEY, ImageSource, label_dtype, read_array, split_stack, write_array, write_labels
@@ -27,9 +34,9 @@ from .tiling import run_tiled
 
 IN_MEMORY_MAPS_BYTES = 1 << 30
 WHOLE_IMAGE_FEATURES_BYTES = 3 << 29
-"""Images whose features fit in 1.5 GiB are featurised whole and the head runs once per pixel;
-larger ones tile by tile (bounded memory, overlaps computed twice). 1.5 GiB holds a 1024² region
-of the default 656 channels: a whole-slide chunk with its halo."""
+"""Images whose features, as held (``features_nbytes``), fit in 1.5 GiB are featurised whole and
+the head runs once per pixel; larger ones tile by tile (bounded memory, overlaps computed twice).
+1.5 GiB holds the default 656 channels of 2.4 megapixels as int8 codes (1.2 in float16)."""
 ZARR_CHUNK = 1024
 """Side of the square chunks in which large images' maps and outputs are written."""
 
@@ -58,6 +65,11 @@ def _as_source(image) -> ImageSource:
     return image if isinstance(image, ImageSource) else ImageSource.from_array(image)
 
 
+def fits_whole(backbone: Backbone, config: FeatureConfig, h: int, w: int) -> bool:
+    """Whether an (h, w) image's features are held whole (``WHOLE_IMAGE_FEATURES_BYTES``)."""
+    return features_nbytes(backbone, config, h, w) <= WHOLE_IMAGE_FEATURES_BYTES
+
+
 def segment_maps(
     backbone: Backbone,
     head: Head,
@@ -77,7 +89,7 @@ def segment_maps(
     source = _as_source(image)
     h, w = source.shape
     frame = frame or Frame(0, 0, h, w)
-    if num_channels(backbone, config) * h * w * 2 <= WHOLE_IMAGE_FEATURES_BYTES:
+    if fits_whole(backbone, config, h, w):
         feats = extract_features(backbone, source, config, progress, should_stop, frame)
         out[...] = head.predict_maps(feats, progress=progress, should_stop=should_stop)
         return

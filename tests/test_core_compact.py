@@ -12,7 +12,14 @@ import zarr
 
 from napari_mdm.checkpoint import random_backbone
 from napari_mdm.compact import CODE_MAX, CompactFeatures
-from napari_mdm.features import FeatureCache, FeatureConfig, extract_features, group_widths, resolve_config
+from napari_mdm.features import (
+    FeatureCache,
+    FeatureConfig,
+    extract_features,
+    features_nbytes,
+    group_widths,
+    resolve_config,
+)
 from napari_mdm.filterbank import filter_features, num_filter_channels
 from napari_mdm.head import HeadConfig, fit_head
 
@@ -158,3 +165,14 @@ def test_blending_decodes_only_what_earlier_tiles_wrote():
     assert np.array_equal(fresh.codes, whole.codes) and np.array_equal(fresh.pixel_scales, whole.pixel_scales)
     alone = fresh.to_float16()[:, :, :12].astype(np.float32)
     assert np.abs(alone - values[:, :, :12].numpy()).max() <= np.abs(values.numpy()).max() / CODE_MAX
+
+
+def test_whole_image_budgets_count_the_bytes_features_are_held_in(backbone, image):
+    """``features_nbytes`` (which decides whether an image is featurised whole) counts int8 codes
+    and their scales for compact features and two bytes a value for float16 ones."""
+    config = resolve_config(backbone, FeatureConfig(tile=128, blocks=(3, 5)))
+    h, w = image.shape[:2]
+    coded = extract_features(backbone, image, config)
+    assert features_nbytes(backbone, config, h, w) == coded.codes.nbytes + coded.pixel_scales.nbytes
+    exact = extract_features(backbone, image, replace(config, compact=False))
+    assert features_nbytes(backbone, replace(config, compact=False), h, w) == exact.nbytes

@@ -211,8 +211,7 @@ class ExportWidget(Container):
     def _layers_job(self, backbone, head, jobs, targets):
         """Each plane segmented (with the features the viewer has cached when they fit in memory),
         the masks written atomically, progress per image and per tile."""
-        from ..features import num_channels
-        from ..inference import WHOLE_IMAGE_FEATURES_BYTES, head_feature_config, segment
+        from ..inference import fits_whole, head_feature_config, segment
         from ..io import normalize_image, write_array, write_labels
 
         config, cache = head_feature_config(head, backbone), self.session.features
@@ -220,7 +219,7 @@ class ExportWidget(Container):
 
         def predict(plane, name, progress, should_stop):
             image = normalize_image(plane, name)
-            if num_channels(backbone, config) * image.shape[0] * image.shape[1] * 2 > WHOLE_IMAGE_FEATURES_BYTES:
+            if not fits_whole(backbone, config, *image.shape[:2]):
                 return segment(backbone, head, image, progress=progress, should_stop=should_stop)
             feats = cache.get(image, backbone, config, staged(progress, "features"), should_stop)
             return head.predict(feats, staged(progress, "predicting"), should_stop)
