@@ -20,7 +20,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 from napari_mdm.backbone import Backbone, UNet, UNetConfig
 from napari_mdm.compact import CompactFeatures
-from napari_mdm.features import FeatureConfig, default_blocks, extract_features, group_widths
+from napari_mdm.features import FeatureConfig, default_blocks, extract_features, group_widths, num_channels
 from napari_mdm.filterbank import filter_features
 
 from .labels import BACKGROUND, FOREGROUND
@@ -161,6 +161,21 @@ def spec_features(
     if spec.filters:
         parts.append(bases["filters" + coded])
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def spec_groups(spec: FeatureSpec, backbones: dict[str, Backbone], configs: dict[str, FeatureConfig]) -> list[int]:
+    """The network's channel groups of an int8 spec, as compact features group them: only for a
+    spec that reads its backbone's whole base (with or without the filter bank)."""
+    config = configs.get(spec.base) if spec.base is not None else None
+    if config is None or spec.base != spec.backbone:  # its own pass: the spec's blocks and timesteps
+        whole = config is not None and not config.project
+    else:
+        whole = len(channel_index(spec, backbones[spec.backbone], config)) == num_channels(
+            backbones[spec.backbone], config
+        )
+    if not whole:
+        raise SystemExit(f"{spec.name}: --coded-pool needs an int8 variant reading its backbone's whole base")
+    return group_widths(backbones[spec.backbone], config)
 
 
 def fit_forest(

@@ -30,8 +30,10 @@ import torch
 import torch.nn.functional as F
 from skimage.transform import resize
 
+from napari_mdm import pixel_pool
 from napari_mdm.backbone import PRESETS, Backbone, count_parameters
 from napari_mdm.checkpoint import load_backbone, random_backbone, shipped_backbones
+from napari_mdm.compact import CompactFeatures
 from napari_mdm.features import num_channels
 from napari_mdm.files import atomic_output
 from napari_mdm.head import HeadConfig, class_scores, fit_head
@@ -48,6 +50,7 @@ from .methods import (
     fit_forest,
     forest_scores,
     spec_features,
+    spec_groups,
     train_supervised_unet,
     unet_scores,
 )
@@ -80,6 +83,9 @@ class Settings:
     sweep_blocks: tuple[str, ...] = ("2-4", "5-7", "2-7")
     variants: tuple[str, ...] = ()
     """Extra head inputs with the core's fast-path knobs, e.g. 'fast=histology:blocks=3-7:project=64:filters'."""
+    coded_pool: bool = False
+    """Int8 variants' heads fit on compact features with the network's groups kept coded whatever
+    the pool's size (``napari_mdm.pixel_pool``: the core does so only for large pools)."""
 
 
 def parse_blocks(text: str) -> tuple[int, ...]:
@@ -314,6 +320,8 @@ def run_split(
                     else spec.head_rank_tolerance,
                     pixels_per_class=spec.head_pixels or head_config.pixels_per_class,
                 )
+                if settings.coded_pool and spec.compact:
+                    feats = [CompactFeatures.from_array(f, spec_groups(spec, backbones, configs)) for f in feats]
                 head = fit_head(feats, labels, spec_config, ignore=0)
                 fit_seconds.setdefault(spec.name, []).append(time.perf_counter() - start)
                 scorers[(spec.name, protocol, n, seed)] = _head_scorer(head, spec.name)
@@ -543,6 +551,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         help="extra head input with fast-path knobs, e.g. fast=histology:blocks=3-7:project=64 "
         "(options: blocks, timesteps, project, scale, bf16, filters, int8, steps, fp32, hidden, rank, pixels)",
     )
+    parser.add_argument("--coded-pool", action="store_true", help="int8 variants fit on codes whatever the pool's size")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-speed", action="store_true", help="skip the 512x512 speed figures")
     parser.add_argument("--speed-only", action="store_true", help="only the 512x512 speed and memory figures")
@@ -579,6 +588,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         "sweep_timesteps": args.sweep_timesteps,
         "sweep_blocks": args.sweep_blocks,
         "variants": args.variants,
+        "coded_pool": args.coded_pool or None,
     }
     settings = replace(
         settings, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
@@ -593,6 +603,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     if not data.available():
         raise SystemExit(f"benchmark data not found under {data.DATA_ROOT} (set NAPARI_MDM_DATA)")
+    if settings.coded_pool:
+        pixel_pool.CODED_POOL_BYTES = 0
     started = time.time()
     code = code_version()  # the code this run imported, not what is checked out when it ends
     backbones = load_backbones(args.backbone, args.preset, not args.no_shipped)

@@ -20,12 +20,13 @@ from torch import nn
 
 from .adam import Adam
 from .checkpoint import CheckpointError, build_checked, read_tensors, write_tensors
-from .compact import PIXEL_BLOCK, CompactFeatures
+from .compact import CompactFeatures
 from .devices import fast_bfloat16
 from .features import FeatureConfig
 from .io import MAX_LABEL, label_dtype
 from .jobs import ProgressFn, StopFn, UserError, check_stop, first_line, report
 from .memory import release_free_memory
+from .pixel_pool import CodedPixels, coded_pool, draw_pixels, gather, keeps_codes, standardised
 
 if TYPE_CHECKING:
     from .backbone import Backbone
@@ -147,8 +148,12 @@ class EnsembleMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training-time pass: each member gets its own batch, BatchNorm uses batch statistics."""
+        return self.from_first(torch.baddbmm(self.biases[0], x, self.weights[0]))
+
+    def from_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The training-time pass from the first layer's (E, N, h) outputs on."""
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=False)):
-            x = torch.baddbmm(b, x, w)
+            x = torch.baddbmm(b, x, w) if i else x
             if i < len(self.norms):
                 e, n, c = x.shape
                 x = torch.relu(x)
@@ -466,71 +471,6 @@ def maps_to_prediction(maps: np.ndarray, class_values: Sequence[int]) -> Predict
     return Prediction(labels, probs.astype(np.float32), np.maximum(js, 0).astype(np.float32), list(class_values))
 
 
-def _sample_pixels(
-    features: Sequence[np.ndarray | CompactFeatures],
-    labels: Sequence[np.ndarray],
-    class_values: list[int],
-    per_class: int,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``per_class`` labelled pixels of each class, drawn across all images, gathered into one
-    (n, C) array in the features' own precision (float16 for compact ones: half the bytes)."""
-    picks = []  # (image, flat pixel indices, class index)
-    for k, value in enumerate(class_values):
-        where = [np.flatnonzero(lab.ravel() == value) for lab in labels]
-        total = sum(len(w) for w in where)
-        keep = rng.permutation(total)[: min(per_class, total)]
-        offsets = np.cumsum([0] + [len(w) for w in where])
-        for i, idx in enumerate(where):
-            mine = keep[(keep >= offsets[i]) & (keep < offsets[i + 1])] - offsets[i]
-            if len(mine):
-                picks.append((i, idx[np.sort(mine)], k))
-    dtype = np.result_type(*(np.float16 if isinstance(f, CompactFeatures) else f.dtype for f in features))
-    xs = np.empty((sum(len(p) for _, p, _ in picks), features[0].shape[0]), dtype)
-    ys = np.empty(len(xs), np.int64)
-    start = 0
-    for i, index, k in picks:  # filled in place: full masks gather hundreds of thousands of pixels
-        _take(features[i], index, xs[start : start + len(index)].T)
-        ys[start : start + len(index)] = k
-        start += len(index)
-    return xs, ys
-
-
-def _take(features: np.ndarray | CompactFeatures, index: np.ndarray, out: np.ndarray) -> None:
-    """Write the features of the pixels at flat indices ``index`` into ``out`` (C, n), compact
-    ones decoded, PIXEL_BLOCK pixels at a time (no copy of a class's pixels beside ``out``)."""
-    if isinstance(features, CompactFeatures):
-        features.pixels(index, out.dtype, out)
-        return
-    flat = features.reshape(features.shape[0], -1)
-    for a in range(0, len(index), PIXEL_BLOCK):
-        out[:, a : a + PIXEL_BLOCK] = flat[:, index[a : a + PIXEL_BLOCK]]
-
-
-def _standardised(
-    x: torch.Tensor, dtype: torch.dtype, rows: int = 1024
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(n, C) pixels standardised per channel into ``dtype`` (bfloat16 for a bf16 fit), with the
-    float32 mean and std (at least 1e-3). Done a block of rows at a time, so that with full masks
-    (hundreds of thousands of pixels) no float32 copy of them all is made; sums in float64. Where
-    ``dtype`` is as wide as ``x``'s (float16 -> bfloat16), the result overwrites ``x``."""
-    total = torch.zeros(x.shape[1], dtype=torch.float64)
-    squares = torch.zeros(x.shape[1], dtype=torch.float64)
-    for r in range(0, len(x), rows):
-        part = x[r : r + rows].float()
-        total += part.sum(0, dtype=torch.float64)
-        squares += part.square_().sum(0, dtype=torch.float64)
-    n = len(x)
-    mean = total / n
-    var = (squares - n * mean**2).clamp_min(0) / max(n - 1, 1)
-    mean, std = mean.float(), var.sqrt().float().clamp_min(1e-3)
-    same_width = x.is_contiguous() and x.element_size() == dtype.itemsize
-    out = x.view(dtype) if same_width and x.dtype != dtype else torch.empty(x.shape, dtype=dtype)
-    for r in range(0, n, rows):  # each block read before it is overwritten
-        out[r : r + rows] = x[r : r + rows].float().sub_(mean).div_(std)
-    return out, mean, std
-
-
 def check_labels(labels: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]], ignore: int | None) -> list[int]:
     """The class values present, or a clear error for missing, one-class or misshapen labels."""
     for i, (lab, shape) in enumerate(zip(labels, shapes, strict=False)):
@@ -571,7 +511,7 @@ def training_steps(config: HeadConfig, pixels: int) -> int:
 
 def _train(
     net: EnsembleMLP,
-    x: torch.Tensor,
+    x: torch.Tensor | CodedPixels,
     y: torch.Tensor,
     config: HeadConfig,
     device: str | torch.device,
@@ -579,14 +519,14 @@ def _train(
     should_stop: StopFn | None,
 ) -> None:
     """Adam on standardised pixels ``x`` (bfloat16 for a bf16 fit: what autocast would cast each
-    batch to, gathered at half the bytes) and class indices ``y``: each member its own
-    class-balanced batch per step, products in bfloat16 where native."""
+    batch to, gathered at half the bytes; or coded, :class:`CodedPixels`) and class indices ``y``:
+    each member its own class-balanced batch per step, products in bfloat16 where native."""
     k = int(net.weights[-1].shape[-1])
     opt = Adam(net.parameters(), lr=config.lr)
     pools = [torch.nonzero(y == c).squeeze(1) for c in range(k)]
     per_class = max(1, config.batch_size // k)
     gen = torch.Generator(device).manual_seed(config.seed)
-    bf16 = x.dtype == torch.bfloat16  # fit_head's choice (HeadConfig.bfloat16 where native)
+    bf16 = (x.rest if isinstance(x, CodedPixels) else x).dtype == torch.bfloat16  # fit_head's choice
     net.train()
     for step in range(config.steps):
         check_stop(should_stop)
@@ -594,7 +534,10 @@ def _train(
             [p[torch.randint(len(p), (config.ensemble, per_class), generator=gen, device=device)] for p in pools], dim=1
         )  # (E, B): each member its own class-balanced batch
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-            logits = net(x[idx])
+            if isinstance(x, CodedPixels):
+                logits = net.from_first(x.first_layer(idx, net.weights[0], net.biases[0]))
+            else:
+                logits = net(x[idx])
         loss = F.cross_entropy(logits.float().reshape(-1, k), y[idx].reshape(-1))
         opt.zero_grad()
         loss.backward()
@@ -622,15 +565,17 @@ def fit_head(
     if len(channels) != 1:
         raise UserError(f"feature maps differ in channel count: {sorted(channels)}")
     class_values = check_labels(labels, [f.shape[1:] for f in features], ignore)
-    rng = np.random.default_rng(config.seed)
-    pixels, classes = _sample_pixels(features, labels, class_values, config.pixels_per_class, rng)
-    bf16 = config.bfloat16 and fast_bfloat16(device)
-    x, mean, std = _standardised(torch.from_numpy(pixels), torch.bfloat16 if bf16 else torch.float32)
-    del pixels
+    picks, classes = draw_pixels(labels, class_values, config.pixels_per_class, np.random.default_rng(config.seed))
+    dtype = torch.bfloat16 if config.bfloat16 and fast_bfloat16(device) else torch.float32
+    if keeps_codes(features, picks):
+        x = coded_pool(features, picks, dtype)
+        mean, std = x.mean, x.std
+    else:
+        x, mean, std = standardised(torch.from_numpy(gather(features, picks)), dtype)
     x, y = x.to(device), torch.from_numpy(classes).to(device)
     config = replace(config, steps=training_steps(config, len(y)))
     torch.manual_seed(config.seed)
-    net = EnsembleMLP(config.ensemble, x.shape[1], config.hidden, len(class_values)).to(device)
+    net = EnsembleMLP(config.ensemble, len(mean), config.hidden, len(class_values)).to(device)
     _train(net, x, y, config, device, progress, should_stop)
     context = replace(context or HeadContext(), pixels=int(len(y)))
     del x, y
