@@ -127,22 +127,28 @@ class CompactFeatures:
         coded = (v - mid).div_(max(step, 1e-30)).round_().clamp_(-CODE_MAX, CODE_MAX)
         self.codes[channel] = coded.to(torch.int8).numpy()
 
+    def split_pixels(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pixels at flat indices ``index`` in three parts: the groups' (grouped, n) int8 codes,
+        their (G, n) float32 scales, and the other channels decoded, (C - grouped, n) float32."""
+        c, h, w = self.shape
+        grouped = self.grouped
+        codes = self.codes.reshape(c, h * w)[:, index]
+        scales = self.pixel_scales.reshape(len(self.groups), h * w)[:, index].astype(np.float32)
+        rest = codes[grouped:].astype(np.float32)
+        rest *= self.channel_steps[grouped:, None]
+        rest += self.offsets[grouped:, None]
+        return codes[:grouped], scales, rest
+
     def pixels(self, index: np.ndarray, dtype: type = np.float32, out: np.ndarray | None = None) -> np.ndarray:
         """(C, n) decoded features of the pixels at flat indices ``index``, in ``dtype`` or written
         into ``out`` (C, n), which may be a view; decoded PIXEL_BLOCK pixels at a time (hundreds of
         thousands of labelled pixels are no float32 copy)."""
-        c = self.shape[0]
-        pixels = self.shape[1] * self.shape[2]
-        codes, scales = self.codes.reshape(c, pixels), self.pixel_scales.reshape(len(self.groups), pixels)
-        out = np.empty((c, len(index)), dtype) if out is None else out
+        out = np.empty((self.shape[0], len(index)), dtype) if out is None else out
         for a in range(0, len(index), PIXEL_BLOCK):
-            picks = index[a : a + PIXEL_BLOCK]
-            block = codes[:, picks].astype(np.float32)
-            block *= self.channel_steps[:, None]
+            codes, scales, rest = self.split_pixels(index[a : a + PIXEL_BLOCK])
             for g, (start, stop) in enumerate(self.groups):
-                block[start:stop] *= scales[g, picks].astype(np.float32)
-            block += self.offsets[:, None]
-            out[:, a : a + PIXEL_BLOCK] = block
+                out[start:stop, a : a + PIXEL_BLOCK] = codes[start:stop] * scales[g]
+            out[self.grouped :, a : a + PIXEL_BLOCK] = rest
         return out
 
     def to_float16(self) -> np.ndarray:

@@ -526,7 +526,7 @@ def _train(
     pools = [torch.nonzero(y == c).squeeze(1) for c in range(k)]
     per_class = max(1, config.batch_size // k)
     gen = torch.Generator(device).manual_seed(config.seed)
-    bf16 = (x.rest if isinstance(x, CodedPixels) else x).dtype == torch.bfloat16  # fit_head's choice
+    bf16 = x.dtype == torch.bfloat16  # fit_head's choice (HeadConfig.bfloat16 where native)
     net.train()
     for step in range(config.steps):
         check_stop(should_stop)

@@ -120,6 +120,11 @@ class CodedPixels:
     def channels(self) -> int:
         return self.codes.shape[1] + self.rest.shape[1]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The fit's precision (``rest``'s): bfloat16 for a bf16 fit."""
+        return self.rest.dtype
+
     def to(self, device: str | torch.device) -> CodedPixels:
         moved = {name: getattr(self, name).to(device) for name in ("codes", "scales", "rest", "mean", "std")}
         return replace(self, **moved)
@@ -131,7 +136,7 @@ class CodedPixels:
         grouped = self.codes.shape[1]
         w = weight[:, :grouped] / self.std[:grouped, None]
         out = bias - torch.einsum("c,ech->eh", self.mean[:grouped], w).unsqueeze(1)
-        codes, scales = self.codes[index].to(self.rest.dtype), self.scales[index]
+        codes, scales = self.codes[index].to(self.dtype), self.scales[index]
         for g, (a, b) in enumerate(self.groups):
             out = out + scales[..., g : g + 1] * torch.bmm(codes[..., a:b], w[:, a:b])
         return out + torch.bmm(self.rest[index], weight[:, grouped:])
@@ -144,18 +149,10 @@ def coded_pool(features: Sequence[CompactFeatures], picks: Picks, dtype: torch.d
     codes, scales = np.empty((n, grouped), np.int8), np.empty((n, len(groups)), np.float32)
     rest = np.empty((n, c - grouped), np.float16)
     for i, index, rows in _runs(picks):
-        f = features[i]
         for a in range(0, len(index), PIXEL_BLOCK):
-            block, part = (
-                index[a : a + PIXEL_BLOCK],
-                slice(rows.start + a, min(rows.stop, rows.start + a + PIXEL_BLOCK)),
-            )
-            codes[part] = f.codes.reshape(c, -1)[:grouped, block].T
-            scales[part] = f.pixel_scales.reshape(len(groups), -1)[:, block].T
-            tail = f.codes.reshape(c, -1)[grouped:, block].astype(np.float32)  # decoded as pixels() does
-            tail *= f.channel_steps[grouped:, None]
-            tail += f.offsets[grouped:, None]
-            rest[part] = tail.T
+            part = slice(rows.start + a, min(rows.stop, rows.start + a + PIXEL_BLOCK))
+            block_codes, block_scales, block_rest = features[i].split_pixels(index[a : a + PIXEL_BLOCK])
+            codes[part], scales[part], rest[part] = block_codes.T, block_scales.T, block_rest.T
     scales_t = torch.from_numpy(scales)
 
     def decoded_groups(rows: int = 1024) -> Iterator[torch.Tensor]:
