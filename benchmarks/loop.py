@@ -40,6 +40,7 @@ METHODS = {
     "+projection": ({"project": 64, "bfloat16": True}, {"ensemble": 5, "steps": 0, "bfloat16": True}),
     "hidden 64": ({}, {"hidden": (64, 32)}),
     "exact first layer": ({"compact": False}, {"rank_tolerance": 0}),
+    "exact attention": ({"attention_pool": 1}, {}),
     "float16 features": ({"compact": False}, {}),
     "default": ({}, {}),
 }
@@ -52,10 +53,11 @@ first layer. 'hidden 64' is the default with a head half as wide (first hidden l
 128); 'exact first layer' is the default predicting through the head's whole first layer
 (``rank_tolerance=0``) instead of its leading components on the image, on float16 features (the
 plugin's "exact prediction"); 'float16 features' is the default holding features in float16
-instead of int8 codes (``FeatureConfig.compact``). 'default' is whatever the core's defaults are
-today."""
+instead of int8 codes (``FeatureConfig.compact``); 'exact attention' is the default with the
+backbone's large attention layers attending to every key instead of 2 x 2-pooled ones
+(``FeatureConfig.attention_pool``). 'default' is whatever the core's defaults are today."""
 LADDER = ("before", "+early stop", "+head 5x200", "+bf16 head", "+bf16 backbone", "+auto steps", "+projection")
-"""The knob ladder's rows, measured with the exact first layer they had."""
+"""The knob ladder's rows, measured with the exact first layer, float16 features and exact attention they had."""
 
 
 def loop_image(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,9 +103,9 @@ def _ours(name: str, backbone_name: str, image: np.ndarray, labels: list[np.ndar
     if feature_overrides.get("blocks") == "all":  # the decoder's second half, full resolution included
         n = len(backbone.model.output_blocks)
         feature_overrides = {**feature_overrides, "blocks": tuple(range(n // 3, n))}
-    if name in LADDER:  # rows from before the low-rank layer and int8 codes: the exact layer, float16
+    if name in LADDER:  # rows from before the low-rank layer, int8 codes and pooled attention
         feature_overrides, head_overrides = (
-            {"compact": False, **feature_overrides},
+            {"compact": False, "attention_pool": 1, **feature_overrides},
             {"rank_tolerance": 0, **head_overrides},
         )
     config = resolve_config(backbone, FeatureConfig(**feature_overrides))

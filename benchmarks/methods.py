@@ -42,6 +42,8 @@ class FeatureSpec:
     """The core's fast-path knobs (``FeatureConfig``): projected channels, bf16, feature scale."""
     bfloat16: bool = False
     feature_scale: float = 1.0
+    attention_pool: int = 1
+    """``FeatureConfig.attention_pool`` (1: exact attention, as the shared pass)."""
     head_steps: int | None = None
     """Head knobs (``HeadConfig``) for this input: training steps (None: the run's) and float32
     products instead of bfloat16."""
@@ -59,10 +61,12 @@ class FeatureSpec:
     @property
     def base(self) -> str | None:
         """Key of the feature pass it reads: the backbone's shared pass, or its own for fast-path knobs."""
-        if self.backbone is None or (not self.project and not self.bfloat16 and self.feature_scale == 1):
+        own_pass = self.project or self.bfloat16 or self.feature_scale != 1 or self.attention_pool != 1
+        if self.backbone is None or not own_pass:
             return self.backbone
         # leading principal components are nested: one pass at the largest ``project`` serves all
-        return f"{self.backbone}~t{self.timesteps}b{self.blocks}s{self.feature_scale}{'bf16' if self.bfloat16 else ''}"
+        precision = "bf16" if self.bfloat16 else ""
+        return f"{self.backbone}~t{self.timesteps}b{self.blocks}s{self.feature_scale}{precision}p{self.attention_pool}"
 
 
 def blocks_of(spec: FeatureSpec, backbone: Backbone) -> tuple[int, ...]:
@@ -83,6 +87,7 @@ def base_configs(specs: list[FeatureSpec], backbones: dict[str, Backbone]) -> di
                 project=project,
                 bfloat16=spec.bfloat16,
                 scale=spec.feature_scale,
+                attention_pool=spec.attention_pool,
                 compact=False,  # specs cut channels from the float16 base (coded copies: compute_bases)
             )
         elif spec.backbone is not None:
@@ -98,6 +103,7 @@ def base_configs(specs: list[FeatureSpec], backbones: dict[str, Backbone]) -> di
                 filters=False,
                 project=0,
                 bfloat16=False,
+                attention_pool=1,
                 compact=False,
             )
             for name, (s, b) in wanted.items()

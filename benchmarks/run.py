@@ -97,8 +97,8 @@ def parse_blocks(text: str) -> tuple[int, ...]:
 
 
 def parse_variant(text: str, backbones: dict[str, Backbone]) -> FeatureSpec:
-    """'NAME=BACKBONE:blocks=3-7:project=64:timesteps=50:scale=0.5:bf16:filters:int8:steps=50:fp32:hidden=64,32:rank=0:pixels=65536'
-    -> a FeatureSpec (bf16: the backbone in bfloat16; int8: features coded as compact ones; steps,
+    """'NAME=BACKBONE:blocks=3-7:project=64:timesteps=50:scale=0.5:pool=2:bf16:filters:int8:steps=50:fp32:hidden=64,32:rank=0:pixels=65536'
+    -> a FeatureSpec (pool: the attention's key pooling; bf16: the backbone in bfloat16; int8: features coded as compact ones; steps,
     fp32, hidden, rank, pixels: the head's steps, float32 products, hidden layer widths, first-layer
     rank tolerance and labelled pixels kept per class)."""
     name, _, rest = text.partition("=")
@@ -116,6 +116,8 @@ def parse_variant(text: str, backbones: dict[str, Backbone]) -> FeatureSpec:
             fields["project" if key == "project" else "feature_scale"] = (int if key == "project" else float)(value)
         elif key in ("bf16", "filters", "fp32", "int8"):
             fields[{"bf16": "bfloat16", "filters": "filters", "fp32": "head_float32", "int8": "compact"}[key]] = True
+        elif key == "pool":
+            fields["attention_pool"] = int(value)
         elif key == "steps":
             fields["head_steps"] = int(value)
         elif key == "hidden":

@@ -8,6 +8,9 @@ features can be read from any of them (see :meth:`UNet.decoder_features`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -119,6 +122,27 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.out_layers(h)
 
 
+POOLED_ATTENTION_TOKENS = 4096
+"""Self-attention over at least this many tokens may attend to pooled keys (:func:`pooled_attention`):
+its cost grows with the square of the tokens, so on a 512-px tile the shipped backbone's three layers
+at 1/8 scale (68 x 68 tokens) are 40 % of a CPU pass, and those at 1/16 (34 x 34) 3 %."""
+
+_KEY_POOL: ContextVar[int] = ContextVar("attention_key_pool", default=1)
+
+
+@contextmanager
+def pooled_attention(factor: int) -> Iterator[None]:
+    """In this thread, while the block runs, self-attention layers over at least
+    ``POOLED_ATTENTION_TOKENS`` tokens attend to keys and values averaged over ``factor`` x
+    ``factor`` cells: ``factor``² times less attention work; queries (and so the output's
+    resolution) are unchanged. 1: exact attention."""
+    token = _KEY_POOL.set(factor)
+    try:
+        yield
+    finally:
+        _KEY_POOL.reset(token)
+
+
 class Attention(nn.Module):
     def __init__(self, channels: int, head_channels: int):
         super().__init__()
@@ -127,12 +151,23 @@ class Attention(nn.Module):
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv1d(channels, channels, 1))
 
+    def _split_heads(self, t: torch.Tensor, parts: int) -> torch.Tensor:
+        """(b, parts * channels, tokens) -> (parts, b, heads, tokens, head channels), contiguous:
+        with a strided last axis torch falls back from its fused attention kernel to the unfused
+        one, 4x slower on a CPU."""
+        b, channels, tokens = t.shape
+        head_channels = channels // parts // self.heads
+        return t.reshape(b, parts, self.heads, head_channels, tokens).permute(1, 0, 2, 4, 3).contiguous()
+
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x).reshape(b, c, h * w))
-        # (3, b, heads, tokens, head channels), contiguous: with a strided last axis torch falls back
-        # from its fused attention kernel to the unfused one, 4x slower on a CPU
-        q, k, v = qkv.reshape(b, 3, self.heads, c // self.heads, h * w).permute(1, 0, 2, 4, 3).contiguous()
+        pool = _KEY_POOL.get()
+        if pool > 1 and h * w >= POOLED_ATTENTION_TOKENS:
+            kv = F.avg_pool2d(qkv[:, c:].reshape(b, 2 * c, h, w), pool, ceil_mode=True).flatten(2)
+            (q,), (k, v) = self._split_heads(qkv[:, :c], 1), self._split_heads(kv, 2)
+        else:
+            q, k, v = self._split_heads(qkv, 3)
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(-1, -2).reshape(b, c, h * w)
         return x + self.proj(out).reshape(b, c, h, w)

@@ -247,6 +247,7 @@ def cmd_train_head(args) -> int:
         bfloat16=not args.float32,
         position=args.position,
         compact=not args.float16_features,
+        attention_pool=args.attention_pool,
         **FEATURE_SETS[args.features],
     )
     head_cfg = HeadConfig(
@@ -533,6 +534,13 @@ def _add_feature_options(p) -> None:
         action="store_true",
         help="hold whole images' features in float16 instead of int8 codes (twice the memory, "
         "prediction about 1.3x slower on one CPU thread; labels differ on about 1 pixel in 1000)",
+    )
+    p.add_argument(
+        "--attention-pool",
+        type=_at_least(1),
+        default=features.attention_pool,
+        help="the backbone's large attention layers attend to keys averaged over N x N pixels "
+        "(default: %(default)s, a 1.4x faster network on a CPU at 512 px; 1: exact attention)",
     )
 
 

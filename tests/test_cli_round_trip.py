@@ -130,6 +130,8 @@ def test_filter_bank_only_head_round_trip(tmp_path):
                 "--rank-tolerance",
                 "0",
                 "--float16-features",
+                "--attention-pool",
+                "1",
                 "--out",
                 str(head),
             ]
@@ -155,7 +157,8 @@ def test_filter_bank_only_head_round_trip(tmp_path):
     )
     loaded = Head.load(head)
     assert loaded.in_channels == num_filter_channels() and not loaded.context.features.diffusion
-    assert loaded.config.rank_tolerance == 0 and not loaded.context.features.compact  # exact, as asked
+    features = loaded.context.features
+    assert loaded.config.rank_tolerance == 0 and not features.compact and features.attention_pool == 1  # exact
     prediction = read_labels(tmp_path / "pred" / "c.tif")
     truth = epithelium[CROPS["c"]]
     dice = 2 * (prediction * truth).sum() / (prediction.sum() + truth.sum())

@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from napari_mdm.backbone import PRESETS, UNetConfig, build_backbone, count_parameters
+from napari_mdm.backbone import (
+    POOLED_ATTENTION_TOKENS,
+    PRESETS,
+    Attention,
+    UNetConfig,
+    build_backbone,
+    count_parameters,
+    pooled_attention,
+)
 
 
 def test_presets_fit_their_budgets():
@@ -75,3 +83,43 @@ def test_the_shipped_backbone_is_the_default_and_says_how_it_was_made():
     )
     named = cli._backbone(args)
     assert named.digest == backbone.digest
+
+
+def _attention_with_output() -> Attention:
+    torch.manual_seed(0)
+    layer = Attention(64, 32).eval()
+    torch.nn.init.normal_(layer.proj.weight, std=0.2)  # built zeroed, as an untrained network's
+    return layer
+
+
+def test_pooled_attention_attends_to_cell_means_and_only_on_large_maps():
+    layer = _attention_with_output()
+    side = int(POOLED_ATTENTION_TOKENS**0.5)
+    smooth = torch.randn(1, 64, side // 2, side // 2).repeat_interleave(2, -1).repeat_interleave(2, -2)
+    rough = torch.randn(1, 64, side, side)
+    with torch.no_grad():
+        exact_smooth, exact_rough = layer(smooth), layer(rough)
+        with pooled_attention(2):
+            pooled_smooth, pooled_rough = layer(smooth), layer(rough)
+            small = torch.randn(1, 64, side // 2, side // 2)
+            torch.testing.assert_close(layer(small), _attention_with_output()(small))  # too small to pool
+        torch.testing.assert_close(layer(rough), exact_rough)  # exact again outside the block
+    # keys repeated over 2 x 2 cells weigh alike in the softmax: their means are the same attention
+    torch.testing.assert_close(pooled_smooth, exact_smooth, atol=1e-4, rtol=1e-4)
+    # on detail finer than a cell the output differs, and only a little
+    change = (pooled_rough - exact_rough).norm() / (exact_rough - rough).norm()
+    assert 1e-3 < change < 0.5, change
+
+
+def test_pooled_attention_is_set_per_thread():
+    import threading
+
+    layer, x = _attention_with_output(), torch.randn(1, 64, 64, 64)
+    with torch.no_grad():
+        exact = layer(x)
+        seen = {}
+        with pooled_attention(2):
+            thread = threading.Thread(target=lambda: seen.update(out=layer(x)))
+            thread.start()
+            thread.join()
+    torch.testing.assert_close(seen["out"], exact)  # another thread's pass stays exact

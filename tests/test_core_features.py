@@ -98,6 +98,14 @@ def test_projection_keeps_the_leading_principal_components_the_same_everywhere(b
     assert FeatureConfig.from_dict({"timesteps": [50]}).project == 0
 
 
+def test_pooled_attention_is_a_recorded_setting_that_older_heads_do_not_have(backbone, image):
+    with pytest.raises(UserError, match="attention_pool must be at least 1"):
+        float16_features(backbone, image, FeatureConfig(attention_pool=0))
+    # heads saved before the setting existed were trained on exact attention
+    assert FeatureConfig.from_dict({"timesteps": [50]}).attention_pool == 1
+    assert FeatureConfig.from_dict(FeatureConfig(attention_pool=4).to_dict()).attention_pool == 4
+
+
 def test_projection_basis_is_kept_on_disk_for_saved_backbones_and_recomputed_when_unreadable(
     kit, tmp_path, monkeypatch
 ):

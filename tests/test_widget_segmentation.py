@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_mdm._widgets.session import session_for
+from napari_mdm.features import FeatureConfig
 
 SIZE = 128
 
@@ -75,7 +76,9 @@ def test_exact_prediction_is_a_head_choice_the_head_records(annotated, wait_job)
     widget.start_training()
     wait_job(widget.jobs)
     head = session_for(viewer).head
-    assert head.config.rank_tolerance == 0 and head.context.features.compact is False  # float16 features
+    features = head.context.features
+    assert head.config.rank_tolerance == 0 and features.compact is False  # float16 features
+    assert features.attention_pool == 1  # the network's attention sees every pixel
 
 
 def test_live_mode_retrains_after_a_stroke(annotated, paint, qtbot):
@@ -89,6 +92,7 @@ def test_live_mode_retrains_after_a_stroke(annotated, paint, qtbot):
     # live mode is the full loop with the widget's settings: the fast path's projected channels
     assert first.config.ensemble == widget.ensemble.value and first.config.steps == widget.steps.value
     assert first.context.features.project == widget.channels.value
+    assert first.context.features.attention_pool == FeatureConfig.attention_pool
     assert viewer.layers["ihc prediction"].data.shape == labels.data.shape
     paint(labels, 1, slice(30, 40), slice(5, 30))
     qtbot.waitUntil(lambda: session_for(viewer).head is not first and not widget.jobs.busy, timeout=60_000)

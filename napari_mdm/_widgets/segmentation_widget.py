@@ -196,8 +196,9 @@ class SegmentationWidget(Container):
         self.exact = CheckBox(
             value=not head.rank_tolerance,
             text="exact prediction",
-            tooltip="Hold features in float16 and apply each classifier's whole first layer to every "
-            "pixel. Off (faster, half the memory): features as int8 codes, the first layer applied "
+            tooltip="Let the network's attention see every pixel, hold features in float16 and apply "
+            "each classifier's whole first layer to every pixel. Off (faster, half the memory): "
+            "attention to 2 x 2-averaged pixels, features as int8 codes, the first layer applied "
             "through its main directions on each image; labels differ on a few pixels in a thousand, "
             "along class borders",
         )
@@ -330,6 +331,7 @@ class SegmentationWidget(Container):
                 project=self.channels.value,
                 position=self.position.value,
                 compact=not self.exact.value,
+                attention_pool=1 if self.exact.value else FeatureConfig.attention_pool,
                 **FEATURE_SETS[self.features.value],
             ),
         )
