@@ -41,6 +41,7 @@ METHODS = {
     "hidden 64": ({}, {"hidden": (64, 32)}),
     "exact first layer": ({"compact": False}, {"rank_tolerance": 0}),
     "exact attention": ({"attention_pool": 1}, {}),
+    "no filter bank": ({"filters": False}, {}),
     "float16 features": ({"compact": False}, {}),
     "default": ({}, {}),
 }
@@ -55,7 +56,8 @@ first layer. 'hidden 64' is the default with a head half as wide (first hidden l
 plugin's "exact prediction"); 'float16 features' is the default holding features in float16
 instead of int8 codes (``FeatureConfig.compact``); 'exact attention' is the default with the
 backbone's large attention layers attending to every key instead of 2 x 2-pooled ones
-(``FeatureConfig.attention_pool``). 'default' is whatever the core's defaults are today."""
+(``FeatureConfig.attention_pool``); 'no filter bank' is the default without the filter bank (``--features
+diffusion``). 'default' is whatever the core's defaults are today."""
 LADDER = ("before", "+early stop", "+head 5x200", "+bf16 head", "+bf16 backbone", "+auto steps", "+projection")
 """The knob ladder's rows, measured with the exact first layer, float16 features and exact attention they had."""
 
