@@ -199,8 +199,7 @@ class SegmentationWidget(Container):
             tooltip="Let the network's attention see every pixel, hold features in float16 and apply "
             "each classifier's whole first layer to every pixel. Off (faster, half the memory): "
             "attention to 2 x 2-averaged pixels, features as int8 codes, the first layer applied "
-            "through its main directions on each image; labels differ on a few pixels in a thousand, "
-            "along class borders",
+            "through its main directions on each image; labels differ on about 1 pixel in 100-300",
         )
         self.live = CheckBox(
             value=False,
