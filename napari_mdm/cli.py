@@ -539,8 +539,8 @@ def _add_feature_options(p) -> None:
         "--attention-pool",
         type=_at_least(1),
         default=features.attention_pool,
-        help="the backbone's large attention layers attend to keys averaged over N x N pixels "
-        "(default: %(default)s, a 1.4x faster network on a CPU at 512 px; 1: exact attention)",
+        help="the backbone's large attention layers attend to keys averaged over N x N cells of "
+        "their map (default: %(default)s, a 1.4x faster network on a CPU at 512 px; 1: exact attention)",
     )
 
 

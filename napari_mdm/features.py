@@ -66,9 +66,9 @@ class FeatureConfig:
     or AMX CPUs, recent GPUs: about 25% faster, Dice unchanged on the demo), float32 elsewhere."""
     attention_pool: int = 2
     """The backbone's large self-attention layers (``POOLED_ATTENTION_TOKENS``: on a 512-px tile, those
-    at 1/8 scale) attend to keys averaged over this many pixels squared: 2 makes the shipped backbone's
-    CPU pass 1.4x faster at 512 px, and more on larger tiles, whose attention grows with the square
-    of their area. 1: exact attention."""
+    at 1/8 scale) attend to keys and values averaged over cells of this many x this many tokens: 2
+    makes the shipped backbone's CPU pass 1.4x faster at 512 px (attention's share of a pass grows
+    with the tile's area); Dice within 0.6 points (benchmarks/README.md). 1: exact attention."""
     position: bool = False
     """Append two channels, each pixel's row and column as a fraction of the whole image's height
     and width (0 at the top/left edge, 1 at the bottom/right): for aligned images (faces), where
