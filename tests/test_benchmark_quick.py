@@ -154,6 +154,9 @@ def test_fast_path_variants_share_one_feature_pass_per_knob_setting():
     configs = base_configs([p8, p16, half], backbones)
     assert p8.base == p16.base != half.base  # nested components: one pass at the larger projection
     assert configs[p8.base].project == 16 and configs[half.base].scale == 0.5
+    pooled = parse_variant("pooled=random:project=8:pool=2", backbones)
+    assert pooled.base != p8.base and base_configs([pooled], backbones)[pooled.base].attention_pool == 2
+    assert configs[p8.base].attention_pool == 1  # the shared passes stay exact
     with pytest.raises(SystemExit, match="unknown option"):
         parse_variant("x=random:speed=11", backbones)
 
