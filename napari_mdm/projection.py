@@ -47,9 +47,11 @@ def _samples(backbone: Backbone, config) -> torch.Tensor:
     grid = (REFERENCE_SIDE // 4, REFERENCE_SIDE // 4)
     per_image = []
     for image in reference_images():
-        # float32 whatever the feature setting: the basis must not depend on whether this
-        # machine has bfloat16 units, or a head trained on one would read other axes on another
-        acts, _, _ = decoder_activations(backbone, image, 0, 0, replace(config, draws=1, bfloat16=False))
+        # float32 and exact attention whatever the feature settings: the basis must not depend on
+        # whether this machine has bfloat16 units, or a head trained on one would read other axes
+        # on another, nor on which attention setting first filled the cache (its key leaves it out)
+        exact = replace(config, draws=1, bfloat16=False, attention_pool=1)
+        acts, _, _ = decoder_activations(backbone, image, 0, 0, exact)
         maps = [
             F.interpolate(
                 unit_norm(acts[b]) if config.normalize else acts[b], size=grid, mode="bilinear", align_corners=False

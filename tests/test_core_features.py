@@ -98,6 +98,17 @@ def test_projection_keeps_the_leading_principal_components_the_same_everywhere(b
     assert FeatureConfig.from_dict({"timesteps": [50]}).project == 0
 
 
+def test_projection_basis_is_fitted_on_exact_attention_whatever_the_features_use(backbone, monkeypatch):
+    from napari_mdm import features, projection
+
+    seen = []
+    real = features.decoder_activations
+    monkeypatch.setattr(features, "decoder_activations", lambda *a: seen.append(a[4]) or real(*a))
+    projection._BASES.clear()
+    projection.projection_basis(backbone, FeatureConfig(timesteps=(50,), project=8, attention_pool=2, blocks=(2,)))
+    assert seen and all(config.attention_pool == 1 and not config.bfloat16 for config in seen)
+
+
 def test_pooled_attention_is_a_recorded_setting_that_older_heads_do_not_have(backbone, image):
     with pytest.raises(UserError, match="attention_pool must be at least 1"):
         float16_features(backbone, image, FeatureConfig(attention_pool=0))

@@ -198,7 +198,7 @@ class SegmentationWidget(Container):
             text="exact prediction",
             tooltip="Let the network's attention see every pixel, hold features in float16 and apply "
             "each classifier's whole first layer to every pixel. Off (faster, half the memory): "
-            "attention to 2 x 2-averaged pixels, features as int8 codes, the first layer applied "
+            "attention to 2 x 2 averages of its coarse maps, features as int8 codes, the first layer applied "
             "through its main directions on each image; labels differ on about 1 pixel in 100-300",
         )
         self.live = CheckBox(
