@@ -3,9 +3,11 @@ so that page faults do not cost more than the arithmetic.
 
 Two effects, both measured on this project's VM, where a first touch of a 4 KB page is slow:
 
-- ``np.zeros`` takes zeroed pages from ``calloc``, which numpy does not advise for transparent
-  huge pages: an image's features were first touched 4 KB at a time, 1.5 s for 656 MB against
-  0.03 s in 2 MB pages (:func:`zeros`).
+- ``np.zeros`` takes zeroed pages from ``calloc``: the 1024² loop image's features, written tile by
+  tile, took 9.5-9.8 s that way against 8.3-8.7 s on :func:`zeros`' shared anonymous mapping, and
+  8.3-8.4 s on a private one advised for huge pages, whose first mapping in a process cost up to
+  1 s (0.3 s more at 512²). The shared mapping's huge-page advice is granted only where the kernel
+  gives shared memory huge pages (not on this VM: there it is faulted 4 KB at a time).
 - glibc returns every freed block over 32 MB to the system, so a backbone pass, whose activations
   are tens of MB each, faults its memory in afresh for every tensor: 175,000 faults and 1.88 s for
   a 608-px tile, against none and 1.53 s when the freed memory is kept for reuse. Inside
@@ -37,9 +39,9 @@ since setting any of them turns its adjustment off for good."""
 
 
 def zeros(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
-    """``np.zeros(shape, dtype)``, large ones on anonymous memory advised for huge pages: zeroed
-    and faulted in lazily like ``calloc``'s (only what is written becomes resident), but 2 MB at a
-    time."""
+    """``np.zeros(shape, dtype)``, large ones on a shared anonymous mapping advised for huge pages:
+    zeroed and faulted in lazily like ``calloc``'s (only what is written becomes resident), and
+    faster to fill tile by tile (module docstring)."""
     dtype = np.dtype(dtype)
     size = math.prod(shape) * dtype.itemsize
     if size < HUGE_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
