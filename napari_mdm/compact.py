@@ -64,6 +64,12 @@ class CompactFeatures:
             np.zeros(channels, np.float32),
         )
 
+    @staticmethod
+    def pixel_bytes(channels: int, groups: int) -> int:
+        """Bytes a pixel of such features takes: one code a channel and a float16 scale a group
+        (the per-channel steps and offsets are per image)."""
+        return channels + groups * np.dtype(np.float16).itemsize
+
     @classmethod
     def from_array(cls, features: np.ndarray, widths: Sequence[int]) -> CompactFeatures:
         """``features`` (C, H, W) coded at once: the first channels in groups of ``widths``, the rest

@@ -179,12 +179,12 @@ POSITION_CHANNELS = 2
 
 
 def features_nbytes(backbone: Backbone, config: FeatureConfig, h: int, w: int) -> int:
-    """Bytes an (h, w) image's features take when held whole: int8 codes plus a float16 scale per
-    pixel and group (compact), or float16 values."""
+    """Bytes an (h, w) image's features take when held whole: compact codes and scales, or
+    float16 values."""
     config = resolve_config(backbone, config)
     channels = num_channels(backbone, config)
     if config.compact:
-        return (channels + 2 * len(group_widths(backbone, config))) * h * w
+        return CompactFeatures.pixel_bytes(channels, len(group_widths(backbone, config))) * h * w
     return 2 * channels * h * w
 
 

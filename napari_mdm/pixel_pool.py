@@ -44,6 +44,11 @@ def draw_pixels(
     return picks, np.concatenate(classes)
 
 
+def _pool_size(picks: Picks) -> int:
+    """Pixels in the pool."""
+    return sum(len(index) for _, index in picks)
+
+
 def _runs(picks: Picks) -> Iterator[tuple[int, np.ndarray, slice]]:
     """(image, indices, rows of the pool) per pick."""
     start = 0
@@ -56,7 +61,7 @@ def gather(features: Sequence[np.ndarray | CompactFeatures], picks: Picks) -> np
     """The picked pixels as one (n, C) array in the features' own precision (float16 for compact
     ones), filled PIXEL_BLOCK pixels at a time (no copy of a class's pixels beside it)."""
     dtype = np.result_type(*(np.float16 if isinstance(f, CompactFeatures) else f.dtype for f in features))
-    out = np.empty((sum(len(p) for _, p in picks), features[0].shape[0]), dtype)
+    out = np.empty((_pool_size(picks), features[0].shape[0]), dtype)
     for i, index, rows in _runs(picks):
         if isinstance(features[i], CompactFeatures):
             features[i].pixels(index, dtype, out[rows].T)
@@ -145,7 +150,7 @@ class CodedPixels:
 def coded_pool(features: Sequence[CompactFeatures], picks: Picks, dtype: torch.dtype) -> CodedPixels:
     """The picked pixels of compact feature maps that share their groups as :class:`CodedPixels`."""
     groups, grouped = features[0].groups, features[0].grouped
-    n, c = sum(len(p) for _, p in picks), features[0].shape[0]
+    n, c = _pool_size(picks), features[0].shape[0]
     codes, scales = np.empty((n, grouped), np.int8), np.empty((n, len(groups)), np.float32)
     rest = np.empty((n, c - grouped), np.float16)
     for i, index, rows in _runs(picks):
@@ -172,7 +177,7 @@ def coded_pool(features: Sequence[CompactFeatures], picks: Picks, dtype: torch.d
 def keeps_codes(features: Sequence[np.ndarray | CompactFeatures], picks: Picks) -> bool:
     """Whether the pool of these pixels keeps the groups coded: it is over CODED_POOL_BYTES and
     its features are all compact, with the same groups."""
-    large = 2 * features[0].shape[0] * sum(len(p) for _, p in picks) > CODED_POOL_BYTES
+    large = 2 * features[0].shape[0] * _pool_size(picks) > CODED_POOL_BYTES
     return large and all(
         isinstance(f, CompactFeatures) and f.groups and f.groups == features[0].groups for f in features
     )
