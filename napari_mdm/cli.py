@@ -538,6 +538,7 @@ def _add_feature_options(p) -> None:
     p.add_argument(
         "--attention-pool",
         type=_at_least(1),
+        metavar="N",
         default=features.attention_pool,
         help="the backbone's large attention layers attend to keys averaged over N x N cells of "
         "their map (default: %(default)s, a 1.4x faster network on a CPU at 512 px; 1: exact attention)",
