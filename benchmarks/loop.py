@@ -39,7 +39,8 @@ METHODS = {
     "+auto steps": ({"project": 0, "bfloat16": True}, {"ensemble": 5, "steps": 0, "bfloat16": True}),
     "+projection": ({"project": 64, "bfloat16": True}, {"ensemble": 5, "steps": 0, "bfloat16": True}),
     "hidden 64": ({}, {"hidden": (64, 32)}),
-    "exact first layer": ({"compact": False}, {"rank_tolerance": 0}),
+    "exact first layer": ({"compact": False}, {"rank_tolerance": 0, "coarse_stride": 1}),
+    "every pixel": ({}, {"coarse_stride": 1}),
     "exact attention": ({"attention_pool": 1}, {}),
     "no filter bank": ({"filters": False}, {}),
     "float16 features": ({"compact": False}, {}),
@@ -52,14 +53,16 @@ backbone's (where the CPU has bf16 units), automatic head steps (50 for strokes,
 masks), the 64-channel projection (`--project 64`); all of them predict through the head's exact
 first layer. 'hidden 64' is the default with a head half as wide (first hidden layer 64 instead of
 128); 'exact first layer' is the default predicting through the head's whole first layer
-(``rank_tolerance=0``) instead of its leading components on the image, on float16 features (the
-plugin's "exact prediction"); 'float16 features' is the default holding features in float16
+(``rank_tolerance=0``) instead of its leading components on the image, on float16 features and
+on every pixel (the plugin's "exact prediction", but with pooled attention); 'every pixel' is the
+default evaluating the head on every pixel instead of coarse to fine (``HeadConfig.coarse_stride``); 'float16 features' is the default holding features in float16
 instead of int8 codes (``FeatureConfig.compact``); 'exact attention' is the default with the
 backbone's large attention layers attending to every key instead of 2 x 2-pooled ones
 (``FeatureConfig.attention_pool``); 'no filter bank' is the default without the filter bank (``--features
 diffusion``). 'default' is whatever the core's defaults are today."""
 LADDER = ("before", "+early stop", "+head 5x200", "+bf16 head", "+bf16 backbone", "+auto steps", "+projection")
-"""The knob ladder's rows, measured with the exact first layer, float16 features and exact attention they had."""
+"""The knob ladder's rows, measured with the exact first layer on every pixel, float16 features and
+exact attention they had."""
 
 
 def loop_image(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +111,7 @@ def _ours(name: str, backbone_name: str, image: np.ndarray, labels: list[np.ndar
     if name in LADDER:  # rows from before the low-rank layer, int8 codes and pooled attention
         feature_overrides, head_overrides = (
             {"compact": False, "attention_pool": 1, **feature_overrides},
-            {"rank_tolerance": 0, **head_overrides},
+            {"rank_tolerance": 0, "coarse_stride": 1, **head_overrides},
         )
     config = resolve_config(backbone, FeatureConfig(**feature_overrides))
     head_config = HeadConfig(**head_overrides)

@@ -199,10 +199,10 @@ class CompactFeatures:
         filter bank, position)."""
         return ChannelWriter(self, first, count)
 
-    def product(self, weight: torch.Tensor, dtype: torch.dtype) -> Callable[[int, int], torch.Tensor]:
-        """``fn(start, stop)`` -> ``weight @ x`` (float32, (r, stop - start)) for the decoded pixels
-        start:stop of the flattened map and an (r, C) float32 ``weight``, the products in ``dtype``
-        (bfloat16 where native) on the codes themselves."""
+    def product(self, weight: torch.Tensor, dtype: torch.dtype) -> Callable[[slice | torch.Tensor], torch.Tensor]:
+        """``fn(pixels)`` -> ``weight @ x`` (float32, (r, n)) for the decoded pixels ``pixels`` of the
+        flattened map (a slice, or an int64 tensor of indices) and an (r, C) float32 ``weight``, the
+        products in ``dtype`` (bfloat16 where native) on the codes themselves."""
         c = self.shape[0]
         steps, offsets = torch.from_numpy(self.channel_steps), torch.from_numpy(self.offsets)
         scaled = (weight * steps).to(dtype)
@@ -212,16 +212,22 @@ class CompactFeatures:
         scales = torch.from_numpy(self.pixel_scales).view(len(self.groups), pixels)
         tail = self.grouped
 
-        def apply(start: int, stop: int) -> torch.Tensor:
-            x = codes[:, start:stop].to(dtype)
-            out = bias.expand(-1, stop - start).clone()
+        def apply(pixels: slice | torch.Tensor) -> torch.Tensor:
+            x = (codes[:, pixels] if isinstance(pixels, slice) else _take(self.codes, pixels)).to(dtype)
+            out = bias.expand(-1, x.shape[1]).clone()
             for g, (a, b) in enumerate(self.groups):
-                out.addcmul_(scaled[:, a:b] @ x[a:b], scales[g, start:stop].float())
+                out.addcmul_(scaled[:, a:b] @ x[a:b], scales[g, pixels].float())
             if tail < c:
                 out.add_(scaled[:, tail:] @ x[tail:])
             return out
 
         return apply
+
+
+def _take(codes: np.ndarray, pixels: torch.Tensor) -> torch.Tensor:
+    """Columns ``pixels`` of the (C, H, W) codes as a (C, n) tensor: numpy's take gathers int8
+    2-3x faster than torch's indexing."""
+    return torch.from_numpy(np.take(codes.reshape(codes.shape[0], -1), pixels.numpy(), axis=1))
 
 
 def _blend(values: torch.Tensor, weight: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

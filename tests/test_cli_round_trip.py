@@ -132,6 +132,8 @@ def test_filter_bank_only_head_round_trip(tmp_path):
                 "--float16-features",
                 "--attention-pool",
                 "1",
+                "--coarse-stride",
+                "1",
                 "--out",
                 str(head),
             ]
@@ -158,7 +160,8 @@ def test_filter_bank_only_head_round_trip(tmp_path):
     loaded = Head.load(head)
     assert loaded.in_channels == num_filter_channels() and not loaded.context.features.diffusion
     features = loaded.context.features
-    assert loaded.config.rank_tolerance == 0 and not features.compact and features.attention_pool == 1  # exact
+    assert loaded.config.rank_tolerance == 0 and loaded.config.coarse_stride == 1  # exact
+    assert not features.compact and features.attention_pool == 1
     prediction = read_labels(tmp_path / "pred" / "c.tif")
     truth = epithelium[CROPS["c"]]
     dice = 2 * (prediction * truth).sum() / (prediction.sum() + truth.sum())

@@ -75,8 +75,13 @@ def test_the_product_on_codes_is_the_product_on_decoded_values():
     weight = torch.from_numpy(np.random.default_rng(2).normal(size=(5, 10)).astype(np.float32))
     decoded = torch.from_numpy(coded.to_float16().reshape(10, -1).astype(np.float32))
     # float32 products: the same numbers up to float16's rounding of the decoded values
-    np.testing.assert_allclose(coded.product(weight, torch.float32)(100, 400), weight @ decoded[:, 100:400], atol=2e-2)
-    bf16 = coded.product(weight, torch.bfloat16)(0, 600)
+    np.testing.assert_allclose(
+        coded.product(weight, torch.float32)(slice(100, 400)), weight @ decoded[:, 100:400], atol=2e-2
+    )
+    picks = torch.tensor([3, 17, 18, 250, 599])  # scattered pixels: as a range's (up to summation order)
+    whole = coded.product(weight, torch.float32)(slice(0, 600))
+    np.testing.assert_allclose(coded.product(weight, torch.float32)(picks), whole[:, picks], rtol=1e-5, atol=1e-5)
+    bf16 = coded.product(weight, torch.bfloat16)(slice(0, 600))
     np.testing.assert_allclose(bf16, weight @ decoded, atol=0.05 * float((weight @ decoded).abs().max()))
 
 

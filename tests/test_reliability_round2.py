@@ -494,6 +494,7 @@ def test_head_settings_that_disagree_with_the_weights_fail_before_building(kit, 
         (["--device", "cuda:7"], "not available"),
         (["--ensemble", "0"], "--ensemble: must be at least 1"),
         (["--tile", "x"], "expected an integer"),
+        (["--coarse-stride", "3"], "--coarse-stride: must be a power of two"),
     ],
 )
 def test_bad_options_are_one_line(kit, tmp_path, capsys, args, fragment):

@@ -4,6 +4,7 @@ work, progress that moves, class names and colours."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -186,7 +187,7 @@ def test_cancelled_status_is_not_overwritten_by_late_progress(qtbot):
 
 def test_progress_moves_within_one_tile_and_during_prediction(tiny_backbone):
     from napari_mdm.features import FeatureConfig, extract_features
-    from napari_mdm.head import HeadConfig, fit_head
+    from napari_mdm.head import Head, HeadConfig, fit_head
 
     image = np.random.default_rng(0).random((40, 40, 3)).astype(np.float32)
     seen = []
@@ -197,7 +198,13 @@ def test_progress_moves_within_one_tile_and_during_prediction(tiny_backbone):
     head = fit_head([feats], [labels], HeadConfig(ensemble=2, steps=10))
     chunks = []
     head.predict_maps(feats, chunk=400, progress=lambda *r: chunks.append(r[:2]))
-    assert chunks == [(i, 4) for i in range(1, 5)]
+    done = [d for d, _ in chunks]  # pixels, coarse to fine
+    assert len(chunks) > 2 and done == sorted(done) and chunks[0][0] > 0 and chunks[-1] == (1600, 1600)
+    exact, steps = replace(head.config, coarse_stride=1), []
+    Head(head.net, head.class_values, head.mean, head.std, exact).predict_maps(
+        feats, chunk=400, progress=lambda *r: steps.append(r[:2])
+    )
+    assert steps == [(400 * i, 1600) for i in range(1, 5)]
 
 
 def test_masks_come_back_as_labels_and_micrographs_as_images(make_napari_viewer, tmp_path):

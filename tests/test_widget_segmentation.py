@@ -77,7 +77,8 @@ def test_exact_prediction_is_a_head_choice_the_head_records(annotated, wait_job)
     wait_job(widget.jobs)
     head = session_for(viewer).head
     features = head.context.features
-    assert head.config.rank_tolerance == 0 and features.compact is False  # float16 features
+    assert head.config.rank_tolerance == 0 and head.config.coarse_stride == 1  # every pixel, whole first layer
+    assert features.compact is False  # float16 features
     assert features.attention_pool == 1  # the network's attention sees every pixel
 
 
