@@ -41,6 +41,7 @@ METHODS = {
     "hidden 64": ({}, {"hidden": (64, 32)}),
     "exact first layer": ({"compact": False}, {"rank_tolerance": 0, "coarse_stride": 1}),
     "every pixel": ({}, {"coarse_stride": 1}),
+    "batch 1024": ({}, {"batch_size": 1024}),
     "exact attention": ({"attention_pool": 1}, {}),
     "no filter bank": ({"filters": False}, {}),
     "float16 features": ({"compact": False}, {}),
@@ -55,14 +56,16 @@ first layer. 'hidden 64' is the default with a head half as wide (first hidden l
 128); 'exact first layer' is the default predicting through the head's whole first layer
 (``rank_tolerance=0``) instead of its leading components on the image, on float16 features and
 on every pixel (the plugin's "exact prediction", but with pooled attention); 'every pixel' is the
-default evaluating the head on every pixel instead of coarse to fine (``HeadConfig.coarse_stride``); 'float16 features' is the default holding features in float16
+default evaluating the head on every pixel instead of coarse to fine (``HeadConfig.coarse_stride``);
+'batch 1024' is the default fitting on batches of 1024 labelled pixels per member (the default
+before the eighth round) instead of 256; 'float16 features' is the default holding features in float16
 instead of int8 codes (``FeatureConfig.compact``); 'exact attention' is the default with the
 backbone's large attention layers attending to every key instead of 2 x 2-pooled ones
 (``FeatureConfig.attention_pool``); 'no filter bank' is the default without the filter bank (``--features
 diffusion``). 'default' is whatever the core's defaults are today."""
 LADDER = ("before", "+early stop", "+head 5x200", "+bf16 head", "+bf16 backbone", "+auto steps", "+projection")
-"""The knob ladder's rows, measured with the exact first layer on every pixel, float16 features and
-exact attention they had."""
+"""The knob ladder's rows, measured with the exact first layer on every pixel, batches of 1024,
+float16 features and exact attention they had."""
 
 
 def loop_image(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +114,7 @@ def _ours(name: str, backbone_name: str, image: np.ndarray, labels: list[np.ndar
     if name in LADDER:  # rows from before the low-rank layer, int8 codes and pooled attention
         feature_overrides, head_overrides = (
             {"compact": False, "attention_pool": 1, **feature_overrides},
-            {"rank_tolerance": 0, "coarse_stride": 1, **head_overrides},
+            {"rank_tolerance": 0, "coarse_stride": 1, "batch_size": 1024, **head_overrides},
         )
     config = resolve_config(backbone, FeatureConfig(**feature_overrides))
     head_config = HeadConfig(**head_overrides)

@@ -54,6 +54,8 @@ class FeatureSpec:
     """The head's ``rank_tolerance`` (None: the core's default; 0: the exact first layer)."""
     head_pixels: int | None = None
     """The head's ``pixels_per_class`` (None: the run's)."""
+    head_batch: int | None = None
+    """The head's ``batch_size`` (None: the core's default)."""
     head_coarse_stride: int | None = None
     """The head's ``coarse_stride`` (None: the core's default; 1: every pixel evaluated)."""
     compact: bool = False

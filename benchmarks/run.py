@@ -97,10 +97,10 @@ def parse_blocks(text: str) -> tuple[int, ...]:
 
 
 def parse_variant(text: str, backbones: dict[str, Backbone]) -> FeatureSpec:
-    """'NAME=BACKBONE:blocks=3-7:project=64:timesteps=50:scale=0.5:pool=2:bf16:filters:int8:steps=50:fp32:hidden=64,32:rank=0:pixels=65536:coarse=1'
+    """'NAME=BACKBONE:blocks=3-7:project=64:timesteps=50:scale=0.5:pool=2:bf16:filters:int8:steps=50:fp32:hidden=64,32:rank=0:pixels=65536:coarse=1:batch=512'
     -> a FeatureSpec (pool: the attention's key pooling; bf16: the backbone in bfloat16; int8: features coded as compact ones; steps,
-    fp32, hidden, rank, pixels, coarse: the head's steps, float32 products, hidden layer widths, first-layer
-    rank tolerance, labelled pixels kept per class and coarse-to-fine stride)."""
+    fp32, hidden, rank, pixels, coarse, batch: the head's steps, float32 products, hidden layer widths, first-layer
+    rank tolerance, labelled pixels kept per class, coarse-to-fine stride and batch size)."""
     name, _, rest = text.partition("=")
     backbone, *options = rest.split(":")
     if backbone not in backbones:
@@ -126,8 +126,8 @@ def parse_variant(text: str, backbones: dict[str, Backbone]) -> FeatureSpec:
             fields["head_rank_tolerance"] = float(value)
         elif key == "pixels":
             fields["head_pixels"] = int(value)
-        elif key == "coarse":
-            fields["head_coarse_stride"] = int(value)
+        elif key in ("coarse", "batch"):
+            fields[{"coarse": "head_coarse_stride", "batch": "head_batch"}[key]] = int(value)
         else:
             raise SystemExit(f"--variant {text}: unknown option {option!r}")
     return FeatureSpec(f"mlp({name})", backbone=backbone, **fields)
@@ -324,6 +324,7 @@ def run_split(
                     else spec.head_rank_tolerance,
                     pixels_per_class=spec.head_pixels or head_config.pixels_per_class,
                     coarse_stride=spec.head_coarse_stride or head_config.coarse_stride,
+                    batch_size=spec.head_batch or head_config.batch_size,
                 )
                 if settings.coded_pool and spec.compact:
                     feats = [CompactFeatures.from_array(f, spec_groups(spec, backbones, configs)) for f in feats]

@@ -261,6 +261,7 @@ def cmd_train_head(args) -> int:
     head_cfg = HeadConfig(
         ensemble=args.ensemble,
         steps=args.steps,
+        batch_size=args.batch_size,
         seed=args.seed,
         bfloat16=not args.float32,
         rank_tolerance=args.rank_tolerance,
@@ -561,6 +562,12 @@ def _add_head_options(p, head) -> None:
         type=_at_least(0),
         default=head.steps,
         help="head training steps (default: 0, automatic: 50 for strokes, 200 for full masks)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_at_least(1),
+        default=head.batch_size,
+        help="labelled pixels each head member sees per step (default: %(default)s)",
     )
     p.add_argument("--seed", type=_at_least(0), default=head.seed)
     p.add_argument(

@@ -31,6 +31,13 @@ def grid_lines(n: int, stride: int) -> np.ndarray:
     return lines if lines[-1] == n - 1 else np.append(lines, n - 1)
 
 
+def _on_grid(h: int, w: int, stride: int) -> np.ndarray:
+    """(H, W) mask of the pixels where a stride grid's rows and columns cross."""
+    mask = np.zeros((h, w), bool)
+    mask[np.ix_(grid_lines(h, stride), grid_lines(w, stride))] = True
+    return mask
+
+
 def _cell_of(n: int, lines: np.ndarray) -> np.ndarray:
     """For each of n rows, the grid cell (between lines i and i + 1) it lies in."""
     return np.clip(np.searchsorted(lines, np.arange(n), side="right") - 1, 0, len(lines) - 2)
@@ -71,9 +78,9 @@ def coarse_to_fine(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> int:
-    """Fill ``out`` (M, H * W) with the maps of an (H, W) image, evaluating ``chunk`` pixels at a
-    time: every pixel (``stride`` 1, a power of two, or an image thinner than 2 pixels), or coarse
-    to fine as the module says. Returns the number of pixels evaluated."""
+    """Fill ``out`` (M, H * W) with the maps of an (H, W) image, coarse to fine from a grid of
+    ``stride`` (a power of two) as the module says, or every pixel where ``stride`` is 1 or the image
+    thinner than 2 pixels; ``chunk`` pixels evaluated at a time. Returns the number evaluated."""
     h, w = shape
     done = 0
 
@@ -96,9 +103,7 @@ def coarse_to_fine(
         run([index[s : s + chunk] for s in range(0, len(index), chunk)])
         final[mask] = True
 
-    level = np.zeros((h, w), bool)
-    level[np.ix_(grid_lines(h, stride), grid_lines(w, stride))] = True
-    run_where(level)
+    run_where(_on_grid(h, w, stride))
     while stride > 1:
         rows, cols = grid_lines(h, stride), grid_lines(w, stride)
         corner_maps = maps[:, torch.from_numpy(rows)][:, :, torch.from_numpy(cols)]
@@ -109,8 +114,6 @@ def coarse_to_fine(
         out[:, torch.from_numpy(filled)] = _interpolate(corner_maps, rows, cols, filled // w, filled % w)
         final |= fill
         stride //= 2
-        level[:] = False
-        level[np.ix_(grid_lines(h, stride), grid_lines(w, stride))] = True
-        run_where(level & ~final)
+        run_where(_on_grid(h, w, stride) & ~final)
     report(progress, h * w, h * w, "pixels")
     return done

@@ -157,8 +157,9 @@ def test_fast_path_variants_share_one_feature_pass_per_knob_setting():
     pooled = parse_variant("pooled=random:project=8:pool=2", backbones)
     assert pooled.base != p8.base and base_configs([pooled], backbones)[pooled.base].attention_pool == 2
     assert configs[p8.base].attention_pool == 1  # the shared passes stay exact
-    every_pixel = parse_variant("c1=random:blocks=2-4:project=8:coarse=1", backbones)
-    assert every_pixel.head_coarse_stride == 1 and every_pixel.base == p8.base  # a head knob: the same pass
+    every_pixel = parse_variant("c1=random:blocks=2-4:project=8:coarse=1:batch=256", backbones)
+    assert every_pixel.head_coarse_stride == 1 and every_pixel.head_batch == 256
+    assert every_pixel.base == p8.base  # head knobs: the same pass
     with pytest.raises(SystemExit, match="unknown option"):
         parse_variant("x=random:speed=11", backbones)
 

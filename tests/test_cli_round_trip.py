@@ -134,6 +134,8 @@ def test_filter_bank_only_head_round_trip(tmp_path):
                 "1",
                 "--coarse-stride",
                 "1",
+                "--batch-size",
+                "128",
                 "--out",
                 str(head),
             ]
@@ -161,6 +163,7 @@ def test_filter_bank_only_head_round_trip(tmp_path):
     assert loaded.in_channels == num_filter_channels() and not loaded.context.features.diffusion
     features = loaded.context.features
     assert loaded.config.rank_tolerance == 0 and loaded.config.coarse_stride == 1  # exact
+    assert loaded.config.batch_size == 128
     assert not features.compact and features.attention_pool == 1
     prediction = read_labels(tmp_path / "pred" / "c.tif")
     truth = epithelium[CROPS["c"]]
