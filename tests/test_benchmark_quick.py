@@ -196,3 +196,13 @@ def test_loop_benchmark_writes_every_stage_per_method(tmp_path):
 
     assert [r["channels"] for r in saved["rows"]] == [144, num_channels(load_backbone("random-tiny"), FeatureConfig())]
     assert "| 128² | scribble" in (tmp_path / "ci.md").read_text()
+
+
+def test_repeated_loop_runs_report_the_median_run_and_the_range():
+    from benchmarks import loop
+
+    runs = [{"first_s": s, "fit_s": s / 10} for s in (2.5, 1.5, 2.0)]
+    middle = loop.median_run(runs)
+    assert middle == {"first_s": 2.0, "fit_s": 0.2, "first_s_runs": [1.5, 2.0, 2.5]}  # one real run, whole
+    assert loop._first(middle) == "2.0 (1.5-2.5)" and loop._first(runs[0]) == "2.5"
+    assert loop.median_run(runs[:1]) == runs[0]
