@@ -200,7 +200,7 @@ class SegmentationWidget(Container):
             "each classifier's whole first layer to every pixel. Off (faster, half the memory): "
             "attention to 2 x 2 averages of its coarse maps, features as int8 codes, the first layer applied "
             "through its main directions on each image, and the classifiers run on every 4th pixel first, "
-            "then only where classes meet or they disagree; labels differ on about 1 pixel in 100-300",
+            "then only where classes meet or they disagree; labels differ on about 1 pixel in 70-300",
         )
         self.live = CheckBox(
             value=False,
