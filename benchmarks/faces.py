@@ -270,6 +270,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also this checkpoint (a candidate, e.g. a fine-tuned faces backbone); repeatable",
     )
     parser.add_argument(
+        "--head",
+        dest="head_options",
+        action="append",
+        default=[],
+        type=_head_option,
+        metavar="FIELD=INTEGER",
+        help="a HeadConfig field other than the core's default, e.g. batch_size=1024 or coarse_stride=1; repeatable",
+    )
+    parser.add_argument(
         "--name", default=None, help="results file name (default: faces; --quick writes only when named)"
     )
     args = parser.parse_args(argv)
@@ -277,8 +286,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.max_train, args.max_test = (2, 2) if args.quick else (None, None)
     if args.quick:
         args.shots, args.seeds, args.protocols = [1], [0], ["scribble"]
-    args.head = HeadConfig()  # the core's defaults, as a user gets them
+    args.head = HeadConfig(**dict(args.head_options))  # the core's defaults, as a user gets them, unless told
     return args
+
+
+def _head_option(text: str) -> tuple[str, int]:
+    """'batch_size=1024' -> ('batch_size', 1024), for an integer field of HeadConfig."""
+    key, _, value = text.partition("=")
+    if not isinstance(getattr(HeadConfig(), key, None), int) or not value.lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer HeadConfig field as FIELD=INTEGER, got {text!r}")
+    return key, int(value)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

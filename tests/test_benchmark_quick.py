@@ -206,3 +206,14 @@ def test_repeated_loop_runs_report_the_median_run_and_the_range():
     assert middle == {"first_s": 2.0, "fit_s": 0.2, "first_s_runs": [1.5, 2.0, 2.5]}  # one real run, whole
     assert loop._first(middle) == "2.0 (1.5-2.5)" and loop._first(runs[0]) == "2.5"
     assert loop.median_run(runs[:1]) == runs[0]
+
+
+def test_the_faces_benchmark_takes_head_settings_other_than_the_defaults():
+    from benchmarks import faces
+
+    args = faces.parse_args(["--quick", "--head", "batch_size=1024", "--head", "coarse_stride=1"])
+    assert args.head.batch_size == 1024 and args.head.coarse_stride == 1 and args.head.ensemble == 5
+    assert faces.parse_args(["--quick"]).head == faces.HeadConfig()
+    for bad in ("lr=1", "batch_size=x", "nonsense=3"):
+        with pytest.raises(SystemExit):
+            faces.parse_args(["--head", bad])
