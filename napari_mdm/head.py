@@ -44,7 +44,8 @@ class HeadConfig:
     batch_size: int = 256
     """Labelled pixels each member sees per step, class-balanced. 256 instead of 1024 makes the fit
     2.5x faster on strokes and 2x with full masks; Dice within 0.7 points on GlaS and MoNuSeg, 3 seeds
-    (``benchmarks/results/*_coarse_batch_x1``)."""
+    (``benchmarks/results/*_coarse_batch_x1``), but 1.2-2.3 mIoU points lower on faces with full
+    masks (``faces_round8_shots5_full*``)."""
     lr: float = 1e-3
     pixels_per_class: int = 100_000
     """Labelled pixels kept per class for training (a random subset when there are more)."""
