@@ -54,10 +54,16 @@ def _sure_cells(classes: np.ndarray, sure: np.ndarray) -> np.ndarray:
 
 
 def _interpolate(
-    corner_maps: torch.Tensor, rows: np.ndarray, cols: np.ndarray, ys: np.ndarray, xs: np.ndarray
+    corner_maps: torch.Tensor,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    i: np.ndarray,
+    j: np.ndarray,
+    ys: np.ndarray,
+    xs: np.ndarray,
 ) -> torch.Tensor:
-    """Bilinear (M, n) maps at pixels (ys, xs) from the (M, R, C) maps at the grid's corners."""
-    i, j = _cell_of(rows[-1] + 1, rows)[ys], _cell_of(cols[-1] + 1, cols)[xs]
+    """Bilinear (M, n) maps at pixels (ys, xs), which lie in the grid's cells (i, j), from the
+    (M, R, C) maps at the grid's corners."""
     fy = torch.from_numpy(((ys - rows[i]) / (rows[i + 1] - rows[i])).astype(np.float32))
     fx = torch.from_numpy(((xs - cols[j]) / (cols[j + 1] - cols[j])).astype(np.float32))
     corners = corner_maps.reshape(len(corner_maps), -1)
@@ -90,7 +96,7 @@ def coarse_to_fine(
             check_stop(should_stop)
             out[:, part] = evaluate(part)
             done += part.stop - part.start if isinstance(part, slice) else len(part)
-            report(progress, min(done, h * w), h * w, "pixels")
+            report(progress, done, h * w, "pixels")  # no pixel is evaluated twice
 
     if stride == 1 or min(h, w) < 2:
         run([slice(s, min(s + chunk, h * w)) for s in range(0, h * w, chunk)])
@@ -109,9 +115,11 @@ def coarse_to_fine(
         corner_maps = maps[:, torch.from_numpy(rows)][:, :, torch.from_numpy(cols)]
         classes, sure = decide(corner_maps.reshape(len(corner_maps), -1).numpy())
         cells = _sure_cells(classes.reshape(len(rows), len(cols)), sure.reshape(len(rows), len(cols)))
-        fill = cells[np.ix_(_cell_of(h, rows), _cell_of(w, cols))] & ~final
+        cell_rows, cell_cols = _cell_of(h, rows), _cell_of(w, cols)
+        fill = cells[np.ix_(cell_rows, cell_cols)] & ~final
         filled = np.flatnonzero(fill)
-        out[:, torch.from_numpy(filled)] = _interpolate(corner_maps, rows, cols, filled // w, filled % w)
+        ys, xs = filled // w, filled % w
+        out[:, torch.from_numpy(filled)] = _interpolate(corner_maps, rows, cols, cell_rows[ys], cell_cols[xs], ys, xs)
         final |= fill
         stride //= 2
         run_where(_on_grid(h, w, stride) & ~final)
