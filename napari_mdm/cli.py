@@ -682,8 +682,16 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is, so outputs are kept or cleaned up as for Ctrl-C."""
 
 
-def _terminate(signum, frame) -> None:
-    raise Terminated()
+class _SigtermFlag:
+    """Remembers that SIGTERM arrived: a C library interrupted by it may surface the interruption
+    as its own error (an OSError for EINTR, a wrapped exception), which still means "terminated"."""
+
+    received = False
+
+    @classmethod
+    def handle(cls, signum, frame) -> None:
+        cls.received = True
+        raise Terminated()
 
 
 def _out_of_memory(err: BaseException) -> bool:
@@ -695,7 +703,7 @@ def _out_of_memory(err: BaseException) -> bool:
 def _report(err: BaseException, command: str) -> int | None:
     """Print the one line for an error that is not a bug and return the exit status; None for a bug."""
     prefix = f"napari-mdm {command}".rstrip()
-    if isinstance(err, Terminated):
+    if isinstance(err, Terminated) or _SigtermFlag.received:
         print(f"{prefix}: terminated (SIGTERM); finished outputs are kept", file=sys.stderr)
         return 143
     if isinstance(err, (KeyboardInterrupt, Cancelled)):
@@ -726,13 +734,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     command = ""
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    _SigtermFlag.received = False
+    previous = signal.signal(signal.SIGTERM, _SigtermFlag.handle) if in_main_thread else None
     try:
         args = build_parser().parse_args(argv)
         command = args.command
         args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in checkpoints' provenance
         return args.func(args)
-    except (KeyboardInterrupt, Cancelled, UserError, MemoryError, RuntimeError, OSError) as err:
+    except (KeyboardInterrupt, Cancelled, Exception) as err:
         status = _report(err, command)
         if status is None:
             raise

@@ -8,6 +8,7 @@ writes, bad options, signals and memory exhaustion are one line. tests/INPUTS.md
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import signal
@@ -581,6 +582,28 @@ def test_sigterm_exits_143_in_one_line_and_leaves_no_partial_output(monkeypatch,
     assert list(tmp_path.iterdir()) == [] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+@pytest.mark.parametrize(
+    "surfaced_as",
+    [OSError(errno.EINTR, "Interrupted system call"), CheckpointError("m.safetensors could not be read"), ValueError()],
+)
+def test_sigterm_that_a_library_turns_into_its_own_error_still_exits_143(monkeypatch, capsys, surfaced_as):
+    """A C library interrupted by the signal may report it its own way (EINTR, a wrapped error):
+    the run was still terminated, not refused nor a bug."""
+
+    def interrupted_in_a_library(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            raise surfaced_as from None
+
+    monkeypatch.setattr(cli, "cmd_evaluate", interrupted_in_a_library)
+    status, err = _cli(capsys, "evaluate", "--pred", "p", "--truth", "t")
+    assert status == 143 and "terminated" in _one_line(err)
+    monkeypatch.setattr(cli, "cmd_evaluate", lambda args: (_ for _ in ()).throw(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):  # the flag does not outlive its run
+        cli.main(["evaluate", "--pred", "p", "--truth", "t"])
+
+
 def test_a_fifo_named_png_is_skipped_in_a_folder_and_refused_by_name(tmp_path):
     _png(tmp_path / "a.png")
     os.mkfifo(tmp_path / "pipe.png")
@@ -736,7 +759,7 @@ def test_a_real_sigterm_stops_pretraining_in_one_line_and_keeps_its_checkpoint(t
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143 and "terminated" in _one_line(err)
+    assert proc.returncode == 143 and "terminated" in _one_line(err), err
     assert load_backbone(out).provenance["steps"] >= 1 and leftovers(tmp_path) == []
 
 
