@@ -297,23 +297,26 @@ def _region_bands(
     a: torch.Tensor, padded: tuple[int, int], scaled: tuple[int, int], size: tuple[int, int]
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """:func:`_to_region` of a block's maps in bands of rows: (first row, maps). Where the block's
-    grid divides the padded input (and the region needs no resizing), each band is upsampled from
-    its own source rows plus one on each side, so it holds exactly the rows of the whole upsampling
-    (bilinear weights at power-of-two factors are exact in binary)."""
+    grid divides the padded input and the region is the backbone's input times a power of two
+    (``config.scale`` 1, 1/2, 1/4 on even sides), each band is upsampled in one step from its own
+    source rows plus one on each side, so it holds the rows of the whole upsampling (to float
+    rounding: bilinear weights at power-of-two factors are exact in binary)."""
     n, c, gh, gw = a.shape
     fy, fx = padded[0] // gh, padded[1] // gw
-    if scaled != size or (fy * gh, fx * gw) != padded or fy & (fy - 1) or fx & (fx - 1):
+    ky, kx = size[0] // scaled[0], size[1] // scaled[1]
+    factors = (fy, fx, ky, kx)
+    if (ky * scaled[0], kx * scaled[1]) != size or (fy * gh, fx * gw) != padded or any(f & (f - 1) for f in factors):
         yield 0, _to_region(a, padded, scaled, size)
         return
-    sh, sw = scaled
-    rows = max(fy, BAND_BYTES // (4 * n * c * padded[1]) // fy * fy)
-    for r0 in range(0, sh, rows):
-        p0, p1 = MARGIN + r0, MARGIN + min(sh, r0 + rows)
+    (h, w), (fy, fx), (my, mx) = size, (fy * ky, fx * kx), (MARGIN * ky, MARGIN * kx)
+    rows = max(fy, BAND_BYTES // (4 * n * c * gw * fx) // fy * fy)
+    for r0 in range(0, h, rows):
+        p0, p1 = my + r0, my + min(h, r0 + rows)
         s0, s1 = max(0, p0 // fy - 1), min(gh, -(-p1 // fy) + 1)
         band = a[:, :, s0:s1].float()
         if (fy, fx) != (1, 1):
             band = F.interpolate(band, scale_factor=(fy, fx), mode="bilinear", align_corners=False)
-        yield r0, band[:, :, p0 - s0 * fy : p1 - s0 * fy, MARGIN : MARGIN + sw]
+        yield r0, band[:, :, p0 - s0 * fy : p1 - s0 * fy, mx : mx + w]
 
 
 def tile_features(
