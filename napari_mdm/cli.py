@@ -556,6 +556,8 @@ def _add_feature_options(p) -> None:
 
 
 def _add_head_options(p, head) -> None:
+    from .head import CLASS_BATCH
+
     p.add_argument("--ensemble", type=_at_least(1), default=head.ensemble)
     p.add_argument(
         "--steps",
@@ -565,9 +567,10 @@ def _add_head_options(p, head) -> None:
     )
     p.add_argument(
         "--batch-size",
-        type=_at_least(1),
+        type=_at_least(0),
         default=head.batch_size,
-        help="labelled pixels each head member sees per step (default: %(default)s)",
+        help="labelled pixels each head member sees per step, class-balanced (default: 0, automatic: "
+        f"{CLASS_BATCH} of each class)",
     )
     p.add_argument("--seed", type=_at_least(0), default=head.seed)
     p.add_argument(

@@ -41,11 +41,12 @@ class HeadConfig:
     hidden: tuple[int, ...] = (128, 32)
     steps: int = 0
     """Training steps; 0 picks them from the labelled pixels (:func:`training_steps`)."""
-    batch_size: int = 256
-    """Labelled pixels each member sees per step, class-balanced. 256 instead of 1024 makes the fit
-    2.5x faster on strokes and 2x with full masks; Dice within 0.7 points on GlaS and MoNuSeg, 3 seeds
-    (``benchmarks/results/*_coarse_batch_x1``), but 1.2-2.3 mIoU points lower on faces with full
-    masks (``faces_round8_shots5_full*``)."""
+    batch_size: int = 0
+    """Labelled pixels each member sees per step, class-balanced; 0 takes CLASS_BATCH of each class
+    (256 for two classes). 256 instead of the 1024 of earlier versions makes the fit 2.5x faster on
+    strokes and 2x with full masks, Dice within 0.7 points on GlaS and MoNuSeg, 3 seeds
+    (``benchmarks/results/*_coarse_batch_x1``); a fixed 256 shared by six face classes (42 pixels
+    each) cost 1.2-2.3 mIoU with full masks (``faces_round8_shots5_full*``), hence per class."""
     lr: float = 1e-3
     pixels_per_class: int = 100_000
     """Labelled pixels kept per class for training (a random subset when there are more)."""
@@ -83,7 +84,7 @@ class HeadConfig:
                 "ensemble": (1, 1000),
                 "hidden": (1, 1 << 16),
                 "steps": (0, 1 << 40),
-                "batch_size": (1, 1 << 40),
+                "batch_size": (0, 1 << 40),
                 "lr": (0, 1e6),
                 "pixels_per_class": (1, 1 << 40),
                 "seed": (0, 1 << 63),
@@ -509,10 +510,10 @@ def check_labels(labels: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]]
 
 
 def _check_config(config: HeadConfig) -> None:
-    if config.ensemble < 1 or config.batch_size < 1 or not config.lr > 0:
+    if config.ensemble < 1 or config.batch_size < 0 or not config.lr > 0:
         raise UserError(
-            f"ensemble ({config.ensemble}) and batch size ({config.batch_size}) must be at least 1 "
-            f"and the learning rate ({config.lr}) above 0"
+            f"ensemble ({config.ensemble}) must be at least 1, batch size ({config.batch_size}) 0 (automatic) "
+            f"or more and the learning rate ({config.lr}) above 0"
         )
     if not _power_of_two(config.coarse_stride):
         raise UserError(f"the coarse stride must be a power of two (1: every pixel), got {config.coarse_stride}")
@@ -520,11 +521,20 @@ def _check_config(config: HeadConfig) -> None:
         raise UserError(f"steps ({config.steps}) must be 0 (automatic) or more and the seed ({config.seed}) 0 or more")
 
 
+CLASS_BATCH = 128
+"""Pixels of each class in a member's batch when ``HeadConfig.batch_size`` is 0 (automatic)."""
+
 STROKE_STEPS, MASK_STEPS, STROKE_PIXELS = 50, 200, 100_000
 """Automatic training steps: strokes (up to STROKE_PIXELS labelled pixels) overfit with more
 steps, full masks underfit with fewer. Measured (3 seeds, benchmarks/results/*_head_knobs_x1):
 50 instead of 200 steps gave scribbles +1.6 Dice on GlaS and +1.0 on MoNuSeg, full masks +2.1 on
 GlaS but -2.2 on MoNuSeg."""
+
+
+def batch_per_class(config: HeadConfig, classes: int) -> int:
+    """Labelled pixels of each class a member sees per step: CLASS_BATCH when ``config.batch_size``
+    is 0 (automatic), else an equal share of it."""
+    return max(1, config.batch_size // classes) if config.batch_size else CLASS_BATCH
 
 
 def training_steps(config: HeadConfig, pixels: int) -> int:
@@ -550,7 +560,7 @@ def _train(
     k = int(net.weights[-1].shape[-1])
     opt = Adam(net.parameters(), lr=config.lr)
     pools = [torch.nonzero(y == c).squeeze(1) for c in range(k)]
-    per_class = max(1, config.batch_size // k)
+    per_class = batch_per_class(config, k)
     gen = torch.Generator(device).manual_seed(config.seed)
     bf16 = x.dtype == torch.bfloat16  # fit_head's choice (HeadConfig.bfloat16 where native)
     net.train()

@@ -185,6 +185,20 @@ def test_automatic_steps_follow_the_labelled_pixels(backbone):
     assert head.config.steps == STROKE_STEPS  # the head file records the steps it trained for
 
 
+def test_the_automatic_batch_gives_every_class_the_same_pixels_however_many_classes():
+    from napari_mdm.head import CLASS_BATCH, batch_per_class
+
+    assert HeadConfig().batch_size == 0
+    assert batch_per_class(HeadConfig(), 2) == batch_per_class(HeadConfig(), 6) == CLASS_BATCH
+    assert batch_per_class(HeadConfig(batch_size=256), 6) == 42  # an explicit batch is shared
+    assert HeadConfig.from_dict({**HeadConfig().to_dict(), "batch_size": 1024}).batch_size == 1024
+    with pytest.raises(ValueError, match="batch_size"):
+        HeadConfig.from_dict({**HeadConfig().to_dict(), "batch_size": -1})
+    img, truth = _two_textures(5)
+    with pytest.raises(UserError, match=r"batch size \(-1\) 0 \(automatic\) or more"):
+        fit_head([img.transpose(2, 0, 1)], [truth], HeadConfig(batch_size=-1))
+
+
 def test_the_heads_adam_takes_torchs_adam_steps_exactly():
     """napari_mdm.adam avoids importing torch._dynamo (1.4 s at a session's first training); its
     update must be torch's, so heads are the same as with torch.optim.Adam."""
