@@ -42,7 +42,7 @@ METHODS = {
     "exact first layer": ({"compact": False}, {"rank_tolerance": 0, "coarse_stride": 1}),
     "every pixel": ({}, {"coarse_stride": 1}),
     "batch 1024": ({}, {"batch_size": 1024}),
-    "blocks 3-7": ({"blocks": "through full"}, {}),
+    "blocks 3-6": ({"blocks": "before full"}, {}),
     "exact attention": ({"attention_pool": 1}, {}),
     "no filter bank": ({"filters": False}, {}),
     "float16 features": ({"compact": False}, {}),
@@ -59,16 +59,15 @@ first layer. 'hidden 64' is the default with a head half as wide (first hidden l
 on every pixel (the plugin's "exact prediction", but with pooled attention); 'every pixel' is the
 default evaluating the head on every pixel instead of coarse to fine (``HeadConfig.coarse_stride``);
 'batch 1024' is the default fitting on batches of 1024 labelled pixels per member (the default
-before the eighth round) instead of 128 of each class; 'blocks 3-7' is the default reading the
-decoder through its first full-resolution block (the default before the ninth round) instead of
-stopping before it; 'float16 features' is the default holding features in float16
+before the eighth round) instead of 128 of each class; 'blocks 3-6' is the default without the
+decoder's first full-resolution block (tried as the default in the ninth round: results/loop_blocks36.md); 'float16 features' is the default holding features in float16
 instead of int8 codes (``FeatureConfig.compact``); 'exact attention' is the default with the
 backbone's large attention layers attending to every key instead of 2 x 2-pooled ones
 (``FeatureConfig.attention_pool``); 'no filter bank' is the default without the filter bank (``--features
 diffusion``). 'default' is whatever the core's defaults are today."""
 LADDER = ("before", "+early stop", "+head 5x200", "+bf16 head", "+bf16 backbone", "+auto steps", "+projection")
 """The knob ladder's rows, measured with the exact first layer on every pixel, batches of 1024,
-float16 features, exact attention and blocks through the first full-resolution one they had."""
+float16 features and exact attention they had."""
 
 
 def loop_image(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,12 +102,12 @@ def loop_labels(reference: np.ndarray, protocol: str) -> tuple[np.ndarray, np.nd
 
 
 def _blocks(feature_overrides: dict, backbone) -> dict:
-    """Blocks named by what they reach: "all" the decoder's second half to its end, "through full"
-    to its first full-resolution block (the default before the ninth round: 3-7 here)."""
+    """Blocks named by where they end: "all" the decoder's second half to its end, "before full"
+    the default's without its first full-resolution block (3-6 here)."""
     from napari_mdm.features import default_blocks
 
     n = len(backbone.model.output_blocks)
-    named = {"all": tuple(range(n // 3, n)), "through full": default_blocks(backbone, filters=False)}
+    named = {"all": tuple(range(n // 3, n)), "before full": default_blocks(backbone)[:-1]}
     blocks = feature_overrides.get("blocks")
     return {**feature_overrides, "blocks": named[blocks]} if isinstance(blocks, str) else feature_overrides
 
@@ -122,9 +121,9 @@ def _ours(name: str, backbone_name: str, image: np.ndarray, labels: list[np.ndar
 
     feature_overrides, head_overrides = METHODS[name]
     backbone = load_backbone(backbone_name)
-    if name in LADDER:  # rows from before the low-rank layer, int8 codes, pooled attention, blocks 3-6
+    if name in LADDER:  # rows from before the low-rank layer, int8 codes and pooled attention
         feature_overrides, head_overrides = (
-            {"compact": False, "attention_pool": 1, "blocks": "through full", **feature_overrides},
+            {"compact": False, "attention_pool": 1, **feature_overrides},
             {"rank_tolerance": 0, "coarse_stride": 1, "batch_size": 1024, **head_overrides},
         )
     config = resolve_config(backbone, FeatureConfig(**_blocks(feature_overrides, backbone)))

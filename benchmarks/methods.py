@@ -74,7 +74,7 @@ class FeatureSpec:
 
 
 def blocks_of(spec: FeatureSpec, backbone: Backbone) -> tuple[int, ...]:
-    return spec.blocks if spec.blocks is not None else default_blocks(backbone, spec.filters)
+    return spec.blocks if spec.blocks is not None else default_blocks(backbone)
 
 
 def base_configs(specs: list[FeatureSpec], backbones: dict[str, Backbone]) -> dict[str, FeatureConfig]:

@@ -114,17 +114,16 @@ class FeatureConfig:
         )
 
 
-def default_blocks(backbone: Backbone, filters: bool = True) -> tuple[int, ...]:
-    """The decoder's second half (the MDM paper read blocks 8-12 of 18) up to its last block below
-    full resolution, when the filter bank supplies the fine detail; without the filter bank, up to
-    its first block at full resolution. The blocks after those run at full resolution and cost more
-    than the rest of the network (the shipped backbone: 3-9 took 5.9 s and 3-7 2.7 s for a 512-px
-    tile; 3-6 reads 64 channels fewer than 3-7 and saves 8 % of the features' time, Dice within
-    0.3 points on GlaS and MoNuSeg, ``benchmarks/results/*_blocks_x1``)."""
+def default_blocks(backbone: Backbone) -> tuple[int, ...]:
+    """The decoder's second half (the MDM paper read blocks 8-12 of 18) up to the first block
+    whose output is at full resolution. The blocks after it run at full resolution and cost more
+    than the rest of the network (the shipped backbone: 5.9 s instead of 2.7 s for a 512-px
+    tile); the filter bank, or that first block, supplies the fine detail. Stopping one block
+    earlier (3-6) saves 6-11 % of a first prediction and holds Dice on GlaS and MoNuSeg, but costs
+    1.5-6 points with strokes on the loop's ``ihc`` image (``benchmarks/results/loop_blocks36.md``)."""
     model = backbone.model
     n = len(model.output_blocks)
-    full = next(i for i in range(n) if model.block_scale(i) == 1)
-    last = full - 1 if filters and full > 0 else full
+    last = next(i for i in range(n) if model.block_scale(i) == 1)
     return tuple(range(min(n // 3, last), last + 1))
 
 
@@ -135,7 +134,7 @@ def resolve_config(backbone: Backbone, config: FeatureConfig | None) -> FeatureC
     if not (config.diffusion or config.filters):
         raise UserError("no features chosen: use the backbone's diffusion features, the filter bank, or both")
     if config.blocks is None:
-        config = replace(config, blocks=default_blocks(backbone, config.filters))
+        config = replace(config, blocks=default_blocks(backbone))
     if config.diffusion:
         _check_against_backbone(backbone, config)
     elif config.tile < 1:

@@ -36,7 +36,7 @@ IN_MEMORY_MAPS_BYTES = 1 << 30
 WHOLE_IMAGE_FEATURES_BYTES = 3 << 29
 """Images whose features, as held (``features_nbytes``), fit in 1.5 GiB are featurised whole and
 the head runs once per pixel; larger ones tile by tile (bounded memory, overlaps computed twice).
-1.5 GiB holds the default 592 channels of 2.7 megapixels as int8 codes (1.4 in float16)."""
+1.5 GiB holds the default 656 channels of 2.4 megapixels as int8 codes (1.2 in float16)."""
 ZARR_CHUNK = 1024
 """Side of the square chunks in which large images' maps and outputs are written."""
 

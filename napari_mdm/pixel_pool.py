@@ -19,7 +19,7 @@ from .compact import PIXEL_BLOCK, CompactFeatures
 CODED_POOL_BYTES = 256 << 20
 """Pools that would take more than this in bfloat16 keep the network's groups coded
 (:class:`CodedPixels`): half the bytes, a fit 1.35x slower (the first layer a product per group).
-Full masks on a 1024² image (300,000 pixels x 592 channels: 355 MB) are; strokes never are."""
+Full masks on a 1024² image (300,000 pixels x 656 channels: 394 MB) are; strokes never are."""
 
 Picks = list[tuple[int, np.ndarray]]
 """(image, flat pixel indices) in the pool's order."""

@@ -76,9 +76,9 @@ class SlideResult:
 SLIDE_CHUNK, SLIDE_HALO = 896, 64
 """Output chunk side (one dask task, progress step and resume unit each) and the context read
 around it. Each task reads 1024² pixels: 2 x 2 overlapping network tiles of 576 on the coarse grid,
-whose 592-channel features (0.6 GB as int8 codes) are blended whole, so the filter bank and the head
+whose 656-channel features (0.7 GB as int8 codes) are blended whole, so the filter bank and the head
 run once per pixel (``inference.WHOLE_IMAGE_FEATURES_BYTES``). A 1024 chunk reads 1152²: 3 x 3
-network tiles of 512, 1.8x its pixels instead of 1.3x (its features, 0.8 GB, are held whole since
+network tiles of 512, 1.8x its pixels instead of 1.3x (its features, 0.9 GB, are held whole since
 they are int8; with float16 they were not, and it took 49 against about 20 s a chunk at 1 thread)."""
 
 

@@ -273,15 +273,3 @@ def test_maps_of_a_region_that_is_no_power_of_two_of_the_input_are_resized_whole
     maps, padded, scaled = torch.randn(1, 2, 8, 8), (64, 64), (40, 40)
     (row, band), *rest = features._region_bands(maps, padded, scaled, (81, 80))
     assert row == 0 and rest == [] and band.shape == (1, 2, 81, 80)
-
-
-def test_default_blocks_stop_before_full_resolution_when_the_filter_bank_gives_the_detail():
-    from napari_mdm.features import default_blocks, resolve_config
-
-    model = build_backbone("small")
-    backbone = Backbone(model, CorruptionConfig())
-    with_filters, alone = default_blocks(backbone), default_blocks(backbone, filters=False)
-    assert [model.block_scale(b) for b in with_filters] == [4, 4, 2, 2]  # 3-6
-    assert alone == (*with_filters, with_filters[-1] + 1) and model.block_scale(alone[-1]) == 1
-    assert resolve_config(backbone, FeatureConfig()).blocks == with_filters
-    assert resolve_config(backbone, FeatureConfig(filters=False)).blocks == alone
