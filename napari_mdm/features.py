@@ -119,8 +119,8 @@ def default_blocks(backbone: Backbone) -> tuple[int, ...]:
     whose output is at full resolution. The blocks after it run at full resolution and cost more
     than the rest of the network (the shipped backbone: 5.9 s instead of 2.7 s for a 512-px
     tile); the filter bank, or that first block, supplies the fine detail. Stopping one block
-    earlier (3-6) saves 6-11 % of a first prediction and holds Dice on GlaS and MoNuSeg, but costs
-    1.5-6 points with strokes on the loop's ``ihc`` image (``benchmarks/results/loop_blocks36.md``)."""
+    earlier (3-6) saves 3-13 % of a first prediction and holds Dice on GlaS and MoNuSeg, but costs
+    1.4-6.1 points with strokes on the loop's ``ihc`` image (``benchmarks/results/loop*.md``)."""
     model = backbone.model
     n = len(model.output_blocks)
     last = next(i for i in range(n) if model.block_scale(i) == 1)
