@@ -150,7 +150,7 @@ def test_unusable_pretraining_settings_are_a_clear_error(bad):
         pretrain([two_region_image(32, 32)], None, "tiny", config=config, device="cpu")
 
 
-@pytest.mark.parametrize("bad", [{"ensemble": 0}, {"batch_size": 0}, {"lr": 0.0}], ids=str)
+@pytest.mark.parametrize("bad", [{"ensemble": 0}, {"batch_size": -1}, {"lr": 0.0}], ids=str)
 def test_unusable_head_settings_are_a_clear_error(kit, bad):
     feats = np.zeros((8, 48, 48), np.float16)
     with pytest.raises(UserError):
