@@ -83,10 +83,10 @@ lose up to 15 % at 512²."""
 def _band_matrix(weights: tuple[float, ...]) -> torch.Tensor:
     """(BAND_BLOCK + 2r, BAND_BLOCK): column i holds ``weights`` from row i, so a window of
     BAND_BLOCK + 2r inputs times it gives BAND_BLOCK correlated outputs."""
-    taps = len(weights)
-    band = torch.zeros(BAND_BLOCK + taps - 1, BAND_BLOCK)
+    column = torch.tensor(weights)
+    band = torch.zeros(BAND_BLOCK + len(column) - 1, BAND_BLOCK)
     for i in range(BAND_BLOCK):
-        band[i : i + taps, i] = torch.tensor(weights)
+        band[i : i + len(column), i] = column
     return band
 
 
