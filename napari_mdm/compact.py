@@ -169,7 +169,10 @@ class CompactFeatures:
         """Write the codes and their scales as a zarr group at ``store``; returns the group."""
         import zarr
 
-        group = zarr.open_group(store, mode="w")
+        return self.write_into(zarr.open_group(store, mode="w"))
+
+    def write_into(self, group):
+        """Write the codes and their scales into the (empty) zarr group ``group``; returns it."""
         for name in ("codes", "pixel_scales", "channel_steps", "offsets"):
             values = getattr(self, name)
             chunks = (values.shape[0], 256, 256) if values.ndim == 3 else values.shape
@@ -208,7 +211,7 @@ class CompactFeatures:
         scaled = (weight * steps).to(dtype)
         bias = (weight @ offsets).unsqueeze(1)
         pixels = self.shape[1] * self.shape[2]
-        codes = torch.from_numpy(self.codes).view(c, pixels)
+        codes = torch.from_numpy(self.codes).reshape(c, pixels)
         scales = torch.from_numpy(self.pixel_scales).view(len(self.groups), pixels)
         tail = self.grouped
 
@@ -227,7 +230,8 @@ class CompactFeatures:
 def _take(codes: np.ndarray, pixels: torch.Tensor) -> torch.Tensor:
     """Columns ``pixels`` of the (C, H, W) codes as a (C, n) tensor: numpy's take gathers int8
     2-3x faster than torch's indexing."""
-    return torch.from_numpy(np.take(codes.reshape(codes.shape[0], -1), pixels.numpy(), axis=1))
+    c, h, w = codes.shape
+    return torch.from_numpy(np.take(codes.reshape(c, h * w), pixels.numpy(), axis=1))
 
 
 def _blend(values: torch.Tensor, weight: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,12 @@
 """Multi-timestep, multi-block decoder features of a frozen backbone, per pixel: whole images'
-as int8 codes (``compact``), tiles' in float16.
+as int8 codes (``compact``; blocks below full resolution on their own grid, ``multiscale``),
+tiles' in float16.
 
 For each tile: corrupt it at each timestep (reproducibly, image-wide: see ``corruption``), run
-the backbone up to the deepest decoder block needed, upsample each chosen block bilinearly to
-pixel resolution (a band of rows at a time), L2-normalise it per pixel, and concatenate;
-optionally append the classic filter bank (``filterbank``) of the same tile and the pixels'
-image-wide position. Tiles are blended (``tiling``).
+the backbone up to the deepest decoder block needed, L2-normalise each chosen block per cell of
+its grid, and keep it there or upsample it bilinearly to pixel resolution (a band of rows at a
+time); optionally append the classic filter bank (``filterbank``) of the same tile and the
+pixels' image-wide position. Tiles are blended (``tiling``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .filterbank import filter_features, num_filter_channels
 from .io import ImageSource
 from .jobs import ProgressFn, StopFn, UserError, check_stop, report
 from .memory import release_free_memory, reused_heap, zeros
+from .multiscale import CODED, CodedFeatures, MultiscaleFeatures
 from .tiling import add_weighted, pad_to, tile_grid, weighted_tiles
 
 
@@ -186,7 +188,8 @@ def features_nbytes(backbone: Backbone, config: FeatureConfig, h: int, w: int) -
     config = resolve_config(backbone, config)
     channels = num_channels(backbone, config)
     if config.compact:
-        return CompactFeatures.pixel_bytes(channels, len(group_widths(backbone, config))) * h * w
+        strides = group_strides(backbone, config)
+        return MultiscaleFeatures.nbytes_for(channels, h, w, group_widths(backbone, config), strides)
     return 2 * channels * h * w
 
 
@@ -272,10 +275,10 @@ def decoder_activations(
     return acts, tuple(batch.shape[-2:]), (sh, sw)
 
 
-def unit_norm(a: torch.Tensor, in_place: bool = False) -> torch.Tensor:
-    """Each pixel's channel vector scaled to length sqrt(channels) (blocks weigh alike)."""
-    scale = (a.shape[1] ** 0.5) / a.norm(dim=1, keepdim=True).clamp_min(1e-6)
-    return a.mul_(scale) if in_place else a * scale
+def unit_norm(a: torch.Tensor) -> torch.Tensor:
+    """Each pixel's (or grid cell's) channel vector scaled to length sqrt(channels) (blocks weigh
+    alike)."""
+    return a * ((a.shape[1] ** 0.5) / a.norm(dim=1, keepdim=True).clamp_min(1e-6))
 
 
 def _to_region(
@@ -342,7 +345,7 @@ def tile_features(
     h, w = region.shape[:2]
     out = torch.empty(num_channels(backbone, config), h, w, dtype=torch.float16)
     if config.diffusion:
-        _fill_diffusion(_writer(out.numpy(), (0, h, 0, w), None), backbone, region, y0, x0, config, on_step)
+        _fill_diffusion(out.numpy(), (0, h, 0, w), None, backbone, region, (y0, x0), config, on_step)
     _fill_extras(out.numpy(), region, y0, x0, config, frame, on_step)
     return out
 
@@ -352,7 +355,7 @@ Write = Callable[[int, int, torch.Tensor, int], None]
 start:stop of one tile's rows from ``row`` on where they belong (blended by the tile's weight)."""
 
 
-def _writer(out: np.ndarray | CompactFeatures, box: tuple[int, int, int, int], weight: np.ndarray | None) -> Write:
+def _writer(out: np.ndarray | CodedFeatures, box: tuple[int, int, int, int], weight: np.ndarray | None) -> Write:
     """Writes into the region ``box`` (y0, y1, x0, x1) of ``out``: float16 added in place, or
     compact features' groups coded again (one group per write, see :func:`group_widths`)."""
     y0, y1, x0, x1 = box
@@ -361,7 +364,7 @@ def _writer(out: np.ndarray | CompactFeatures, box: tuple[int, int, int, int], w
         band = slice(row, row + maps.shape[1])
         return band, None if weight is None else weight[band]
 
-    if isinstance(out, CompactFeatures):
+    if isinstance(out, CODED):
         group = {start: g for g, (start, _) in enumerate(out.groups)}
 
         def write_codes(start: int, stop: int, maps: torch.Tensor, row: int) -> None:
@@ -378,6 +381,19 @@ def _writer(out: np.ndarray | CompactFeatures, box: tuple[int, int, int, int], w
     return write_values
 
 
+def group_strides(backbone: Backbone, config: FeatureConfig) -> list[int]:
+    """Per group of :func:`group_widths`, the step in pixels of the grid compact features hold it
+    on (``multiscale``): its block's own, for blocks below full resolution read at scale 1 without
+    projection, whose grid cells tiles and margins line up with; 1 (per pixel) otherwise."""
+    config = resolve_config(backbone, config)
+    widths = group_widths(backbone, config)
+    if not (widths and config.compact and config.scale == 1 and not config.project):
+        return [1] * len(widths)
+    align = tile_alignment(backbone, config)
+    strides = [backbone.model.block_scale(b) for b in config.blocks] * len(config.timesteps)
+    return [s if MARGIN % s == 0 and align % s == 0 else 1 for s in strides]
+
+
 def group_widths(backbone: Backbone, config: FeatureConfig) -> list[int]:
     """Widths of the network's channel groups, in channel order: per timestep, each block (or the
     projection). Each is normalised per pixel, so compact features code it with one scale a pixel."""
@@ -388,15 +404,23 @@ def group_widths(backbone: Backbone, config: FeatureConfig) -> list[int]:
     return per_step * len(config.timesteps)
 
 
-def empty_features(backbone: Backbone, config: FeatureConfig, h: int, w: int) -> np.ndarray | CompactFeatures:
-    """Zeroed (C, H, W) features to fill: compact or float16 as ``config.compact`` says."""
-    if config.compact:
-        return CompactFeatures.empty(num_channels(backbone, config), h, w, group_widths(backbone, config))
-    return zeros((num_channels(backbone, config), h, w), np.float16)
+def empty_features(backbone: Backbone, config: FeatureConfig, h: int, w: int) -> np.ndarray | CodedFeatures:
+    """Zeroed (C, H, W) features to fill: compact (coarse blocks on their own grid where
+    :func:`group_strides` says so) or float16, as ``config.compact`` says."""
+    channels, widths, strides = (
+        num_channels(backbone, config),
+        group_widths(backbone, config),
+        group_strides(backbone, config),
+    )
+    if not config.compact:
+        return zeros((channels, h, w), np.float16)
+    if any(s > 1 for s in strides):
+        return MultiscaleFeatures.empty(channels, h, w, widths, strides)
+    return CompactFeatures.empty(channels, h, w, widths)
 
 
 def _fill_extras(
-    out: np.ndarray | CompactFeatures,
+    out: np.ndarray | CodedFeatures,
     region: np.ndarray | None,
     y0: int,
     x0: int,
@@ -421,9 +445,9 @@ def _fill_extras(
             target[k] = values.numpy()
 
 
-def _channels(out: np.ndarray | CompactFeatures, start: int, stop: int):
+def _channels(out: np.ndarray | CodedFeatures, start: int, stop: int):
     """Channels start:stop of ``out`` as a target filled by ``target[k] = (H, W) values``."""
-    return out.channels(start, stop - start) if isinstance(out, CompactFeatures) else out[start:stop]
+    return out.channels(start, stop - start) if isinstance(out, CODED) else out[start:stop]
 
 
 def _channel_groups(
@@ -447,43 +471,43 @@ def _channel_groups(
 
 
 def _fill_diffusion(
-    write: Write,
+    out: np.ndarray | CodedFeatures,
+    box: tuple[int, int, int, int],
+    weight: np.ndarray | None,
     backbone: Backbone,
     region: np.ndarray,
-    y0: int,
-    x0: int,
+    corner: tuple[int, int],
     config: FeatureConfig,
     on_step: Callable[[], None],
 ) -> None:
-    """Run the network on ``region`` (corner at (y0, x0)) and ``write`` its decoder maps, upsampled
-    to the region's size (normalised, draw-averaged), as the first channels, timestep-major then
-    block then channel, straight from the network's float32 maps (no tile-sized float16 copy to blend)."""
-    acts, padded, scaled = decoder_activations(backbone, region, y0, x0, config, on_step)
-    with torch.inference_mode():
-        _write_diffusion(write, region.shape[:2], backbone, acts, padded, scaled, config)
-
-
-def _write_diffusion(
-    write: Write,
-    size: tuple[int, int],
-    backbone: Backbone,
-    acts: dict[int, torch.Tensor],
-    padded: tuple[int, int],
-    scaled: tuple[int, int],
-    config: FeatureConfig,
-) -> None:
-    steps = len(config.timesteps)
+    """Run the network on ``region``, whose corner lies at ``corner`` (y, x) of its image, and blend
+    into the ``box`` (y0, y1, x0, x1) of ``out`` (by ``weight``) its decoder maps into the first channels, timestep-major
+    then block then channel: each block normalised per cell of its own grid, draw-averaged, and
+    either kept on that grid (``multiscale``) or upsampled to the region's pixels a band at a time,
+    straight from the network's maps (no tile-sized float16 copy to blend)."""
+    acts, padded, scaled = decoder_activations(backbone, region, *corner, config, on_step)
+    steps, size = len(config.timesteps), region.shape[:2]
     per_step = config.project or sum(acts[b].shape[1] for b in config.blocks)
-    offset = 0
-    for width, grouped in _channel_groups(backbone, acts, padded, config):
-        for row, band in _region_bands(grouped, padded, scaled, size):
-            if config.normalize and not config.project:
-                unit_norm(band, in_place=True)  # a fresh upsampling, or a block used only here
-            maps = band.unflatten(0, (steps, config.draws))
-            maps = maps.mean(1) if config.draws > 1 else maps[:, 0]
-            for t in range(steps):
-                write(t * per_step + offset, t * per_step + offset + width, maps[t], row)
-        offset += width
+    write, offset = _writer(out, box, weight), 0
+    with torch.inference_mode():
+        for g, (width, block) in enumerate(_channel_groups(backbone, acts, padded, config)):
+            grouped = unit_norm(block.float()) if config.normalize and not config.project else block
+            if isinstance(out, MultiscaleFeatures) and out.stride(g) > 1:
+                maps = _draw_mean(grouped, steps, config.draws)
+                for t in range(steps):
+                    out.add_tile(g + t * len(config.blocks), box, maps[t], MARGIN, weight)
+            else:
+                for row, band in _region_bands(grouped, padded, scaled, size):
+                    maps = _draw_mean(band, steps, config.draws)
+                    for t in range(steps):
+                        write(t * per_step + offset, t * per_step + offset + width, maps[t], row)
+            offset += width
+
+
+def _draw_mean(maps: torch.Tensor, steps: int, draws: int) -> torch.Tensor:
+    """(steps * draws, ...) maps, timestep-major, averaged over the draws: (steps, ...)."""
+    maps = maps.unflatten(0, (steps, draws))
+    return maps.mean(1) if draws > 1 else maps[:, 0]
 
 
 def extract_features(
@@ -493,7 +517,7 @@ def extract_features(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     frame: Frame | None = None,
-) -> np.ndarray | CompactFeatures:
+) -> np.ndarray | CodedFeatures:
     """(C, H, W) features of an image of any size, compact or float16 (``config.compact``): the
     network's tile by tile (progress and cancel go by block of the network within each tile), the
     filter bank once over the whole image (overlapping tiles would compute it up to 2.25 times, and
@@ -519,8 +543,7 @@ def extract_features(
     if network:
         for box, weight in weighted_tiles((h, w), config.tile, config.overlap, align):
             y0, y1, x0, x1 = box
-            region = source.region(y0, y1, x0, x1)
-            _fill_diffusion(_writer(out, box, weight), backbone, region, y0, x0, network, step)
+            _fill_diffusion(out, box, weight, backbone, source.region(y0, y1, x0, x1), (y0, x0), network, step)
     whole = source.region(0, h, 0, w) if config.filters else None
     _fill_extras(out, whole, 0, 0, config, frame, step, should_stop)
     release_free_memory()
@@ -536,7 +559,7 @@ def float16_features(
     return extract_features(backbone, image, replace(config or FeatureConfig(), compact=False), **options)
 
 
-FEATURES_VERSION = 6
+FEATURES_VERSION = 7
 """Bumped whenever the code changes what a feature map holds, so caches from older code are not reused."""
 
 
@@ -558,7 +581,7 @@ class FeatureCache:
     def __init__(self, max_bytes: int = 4 << 30, directory: str | None = None):
         self.max_bytes = max_bytes
         self.directory = directory
-        self._items: OrderedDict[str, np.ndarray | CompactFeatures] = OrderedDict()
+        self._items: OrderedDict[str, np.ndarray | CodedFeatures] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -568,7 +591,7 @@ class FeatureCache:
 
         return Path(self.directory) / f"{key}.zarr"
 
-    def _load(self, key: str) -> np.ndarray | CompactFeatures | None:
+    def _load(self, key: str) -> np.ndarray | CodedFeatures | None:
         if self.directory is None or not self._disk_path(key).exists():
             return None
         import zarr
@@ -577,11 +600,13 @@ class FeatureCache:
             node = zarr.open(str(self._disk_path(key)), mode="r")
             if node.attrs.get("signature") != key:
                 return None
-            return CompactFeatures.read_zarr(node) if isinstance(node, zarr.Group) else np.asarray(node)
+            if not isinstance(node, zarr.Group):
+                return np.asarray(node)
+            return (MultiscaleFeatures if "strides" in node.attrs else CompactFeatures).read_zarr(node)
         except (ValueError, KeyError, TypeError, OSError):  # damaged: computed again
             return None
 
-    def _store(self, key: str, feats: np.ndarray | CompactFeatures) -> None:
+    def _store(self, key: str, feats: np.ndarray | CodedFeatures) -> None:
         if self.directory is None:
             return
         import zarr
@@ -589,7 +614,7 @@ class FeatureCache:
         from .files import atomic_output
 
         with atomic_output(self._disk_path(key)) as tmp:
-            if isinstance(feats, CompactFeatures):
+            if isinstance(feats, CODED):
                 node = feats.write_zarr(str(tmp))
             else:
                 node = zarr.create_array(
@@ -605,7 +630,7 @@ class FeatureCache:
         config: FeatureConfig | None = None,
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
-    ) -> np.ndarray | CompactFeatures:
+    ) -> np.ndarray | CodedFeatures:
         """Cached features of ``image``, computing (and caching) them on a miss."""
         config = resolve_config(backbone, config)
         key = feature_signature(image, backbone, config)

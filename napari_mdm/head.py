@@ -20,12 +20,12 @@ from torch import nn
 
 from .adam import Adam
 from .checkpoint import CheckpointError, build_checked, read_tensors, write_tensors
-from .compact import CompactFeatures
 from .devices import fast_bfloat16
 from .features import FeatureConfig
 from .io import MAX_LABEL, label_dtype
 from .jobs import ProgressFn, StopFn, UserError, check_stop, first_line, report
 from .memory import release_free_memory
+from .multiscale import CODED, CodedFeatures
 from .pixel_pool import CodedPixels, coded_pool, draw_pixels, gather, keeps_codes, standardised
 from .refinement import coarse_to_fine
 
@@ -336,7 +336,7 @@ class Head:
             y = torch.baddbmm(b, w, y.relu_())
         return F.softmax(y.float(), dim=1)
 
-    def _compact_first(self, features: CompactFeatures) -> Callable[[slice | torch.Tensor], torch.Tensor]:
+    def _compact_first(self, features: CodedFeatures) -> Callable[[slice | torch.Tensor], torch.Tensor]:
         """``fn(pixels)`` -> the first layer's (E * h, n) outputs on flat ``pixels`` (slice or indices) of
         compact features, computed on their codes (:meth:`CompactFeatures.product`): through the
         layer's leading components on the image (as :meth:`first_layer`) or the exact layer."""
@@ -369,7 +369,7 @@ class Head:
 
     def predict_maps(
         self,
-        features: np.ndarray | torch.Tensor | CompactFeatures,
+        features: np.ndarray | torch.Tensor | CodedFeatures,
         chunk: int = 16384,
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
@@ -403,10 +403,10 @@ class Head:
 
     @torch.inference_mode()
     def _chunk_probabilities(
-        self, features: np.ndarray | torch.Tensor | CompactFeatures
+        self, features: np.ndarray | torch.Tensor | CodedFeatures
     ) -> Callable[[slice | torch.Tensor], torch.Tensor]:
         """``fn(pixels)`` -> (E, K, n) member probabilities of the flat ``pixels`` (slice or indices)."""
-        if isinstance(features, CompactFeatures):
+        if isinstance(features, CODED):
             first_output = self._compact_first(features)
             return lambda pixels: self._after_first(first_output(pixels))
         flat = torch.as_tensor(features).reshape(features.shape[0], -1)
@@ -415,7 +415,7 @@ class Head:
 
     def predict(
         self,
-        features: np.ndarray | torch.Tensor | CompactFeatures,
+        features: np.ndarray | torch.Tensor | CodedFeatures,
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
     ) -> Prediction:
@@ -583,7 +583,7 @@ def _train(
 
 
 def fit_head(
-    features: Sequence[np.ndarray | CompactFeatures],
+    features: Sequence[np.ndarray | CodedFeatures],
     labels: Sequence[np.ndarray],
     config: HeadConfig | None = None,
     ignore: int | None = 0,

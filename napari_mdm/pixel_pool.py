@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .compact import PIXEL_BLOCK, CompactFeatures
+from .compact import PIXEL_BLOCK
+from .multiscale import CODED, CodedFeatures
 
 CODED_POOL_BYTES = 256 << 20
 """Pools that would take more than this in bfloat16 keep the network's groups coded
@@ -57,13 +58,13 @@ def _runs(picks: Picks) -> Iterator[tuple[int, np.ndarray, slice]]:
         start += len(index)
 
 
-def gather(features: Sequence[np.ndarray | CompactFeatures], picks: Picks) -> np.ndarray:
+def gather(features: Sequence[np.ndarray | CodedFeatures], picks: Picks) -> np.ndarray:
     """The picked pixels as one (n, C) array in the features' own precision (float16 for compact
     ones), filled PIXEL_BLOCK pixels at a time (no copy of a class's pixels beside it)."""
-    dtype = np.result_type(*(np.float16 if isinstance(f, CompactFeatures) else f.dtype for f in features))
+    dtype = np.result_type(*(np.float16 if isinstance(f, CODED) else f.dtype for f in features))
     out = np.empty((_pool_size(picks), features[0].shape[0]), dtype)
     for i, index, rows in _runs(picks):
-        if isinstance(features[i], CompactFeatures):
+        if isinstance(features[i], CODED):
             features[i].pixels(index, dtype, out[rows].T)
             continue
         flat = features[i].reshape(features[i].shape[0], -1)
@@ -147,7 +148,7 @@ class CodedPixels:
         return out + torch.bmm(self.rest[index], weight[:, grouped:])
 
 
-def coded_pool(features: Sequence[CompactFeatures], picks: Picks, dtype: torch.dtype) -> CodedPixels:
+def coded_pool(features: Sequence[CodedFeatures], picks: Picks, dtype: torch.dtype) -> CodedPixels:
     """The picked pixels of compact feature maps that share their groups as :class:`CodedPixels`."""
     groups, grouped = features[0].groups, features[0].grouped
     n, c = _pool_size(picks), features[0].shape[0]
@@ -174,10 +175,8 @@ def coded_pool(features: Sequence[CompactFeatures], picks: Picks, dtype: torch.d
     )
 
 
-def keeps_codes(features: Sequence[np.ndarray | CompactFeatures], picks: Picks) -> bool:
+def keeps_codes(features: Sequence[np.ndarray | CodedFeatures], picks: Picks) -> bool:
     """Whether the pool of these pixels keeps the groups coded: it is over CODED_POOL_BYTES and
     its features are all compact, with the same groups."""
     large = 2 * features[0].shape[0] * _pool_size(picks) > CODED_POOL_BYTES
-    return large and all(
-        isinstance(f, CompactFeatures) and f.groups and f.groups == features[0].groups for f in features
-    )
+    return large and all(isinstance(f, CODED) and f.groups and f.groups == features[0].groups for f in features)

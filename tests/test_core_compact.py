@@ -22,6 +22,7 @@ from napari_mdm.features import (
 )
 from napari_mdm.filterbank import filter_features, num_filter_channels
 from napari_mdm.head import HeadConfig, fit_head
+from napari_mdm.multiscale import CODED
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_blended_tiles_code_what_float16_blending_holds(backbone, image):
     config = resolve_config(backbone, FeatureConfig(tile=128, blocks=(3, 5), timesteps=(50, 200)))
     exact = extract_features(backbone, image, replace(config, compact=False)).astype(np.float32)
     coded = extract_features(backbone, image, config)
-    assert isinstance(coded, CompactFeatures) and coded.shape == exact.shape
+    assert isinstance(coded, CODED) and coded.shape == exact.shape
     assert [b - a for a, b in coded.groups] == group_widths(backbone, config)
     spread = exact.reshape(exact.shape[0], -1).std(1)
     err = np.abs(coded.to_float16().astype(np.float32) - exact).reshape(exact.shape[0], -1)
@@ -136,13 +137,12 @@ def test_compact_features_survive_the_disk_cache_and_a_damaged_one_is_recomputed
     config = FeatureConfig(tile=128, blocks=(3,))
     first = FeatureCache(directory=str(tmp_path)).get(image, backbone, config)
     again = FeatureCache(directory=str(tmp_path)).get(image, backbone, config)
-    assert isinstance(again, CompactFeatures) and again is not first
-    for name in ("codes", "pixel_scales", "channel_steps", "offsets"):
-        np.testing.assert_array_equal(getattr(again, name), getattr(first, name))
+    assert isinstance(again, type(first)) and isinstance(again, CODED) and again is not first
+    np.testing.assert_array_equal(again.to_float16(), first.to_float16())
     (stored,) = tmp_path.glob("*.zarr")
     zarr.open_group(str(stored), mode="r+").attrs["groups"] = [[0, 10_000]]
     recomputed = FeatureCache(directory=str(tmp_path)).get(image, backbone, config)
-    np.testing.assert_array_equal(recomputed.codes, first.codes)
+    np.testing.assert_array_equal(recomputed.to_float16(), first.to_float16())
 
 
 def test_heads_saved_before_compact_features_read_float16():
@@ -175,10 +175,11 @@ def test_blending_decodes_only_what_earlier_tiles_wrote():
 
 def test_whole_image_budgets_count_the_bytes_features_are_held_in(backbone, image):
     """``features_nbytes`` (which decides whether an image is featurised whole) counts int8 codes
-    and their scales for compact features and two bytes a value for float16 ones."""
+    and their scales for compact features (all but the per-channel steps and offsets, 8 bytes a
+    channel) and two bytes a value for float16 ones."""
     config = resolve_config(backbone, FeatureConfig(tile=128, blocks=(3, 5)))
     h, w = image.shape[:2]
     coded = extract_features(backbone, image, config)
-    assert features_nbytes(backbone, config, h, w) == coded.codes.nbytes + coded.pixel_scales.nbytes
+    assert features_nbytes(backbone, config, h, w) == coded.nbytes - 8 * coded.shape[0]
     exact = extract_features(backbone, image, replace(config, compact=False))
     assert features_nbytes(backbone, replace(config, compact=False), h, w) == exact.nbytes

@@ -1,0 +1,285 @@
+"""Compact features whose coarse channel groups stay on their own grid.
+
+A decoder block at 1/2 or 1/4 of the image's resolution holds 4 or 16 times fewer values than its
+upsampled maps: the shipped backbone's default blocks 3-6 are 448 of its 656 channels, so holding
+them on their grid takes a third of the memory, and nothing is upsampled or coded per pixel
+(the loop's 1024² image: 2.2 of its 8.2 s of features on one thread went there). A group's value
+at a pixel is the bilinear interpolation of its grid (``F.interpolate``'s, ``align_corners=False``)
+there: where the head reads pixels (its fit's labelled ones, a low-rank layer's sample) they are
+interpolated on the fly, and its first layer, linear, runs on the grid itself and the product is
+interpolated at the pixels the prediction evaluates (:meth:`MultiscaleFeatures.product`).
+
+Each coarse group's grid keeps one cell of context beyond the image on every side (from the tile's
+mirrored margin), so the outermost pixels interpolate as the network saw them, not clamped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .compact import CODE_MAX, PIXEL_BLOCK, ChannelWriter, CompactFeatures
+
+PRODUCT_CELLS = 1 << 16
+"""Grid cells multiplied at a time by :meth:`MultiscaleFeatures.product` (bounded temporaries)."""
+
+
+def grid_cells(n: int, stride: int) -> int:
+    """Cells of a ``stride`` grid along n pixels, with the cell of context at each end."""
+    return -(-n // stride) + 2
+
+
+@dataclass(frozen=True)
+class Taps:
+    """Where n pixels read a grid bilinearly: the flat index of each one's top-left cell and its
+    fractions towards the cell to the right and the one below."""
+
+    corner: torch.Tensor
+    fx: torch.Tensor
+    fy: torch.Tensor
+    row: int
+    """Cells a grid row has (the step from a cell to the one below)."""
+
+    @classmethod
+    def of(cls, pixels: np.ndarray, shape: tuple[int, int], stride: int) -> Taps:
+        """The taps of flat pixel indices ``pixels`` of an (H, W) image on a ``stride`` grid."""
+        y, x = np.divmod(pixels.astype(np.int64), shape[1])
+        u = (y + 0.5) / stride + 0.5  # grid coordinates, the context cell being row 0
+        v = (x + 0.5) / stride + 0.5
+        i, j = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
+        row = grid_cells(shape[1], stride)
+        as_tensor = torch.from_numpy
+        return cls(
+            as_tensor(i * row + j), as_tensor((v - j).astype(np.float32)), as_tensor((u - i).astype(np.float32)), row
+        )
+
+    def read(self, grid: torch.Tensor, decode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """(c, n) float32 values at the pixels of a (c, cells) flattened ``grid``, each tap's
+        columns made float32 by ``decode(columns, cell_index)``."""
+
+        def at(k: torch.Tensor) -> torch.Tensor:
+            return decode(grid.index_select(1, k), k)
+
+        k = self.corner
+        top = torch.lerp(at(k), at(k + 1), self.fx)
+        bottom = torch.lerp(at(k + self.row), at(k + self.row + 1), self.fx)
+        return torch.lerp(top, bottom, self.fy)
+
+
+def _index(pixels: slice | torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(pixels, slice):
+        return np.arange(pixels.start, pixels.stop)
+    return pixels.numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
+
+
+@dataclass(eq=False)
+class MultiscaleFeatures:
+    """(C, H, W) features: the channel groups in ``coarse`` held on their block's grid (one
+    single-group :class:`CompactFeatures` each, a cell a pixel, with a cell of context around),
+    every other channel per pixel in ``full``, in channel order. Reads like CompactFeatures."""
+
+    full: CompactFeatures
+    coarse: dict[int, tuple[int, CompactFeatures]]
+    """Group index -> (stride, its codes on a grid of (grid_cells(H), grid_cells(W)) cells)."""
+    groups: tuple[tuple[int, int], ...]
+    """All groups' channel ranges [start, stop), coarse or not, in order, from channel 0."""
+
+    @classmethod
+    def empty(cls, channels: int, height: int, width: int, widths: Sequence[int], strides: Sequence[int]):
+        """All-zero features whose first channels form groups of ``widths``; those with a stride
+        over 1 are held on that grid."""
+        ends = np.cumsum([0, *widths])
+        groups = tuple((int(a), int(b)) for a, b in zip(ends[:-1], ends[1:], strict=True))
+        coarse = {
+            g: (s, CompactFeatures.empty(b - a, grid_cells(height, s), grid_cells(width, s), [b - a]))
+            for g, ((a, b), s) in enumerate(zip(groups, strides, strict=True))
+            if s > 1
+        }
+        fine = [b - a for g, (a, b) in enumerate(groups) if g not in coarse]
+        held = sum(b - a for g, (a, b) in enumerate(groups) if g in coarse)
+        return cls(CompactFeatures.empty(channels - held, height, width, fine), coarse, groups)
+
+    @staticmethod
+    def nbytes_for(channels: int, height: int, width: int, widths: Sequence[int], strides: Sequence[int]) -> int:
+        """Bytes such features take (:meth:`empty`'s arguments), without allocating them."""
+        coarse = [(c, s) for c, s in zip(widths, strides, strict=True) if s > 1]
+        held = sum(c for c, _ in coarse)
+        fine = CompactFeatures.pixel_bytes(channels - held, len(widths) - len(coarse)) * height * width
+        return fine + sum(
+            CompactFeatures.pixel_bytes(c, 1) * grid_cells(height, s) * grid_cells(width, s) for c, s in coarse
+        )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        held = sum(coded.shape[0] for _, coded in self.coarse.values())
+        return (self.full.shape[0] + held, *self.full.shape[1:])
+
+    @property
+    def grouped(self) -> int:
+        return self.groups[-1][1] if self.groups else 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.full.nbytes + sum(coded.nbytes for _, coded in self.coarse.values())
+
+    def _full_channels(self) -> np.ndarray:
+        """The channels ``full`` holds, in its order."""
+        keep = np.ones(self.shape[0], bool)
+        for g in self.coarse:
+            keep[slice(*self.groups[g])] = False
+        return np.flatnonzero(keep)
+
+    def _full_group(self, group: int) -> int:
+        return sum(1 for g in range(group) if g not in self.coarse)
+
+    def stride(self, group: int) -> int:
+        """The step in pixels of the grid group ``group`` is held on (1: per pixel)."""
+        return self.coarse[group][0] if group in self.coarse else 1
+
+    def add_group(
+        self, group: int, box: tuple[int, int, int, int], values: torch.Tensor, weight: np.ndarray | None
+    ) -> None:
+        """:meth:`CompactFeatures.add_group` for a group held per pixel."""
+        self.full.add_group(self._full_group(group), box, values, weight)
+
+    def add_tile(
+        self, group: int, box: tuple[int, int, int, int], maps: torch.Tensor, margin: int, weight: np.ndarray | None
+    ) -> None:
+        """Blend a tile's (c, rows, cols) float32 ``maps`` (overwritten) of coarse group ``group``, on the grid of the
+        tile's input, which starts ``margin`` pixels before the tile's box (y0, y1, x0, x1): the
+        cells whose centre pixel (clamped into the image) lies in the box, each by the tile's
+        ``weight`` (h, w) there (None: one tile, no blend)."""
+        stride, coded = self.coarse[group]
+        (y0, y1, x0, x1), (h, w) = box, self.full.shape[1:]
+
+        def axis(a: int, b: int, n: int, cells: int) -> tuple[np.ndarray, int, int]:
+            centres = np.clip(np.arange(-1, cells - 1) * stride + stride // 2, 0, n - 1)
+            inside = np.flatnonzero((centres >= a) & (centres < b))
+            first = inside[0] - 1 + (margin - a) // stride  # the tile's own cell index (context cell: row 0)
+            return centres[inside] - a, int(inside[0]), first
+
+        ys, r0, k0 = axis(y0, y1, h, coded.shape[1])
+        xs, c0, l0 = axis(x0, x1, w, coded.shape[2])
+        part = maps[:, k0 : k0 + len(ys), l0 : l0 + len(xs)]
+        cell_weight = None if weight is None else np.ascontiguousarray(weight[np.ix_(ys, xs)])
+        coded.add_group(0, (r0, r0 + len(ys), c0, c0 + len(xs)), part, cell_weight)
+
+    def channels(self, first: int, count: int) -> ChannelWriter:
+        """Channels after the groups, as :meth:`CompactFeatures.channels`."""
+        if first < self.grouped:
+            raise IndexError(f"channel {first} is in a group, not coded per channel")
+        return self.full.channels(first - (self.shape[0] - self.full.shape[0]), count)
+
+    def _sample(self, group: int, taps: Taps) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coarse group ``group`` at ``taps``' pixels, interpolated and coded per pixel as a compact
+        map's group: (c, n) int8 codes and (n,) float32 scales. What the head reads at a pixel
+        (its fit, a low-rank layer's sample) is their product."""
+        _, coded = self.coarse[group]
+        codes = torch.from_numpy(coded.codes).view(coded.shape[0], -1)
+        scales = torch.from_numpy(coded.pixel_scales).view(-1).float()
+        values = taps.read(codes, lambda columns, k: columns.float().mul_(scales[k]))
+        scale = (values.abs().amax(0) / CODE_MAX).half().float()
+        return values.div_(scale.clamp_min(1e-30)).round_().clamp_(-CODE_MAX, CODE_MAX).to(torch.int8), scale
+
+    def _taps(self, index: np.ndarray) -> dict[int, Taps]:
+        shape = self.full.shape[1:]
+        return {s: Taps.of(index, shape, s) for s in {s for s, _ in self.coarse.values()}}
+
+    def split_pixels(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`CompactFeatures.split_pixels`, the coarse groups as :meth:`_sample` codes them."""
+        full_codes, full_scales, rest = self.full.split_pixels(index)
+        codes = np.empty((self.grouped, len(index)), np.int8)
+        scales = np.empty((len(self.groups), len(index)), np.float32)
+        taps, fine = self._taps(index), 0
+        for g, (a, b) in enumerate(self.groups):
+            if g in self.coarse:
+                group_codes, scale = self._sample(g, taps[self.coarse[g][0]])
+                codes[a:b], scales[g] = group_codes.numpy(), scale.numpy()
+            else:
+                start = self.full.groups[fine][0]
+                codes[a:b], scales[g] = full_codes[start : start + b - a], full_scales[fine]
+                fine += 1
+        return codes, scales, rest
+
+    def pixels(self, index: np.ndarray, dtype: type = np.float32, out: np.ndarray | None = None) -> np.ndarray:
+        """(C, n) decoded features at flat pixel indices ``index`` (:meth:`CompactFeatures.pixels`)."""
+        out = np.empty((self.shape[0], len(index)), dtype) if out is None else out
+        full = self._full_channels()
+        for a in range(0, len(index), PIXEL_BLOCK):
+            part = index[a : a + PIXEL_BLOCK]
+            out[full, a : a + len(part)] = self.full.pixels(part)
+            taps = self._taps(part)
+            for g, (s, _) in self.coarse.items():
+                codes, scale = self._sample(g, taps[s])
+                out[slice(*self.groups[g]), a : a + len(part)] = (codes.float() * scale).numpy()
+        return out
+
+    def to_float16(self) -> np.ndarray:
+        """The decoded (C, H, W) float16 features, a row at a time."""
+        c, h, w = self.shape
+        out = np.empty((c, h, w), np.float16)
+        for row in range(h):
+            out[:, row] = self.pixels(np.arange(row * w, (row + 1) * w), np.float16)
+        return out
+
+    def product(self, weight: torch.Tensor, dtype: torch.dtype) -> Callable[[slice | torch.Tensor], torch.Tensor]:
+        """:meth:`CompactFeatures.product`: the per-pixel channels' product at the pixels, plus each
+        grid's product with its groups' weights (computed once, on the grid: bilinear interpolation
+        and a matrix product commute) interpolated there."""
+        full = self.full.product(weight[:, torch.from_numpy(self._full_channels())], dtype)
+        grids: dict[int, torch.Tensor] = {}
+        for g, (s, coded) in self.coarse.items():
+            on_grid = coded.product(weight[:, slice(*self.groups[g])], dtype)
+            cells = coded.shape[1] * coded.shape[2]
+            grid = grids.setdefault(s, torch.zeros(weight.shape[0], cells))
+            for a in range(0, cells, PRODUCT_CELLS):
+                grid[:, a : a + PRODUCT_CELLS] += on_grid(slice(a, min(cells, a + PRODUCT_CELLS)))
+        shape = self.full.shape[1:]
+
+        def apply(pixels: slice | torch.Tensor) -> torch.Tensor:
+            out = full(pixels)
+            index = _index(pixels)
+            for s, grid in grids.items():
+                out += Taps.of(index, shape, s).read(grid, lambda columns, k: columns)
+            return out
+
+        return apply
+
+    def write_zarr(self, store: str):
+        """Write as a zarr group at ``store`` (``full`` and each coarse grid a subgroup)."""
+        import zarr
+
+        group = zarr.open_group(store, mode="w")
+        self.full.write_into(group.create_group("full"))
+        for g, (_, coded) in self.coarse.items():
+            coded.write_into(group.create_group(f"coarse_{g}"))
+        group.attrs["groups"] = [list(g) for g in self.groups]
+        group.attrs["strides"] = {str(g): s for g, (s, _) in self.coarse.items()}
+        return group
+
+    @classmethod
+    def read_zarr(cls, group) -> MultiscaleFeatures:
+        """Features written by :meth:`write_zarr`, checked for consistent shapes."""
+        groups = tuple((int(a), int(b)) for a, b in group.attrs["groups"])
+        full = CompactFeatures.read_zarr(group["full"])
+        coarse = {
+            int(g): (int(s), CompactFeatures.read_zarr(group[f"coarse_{g}"])) for g, s in group.attrs["strides"].items()
+        }
+        out = cls(full, coarse, groups)
+        h, w = full.shape[1:]
+        expected = {
+            g: (b - a, grid_cells(h, s), grid_cells(w, s)) for g, (s, _) in coarse.items() for a, b in [groups[g]]
+        }
+        if any(coded.shape != expected[g] for g, (_, coded) in coarse.items()) or (
+            len(full.groups) != len(groups) - len(coarse)
+        ):
+            raise ValueError("malformed multiscale features")
+        return out
+
+
+CodedFeatures = CompactFeatures | MultiscaleFeatures
+CODED = (CompactFeatures, MultiscaleFeatures)
+"""The feature maps held as int8 codes (for ``isinstance``)."""
