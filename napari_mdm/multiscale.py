@@ -56,17 +56,18 @@ class Taps:
             as_tensor(i * row + j), as_tensor((v - j).astype(np.float32)), as_tensor((u - i).astype(np.float32)), row
         )
 
-    def read(self, grid: torch.Tensor, decode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """(c, n) float32 values at the pixels of a (c, cells) flattened ``grid``, each tap's
-        columns made float32 by ``decode(columns, cell_index)``."""
+    def read(self, grid: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, c) float32 values at the pixels of a (cells, c) flattened ``grid`` (cells' rows
+        contiguous: a tap gathers whole rows), times its (cells,) ``scales`` if given."""
 
         def at(k: torch.Tensor) -> torch.Tensor:
-            return decode(grid.index_select(1, k), k)
+            rows = grid.index_select(0, k).float()
+            return rows if scales is None else rows.mul_(scales[k, None])
 
-        k = self.corner
-        top = torch.lerp(at(k), at(k + 1), self.fx)
-        bottom = torch.lerp(at(k + self.row), at(k + self.row + 1), self.fx)
-        return torch.lerp(top, bottom, self.fy)
+        k, fx = self.corner, self.fx[:, None]
+        top = torch.lerp(at(k), at(k + 1), fx)
+        bottom = torch.lerp(at(k + self.row), at(k + self.row + 1), fx)
+        return torch.lerp(top, bottom, self.fy[:, None])
 
 
 def _index(pixels: slice | torch.Tensor | np.ndarray) -> np.ndarray:
@@ -180,7 +181,7 @@ class MultiscaleFeatures:
         _, coded = self.coarse[group]
         codes = torch.from_numpy(coded.codes).view(coded.shape[0], -1)
         scales = torch.from_numpy(coded.pixel_scales).view(-1).float()
-        values = taps.read(codes, lambda columns, k: columns.float().mul_(scales[k]))
+        values = taps.read(codes.T, scales).T
         scale = (values.abs().amax(0) / CODE_MAX).half().float()
         return values.div_(scale.clamp_min(1e-30)).round_().clamp_(-CODE_MAX, CODE_MAX).to(torch.int8), scale
 
@@ -232,18 +233,20 @@ class MultiscaleFeatures:
         full = self.full.product(weight[:, torch.from_numpy(self._full_channels())], dtype)
         grids: dict[int, torch.Tensor] = {}
         for g, (s, coded) in self.coarse.items():
-            on_grid = coded.product(weight[:, slice(*self.groups[g])], dtype)
-            cells = coded.shape[1] * coded.shape[2]
-            grid = grids.setdefault(s, torch.zeros(weight.shape[0], cells))
-            for a in range(0, cells, PRODUCT_CELLS):
-                grid[:, a : a + PRODUCT_CELLS] += on_grid(slice(a, min(cells, a + PRODUCT_CELLS)))
+            codes = torch.from_numpy(coded.codes).view(coded.shape[0], -1)
+            scales = torch.from_numpy(coded.pixel_scales).view(-1, 1)
+            transposed = weight[:, slice(*self.groups[g])].T.to(dtype)
+            grid = grids.setdefault(s, torch.zeros(codes.shape[1], weight.shape[0]))  # cells' rows contiguous
+            for a in range(0, codes.shape[1], PRODUCT_CELLS):
+                cells = slice(a, a + PRODUCT_CELLS)
+                grid[cells].addcmul_(codes[:, cells].T.to(dtype) @ transposed, scales[cells].float())
         shape = self.full.shape[1:]
 
         def apply(pixels: slice | torch.Tensor) -> torch.Tensor:
             out = full(pixels)
             index = _index(pixels)
             for s, grid in grids.items():
-                out += Taps.of(index, shape, s).read(grid, lambda columns, k: columns)
+                out += Taps.of(index, shape, s).read(grid).T
             return out
 
         return apply
