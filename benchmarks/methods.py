@@ -124,16 +124,19 @@ def compute_bases(
     compact: bool = False,
 ) -> dict[str, np.ndarray]:
     """(C, H, W) float16 base features of one image: per backbone, plus ``"filters"``; with
-    ``compact``, each also coded in int8 as the core's compact features and decoded (key + CODED):
-    a base's groups and channels are coded as those of any spec cut from it would be."""
+    ``compact``, each also as the core's compact features hold it, decoded (key + CODED): a
+    backbone's extracted compact (blocks below full resolution on their grid, the rest coded per
+    pixel), the filter bank coded per channel, as those of any spec cut from them would be."""
     bases = {key: extract_features(backbones[key.split("~")[0]], image, config) for key, config in configs.items()}
     if filters:
         bases["filters"] = filter_features(image)
     if compact:
-        widths = {key: group_widths(backbones[key.split("~")[0]], config) for key, config in configs.items()}
         bases |= {
-            key + CODED: CompactFeatures.from_array(f, widths.get(key, [])).to_float16() for key, f in bases.items()
+            key + CODED: extract_features(backbones[key.split("~")[0]], image, replace(config, compact=True)).to_float16()
+            for key, config in configs.items()
         }
+        if filters:
+            bases["filters" + CODED] = CompactFeatures.from_array(bases["filters"], []).to_float16()
     return bases
 
 

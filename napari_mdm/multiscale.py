@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -47,27 +48,33 @@ class Taps:
     def of(cls, pixels: np.ndarray, shape: tuple[int, int], stride: int) -> Taps:
         """The taps of flat pixel indices ``pixels`` of an (H, W) image on a ``stride`` grid."""
         y, x = np.divmod(pixels.astype(np.int64), shape[1])
-        u = (y + 0.5) / stride + 0.5  # grid coordinates, the context cell being row 0
-        v = (x + 0.5) / stride + 0.5
-        i, j = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
+        (i, fy), (j, fx) = _axis(shape[0], stride), _axis(shape[1], stride)
         row = grid_cells(shape[1], stride)
-        as_tensor = torch.from_numpy
-        return cls(
-            as_tensor(i * row + j), as_tensor((v - j).astype(np.float32)), as_tensor((u - i).astype(np.float32)), row
-        )
+        return cls(torch.from_numpy(i[y] * row + j[x]), torch.from_numpy(fx[x]), torch.from_numpy(fy[y]), row)
 
     def read(self, grid: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, c) float32 values at the pixels of a (cells, c) flattened ``grid`` (cells' rows
-        contiguous: a tap gathers whole rows), times its (cells,) ``scales`` if given."""
+        """(n, c) values at the pixels of a (cells, c) flattened ``grid`` (cells' rows contiguous:
+        a tap gathers whole rows): float32 times its (cells,) ``scales`` if given, else in the
+        grid's dtype."""
 
         def at(k: torch.Tensor) -> torch.Tensor:
-            rows = grid.index_select(0, k).float()
-            return rows if scales is None else rows.mul_(scales[k, None])
+            rows = grid.index_select(0, k)
+            return rows if scales is None else rows.float().mul_(scales[k, None])
 
-        k, fx = self.corner, self.fx[:, None]
+        dtype = torch.float32 if scales is not None else grid.dtype
+        k, fx, fy = self.corner, self.fx[:, None].to(dtype), self.fy[:, None].to(dtype)
         top = torch.lerp(at(k), at(k + 1), fx)
         bottom = torch.lerp(at(k + self.row), at(k + self.row + 1), fx)
-        return torch.lerp(top, bottom, self.fy[:, None])
+        return torch.lerp(top, bottom, fy)
+
+
+@lru_cache(maxsize=16)
+def _axis(n: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each of n pixels along an axis, the grid cell at or before it (the context cell being
+    cell 0) and its fraction of the way to the next: ``F.interpolate``'s source coordinate."""
+    u = (np.arange(n) + 0.5) / stride + 0.5
+    i = np.floor(u).astype(np.int64)
+    return i, (u - i).astype(np.float32)
 
 
 def _index(pixels: slice | torch.Tensor | np.ndarray) -> np.ndarray:
@@ -231,15 +238,20 @@ class MultiscaleFeatures:
         grid's product with its groups' weights (computed once, on the grid: bilinear interpolation
         and a matrix product commute) interpolated there."""
         full = self.full.product(weight[:, torch.from_numpy(self._full_channels())], dtype)
-        grids: dict[int, torch.Tensor] = {}
+        grids: dict[int, torch.Tensor] = {}  # per stride, in ``dtype``: half the bytes to gather in bfloat16
         for g, (s, coded) in self.coarse.items():
             codes = torch.from_numpy(coded.codes).view(coded.shape[0], -1)
             scales = torch.from_numpy(coded.pixel_scales).view(-1, 1)
             transposed = weight[:, slice(*self.groups[g])].T.to(dtype)
-            grid = grids.setdefault(s, torch.zeros(codes.shape[1], weight.shape[0]))  # cells' rows contiguous
+            first = s not in grids
+            grid = grids.setdefault(s, torch.empty(codes.shape[1], weight.shape[0], dtype=dtype))  # rows contiguous
             for a in range(0, codes.shape[1], PRODUCT_CELLS):
                 cells = slice(a, a + PRODUCT_CELLS)
-                grid[cells].addcmul_(codes[:, cells].T.to(dtype) @ transposed, scales[cells].float())
+                part = torch.mm(codes[:, cells].T.to(dtype), transposed).mul_(scales[cells].to(dtype))
+                if first:
+                    grid[cells] = part
+                else:
+                    grid[cells] += part
         shape = self.full.shape[1:]
 
         def apply(pixels: slice | torch.Tensor) -> torch.Tensor:
