@@ -132,7 +132,9 @@ def compute_bases(
         bases["filters"] = filter_features(image)
     if compact:
         bases |= {
-            key + CODED: extract_features(backbones[key.split("~")[0]], image, replace(config, compact=True)).to_float16()
+            key + CODED: extract_features(
+                backbones[key.split("~")[0]], image, replace(config, compact=True)
+            ).to_float16()
             for key, config in configs.items()
         }
         if filters:

@@ -255,11 +255,12 @@ class MultiscaleFeatures:
         shape = self.full.shape[1:]
 
         def apply(pixels: slice | torch.Tensor) -> torch.Tensor:
+            index, coarse = _index(pixels), None
+            for s, grid in grids.items():  # summed pixel-major, then added to the (r, n) output once
+                part = Taps.of(index, shape, s).read(grid).float()
+                coarse = part if coarse is None else coarse.add_(part)
             out = full(pixels)
-            index = _index(pixels)
-            for s, grid in grids.items():
-                out += Taps.of(index, shape, s).read(grid).T
-            return out
+            return out if coarse is None else out.add_(coarse.T)
 
         return apply
 
