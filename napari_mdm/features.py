@@ -275,18 +275,20 @@ def decoder_activations(
     return acts, tuple(batch.shape[-2:]), (sh, sw)
 
 
-def unit_norm(a: torch.Tensor) -> torch.Tensor:
+def unit_norm(a: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """Each pixel's (or grid cell's) channel vector scaled to length sqrt(channels) (blocks weigh
     alike)."""
-    return a * ((a.shape[1] ** 0.5) / a.norm(dim=1, keepdim=True).clamp_min(1e-6))
+    scale = (a.shape[1] ** 0.5) / a.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    return a.mul_(scale) if in_place else a * scale
 
 
 def _to_region(
-    a: torch.Tensor, padded: tuple[int, int], scaled: tuple[int, int], size: tuple[int, int]
+    a: torch.Tensor, padded: tuple[int, int], scaled: tuple[int, int], size: tuple[int, int], normalize: bool
 ) -> torch.Tensor:
-    """A block's maps upsampled to the padded input, the margin cut off, resized to the region."""
+    """A block's maps (normalised per cell of its grid if ``normalize``) upsampled to the padded
+    input, the margin cut off, resized to the region."""
     sh, sw = scaled
-    a = a.float()
+    a = unit_norm(a.float()) if normalize else a.float()
     if tuple(a.shape[-2:]) != padded:
         a = F.interpolate(a, size=padded, mode="bilinear", align_corners=False)
     a = a[:, :, MARGIN : MARGIN + sh, MARGIN : MARGIN + sw]
@@ -299,7 +301,7 @@ upsampled whole is 190 MB)."""
 
 
 def _region_bands(
-    a: torch.Tensor, padded: tuple[int, int], scaled: tuple[int, int], size: tuple[int, int]
+    a: torch.Tensor, padded: tuple[int, int], scaled: tuple[int, int], size: tuple[int, int], normalize: bool
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """:func:`_to_region` of a block's maps in bands of rows: (first row, maps). Where the block's
     grid divides the padded input and the region is the backbone's input times a power of two
@@ -311,7 +313,7 @@ def _region_bands(
     ky, kx = size[0] // scaled[0], size[1] // scaled[1]
     factors = (fy, fx, ky, kx)
     if (ky * scaled[0], kx * scaled[1]) != size or (fy * gh, fx * gw) != padded or any(f & (f - 1) for f in factors):
-        yield 0, _to_region(a, padded, scaled, size)
+        yield 0, _to_region(a, padded, scaled, size, normalize)
         return
     (h, w), (fy, fx), (my, mx) = size, (fy * ky, fx * kx), (MARGIN * ky, MARGIN * kx)
     rows = max(fy, BAND_BYTES // (4 * n * c * gw * fx) // fy * fy)
@@ -319,6 +321,8 @@ def _region_bands(
         p0, p1 = my + r0, my + min(h, r0 + rows)
         s0, s1 = max(0, p0 // fy - 1), min(gh, -(-p1 // fy) + 1)
         band = a[:, :, s0:s1].float()
+        if normalize:  # per cell of the block's grid, a band's source rows at a time
+            band = unit_norm(band, in_place=a.dtype != torch.float32)  # in place on a fresh float32 copy
         if (fy, fx) != (1, 1):
             band = F.interpolate(band, scale_factor=(fy, fx), mode="bilinear", align_corners=False)
         yield r0, band[:, :, p0 - s0 * fy : p1 - s0 * fy, mx : mx + w]
@@ -491,13 +495,13 @@ def _fill_diffusion(
     write, offset = _writer(out, box, weight), 0
     with torch.inference_mode():
         for g, (width, block) in enumerate(_channel_groups(backbone, acts, padded, config)):
-            grouped = unit_norm(block.float()) if config.normalize and not config.project else block
+            normalize = config.normalize and not config.project
             if isinstance(out, MultiscaleFeatures) and out.stride(g) > 1:
-                maps = _draw_mean(grouped, steps, config.draws)
+                maps = _draw_mean(unit_norm(block.float()) if normalize else block.float(), steps, config.draws)
                 for t in range(steps):
                     out.add_tile(g + t * len(config.blocks), box, maps[t], MARGIN, weight)
             else:
-                for row, band in _region_bands(grouped, padded, scaled, size):
+                for row, band in _region_bands(block, padded, scaled, size, normalize):
                     maps = _draw_mean(band, steps, config.draws)
                     for t in range(steps):
                         write(t * per_step + offset, t * per_step + offset + width, maps[t], row)

@@ -251,7 +251,8 @@ def test_channels_last_weights_and_bfloat16_change_features_only_by_rounding(ima
 def test_maps_are_upsampled_band_by_band_exactly_as_in_one_step(grid, scale, monkeypatch):
     """A block's maps at 1/8 of the network's padded input, the region ``scale`` times the input
     (features at scale 1/scale): bands of rows (small here, so there are many) hold the rows of
-    one whole upsampling (to float rounding) by the combined factor, the margin cut off."""
+    one whole upsampling (to float rounding) by the combined factor, the margin cut off, with each
+    grid cell normalised first where asked (bfloat16 maps, as the network gives them)."""
     from napari_mdm import features
 
     monkeypatch.setattr(features, "BAND_BYTES", 4096)
@@ -259,17 +260,19 @@ def test_maps_are_upsampled_band_by_band_exactly_as_in_one_step(grid, scale, mon
     padded = (grid[0] * 8, grid[1] * 8)
     scaled = (padded[0] - 2 * features.MARGIN - 5, padded[1] - 2 * features.MARGIN - 3)
     size = (scaled[0] * scale, scaled[1] * scale)
-    bands = list(features._region_bands(maps, padded, scaled, size))
-    assert len(bands) > 2 and [row for row, _ in bands] == sorted({row for row, _ in bands})
     margin = features.MARGIN * scale
-    whole = torch.nn.functional.interpolate(maps, scale_factor=8 * scale, mode="bilinear", align_corners=False)
-    expected = whole[:, :, margin : margin + size[0], margin : margin + size[1]]
-    torch.testing.assert_close(torch.cat([band for _, band in bands], dim=2), expected, rtol=0, atol=1e-6)
+    for normalize in (False, True):
+        bands = list(features._region_bands(maps.bfloat16() if normalize else maps, padded, scaled, size, normalize))
+        assert len(bands) > 2 and [row for row, _ in bands] == sorted({row for row, _ in bands})
+        source = features.unit_norm(maps.bfloat16().float()) if normalize else maps
+        whole = torch.nn.functional.interpolate(source, scale_factor=8 * scale, mode="bilinear", align_corners=False)
+        expected = whole[:, :, margin : margin + size[0], margin : margin + size[1]]
+        torch.testing.assert_close(torch.cat([band for _, band in bands], dim=2), expected, rtol=0, atol=1e-5)
 
 
 def test_maps_of_a_region_that_is_no_power_of_two_of_the_input_are_resized_whole():
     from napari_mdm import features
 
     maps, padded, scaled = torch.randn(1, 2, 8, 8), (64, 64), (40, 40)
-    (row, band), *rest = features._region_bands(maps, padded, scaled, (81, 80))
+    (row, band), *rest = features._region_bands(maps, padded, scaled, (81, 80), True)
     assert row == 0 and rest == [] and band.shape == (1, 2, 81, 80)
