@@ -158,12 +158,8 @@ class CompactFeatures:
         return out
 
     def to_float16(self) -> np.ndarray:
-        """The decoded (C, H, W) float16 features (decoded a row at a time)."""
-        c, h, w = self.shape
-        out = np.empty((c, h, w), np.float16)
-        for row in range(h):
-            out[:, row] = self.pixels(np.arange(row * w, (row + 1) * w), np.float16)
-        return out
+        """The decoded (C, H, W) float16 features."""
+        return decoded_rows(self)
 
     def write_zarr(self, store: str):
         """Write the codes and their scales as a zarr group at ``store``; returns the group."""
@@ -225,6 +221,16 @@ class CompactFeatures:
             return out
 
         return apply
+
+
+def decoded_rows(features) -> np.ndarray:
+    """(C, H, W) float16 of coded features (anything with ``shape`` and ``pixels(index, dtype)``),
+    decoded a row at a time."""
+    c, h, w = features.shape
+    out = np.empty((c, h, w), np.float16)
+    for row in range(h):
+        out[:, row] = features.pixels(np.arange(row * w, (row + 1) * w), np.float16)
+    return out
 
 
 def _take(codes: np.ndarray, pixels: torch.Tensor) -> torch.Tensor:

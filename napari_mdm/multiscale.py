@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .compact import CODE_MAX, PIXEL_BLOCK, ChannelWriter, CompactFeatures
+from .compact import CODE_MAX, PIXEL_BLOCK, ChannelWriter, CompactFeatures, decoded_rows
 
 PRODUCT_CELLS = 1 << 16
 """Grid cells multiplied at a time by :meth:`MultiscaleFeatures.product` (bounded temporaries)."""
@@ -229,12 +229,8 @@ class MultiscaleFeatures:
         return out
 
     def to_float16(self) -> np.ndarray:
-        """The decoded (C, H, W) float16 features, a row at a time."""
-        c, h, w = self.shape
-        out = np.empty((c, h, w), np.float16)
-        for row in range(h):
-            out[:, row] = self.pixels(np.arange(row * w, (row + 1) * w), np.float16)
-        return out
+        """The decoded (C, H, W) float16 features."""
+        return decoded_rows(self)
 
     def product(self, weight: torch.Tensor, dtype: torch.dtype) -> Callable[[slice | torch.Tensor], torch.Tensor]:
         """:meth:`CompactFeatures.product`: the per-pixel channels' product at the pixels, plus each
