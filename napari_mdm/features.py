@@ -400,7 +400,8 @@ def group_strides(backbone: Backbone, config: FeatureConfig) -> list[int]:
 
 def group_widths(backbone: Backbone, config: FeatureConfig) -> list[int]:
     """Widths of the network's channel groups, in channel order: per timestep, each block (or the
-    projection). Each is normalised per pixel, so compact features code it with one scale a pixel."""
+    projection). Each is normalised per cell of its grid, so compact features code it with one scale
+    a pixel (or a cell)."""
     config = resolve_config(backbone, config)
     if not config.diffusion:
         return []
