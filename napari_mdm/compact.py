@@ -2,10 +2,9 @@
 
 Two codings, each where it fits:
 
-- The network's channels, one group per timestep and decoder block, are normalised (per cell of
-  the block's grid, and so nearly so per pixel), so a pixel's group shares one scale (block floating
-  point): code = round(x / s), s = the group's largest magnitude at that pixel / 127, kept as
-  float16 per pixel and group. Overlapping tiles blend by decoding, adding and coding again. (Groups
+- The network's channels, one group per timestep and decoder block, are normalised (each block per
+  cell of its grid), so a pixel's group shares one scale (block floating point): code = round(x /
+  s), s = the group's largest magnitude at that pixel / 127, kept as float16 per pixel and group. Overlapping tiles blend by decoding, adding and coding again. (Groups
   below full resolution are held on their own grid instead, coded the same way per cell:
   ``multiscale``.)
 - The filter bank and position channels, computed over the whole image at once, get one step and

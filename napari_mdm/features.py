@@ -486,21 +486,22 @@ def _fill_diffusion(
     on_step: Callable[[], None],
 ) -> None:
     """Run the network on ``region``, whose corner lies at ``corner`` (y, x) of its image, and blend
-    into the ``box`` (y0, y1, x0, x1) of ``out`` (by ``weight``) its decoder maps into the first channels, timestep-major
-    then block then channel: each block normalised per cell of its own grid, draw-averaged, and
-    either kept on that grid (``multiscale``) or upsampled to the region's pixels a band at a time,
-    straight from the network's maps (no tile-sized float16 copy to blend)."""
+    its decoder maps (by ``weight``) into the first channels of the ``box`` (y0, y1, x0, x1) of
+    ``out``, timestep-major then block then channel: each block normalised per cell of its own
+    grid, draw-averaged, and either kept on that grid (``multiscale``) or upsampled to the region's
+    pixels a band at a time, straight from the network's maps (no tile-sized float16 copy to blend)."""
     acts, padded, scaled = decoder_activations(backbone, region, *corner, config, on_step)
     steps, size = len(config.timesteps), region.shape[:2]
     per_step = config.project or sum(acts[b].shape[1] for b in config.blocks)
+    groups_per_step = 1 if config.project else len(config.blocks)
+    normalize = config.normalize and not config.project
     write, offset = _writer(out, box, weight), 0
     with torch.inference_mode():
         for g, (width, block) in enumerate(_channel_groups(backbone, acts, padded, config)):
-            normalize = config.normalize and not config.project
             if isinstance(out, MultiscaleFeatures) and out.stride(g) > 1:
                 maps = _draw_mean(unit_norm(block.float()) if normalize else block.float(), steps, config.draws)
                 for t in range(steps):
-                    out.add_tile(g + t * len(config.blocks), box, maps[t], MARGIN, weight)
+                    out.add_tile(g + t * groups_per_step, box, maps[t], MARGIN, weight)
             else:
                 for row, band in _region_bands(block, padded, scaled, size, normalize):
                     maps = _draw_mean(band, steps, config.draws)
