@@ -114,9 +114,7 @@ class CompactFeatures:
             part = values[:, r : r + rows].float()
             if w is not None:
                 part = _blend(part, w[r : r + rows], codes[:, r : r + rows], scales[r : r + rows])
-            scale = (part.abs().amax(0) / CODE_MAX).half()
-            scales[r : r + rows] = scale
-            codes[:, r : r + rows] = part.div_(scale.float().clamp_min(1e-30)).round_().clamp_(-CODE_MAX, CODE_MAX)
+            codes[:, r : r + rows], scales[r : r + rows] = code_per_pixel(part)
 
     def set_channel(self, channel: int, values: np.ndarray | torch.Tensor) -> None:
         """Code one whole (H, W) channel with its own step and offset, from its range on a fixed
@@ -222,6 +220,14 @@ class CompactFeatures:
             return out
 
         return apply
+
+
+def code_per_pixel(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block floating point for a group's (c, ...) float32 ``values`` (overwritten): per pixel, the
+    float16 scale (its largest magnitude / CODE_MAX) and the values in steps of it, rounded (float32
+    in -CODE_MAX..CODE_MAX)."""
+    scale = (values.abs().amax(0) / CODE_MAX).half()
+    return values.div_(scale.float().clamp_min(1e-30)).round_().clamp_(-CODE_MAX, CODE_MAX), scale
 
 
 def decoded_rows(features) -> np.ndarray:

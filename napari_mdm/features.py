@@ -282,13 +282,18 @@ def unit_norm(a: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     return a.mul_(scale) if in_place else a * scale
 
 
+def _as_float32(a: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """A block's maps in float32, normalised per cell of its grid if ``normalize``."""
+    return unit_norm(a.float()) if normalize else a.float()
+
+
 def _to_region(
     a: torch.Tensor, padded: tuple[int, int], scaled: tuple[int, int], size: tuple[int, int], normalize: bool
 ) -> torch.Tensor:
     """A block's maps (normalised per cell of its grid if ``normalize``) upsampled to the padded
     input, the margin cut off, resized to the region."""
     sh, sw = scaled
-    a = unit_norm(a.float()) if normalize else a.float()
+    a = _as_float32(a, normalize)
     if tuple(a.shape[-2:]) != padded:
         a = F.interpolate(a, size=padded, mode="bilinear", align_corners=False)
     a = a[:, :, MARGIN : MARGIN + sh, MARGIN : MARGIN + sw]
@@ -499,7 +504,7 @@ def _fill_diffusion(
     with torch.inference_mode():
         for g, (width, block) in enumerate(_channel_groups(backbone, acts, padded, config)):
             if isinstance(out, MultiscaleFeatures) and out.stride(g) > 1:
-                maps = _draw_mean(unit_norm(block.float()) if normalize else block.float(), steps, config.draws)
+                maps = _draw_mean(_as_float32(block, normalize), steps, config.draws)
                 for t in range(steps):
                     out.add_tile(g + t * groups_per_step, box, maps[t], MARGIN, weight)
             else:

@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .compact import CODE_MAX, PIXEL_BLOCK, ChannelWriter, CompactFeatures, decoded_rows
+from .compact import PIXEL_BLOCK, ChannelWriter, CompactFeatures, code_per_pixel, decoded_rows
 
 PRODUCT_CELLS = 1 << 16
 """Grid cells multiplied at a time by :meth:`MultiscaleFeatures.product` (bounded temporaries)."""
@@ -77,10 +77,8 @@ def _axis(n: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
     return i, (u - i).astype(np.float32)
 
 
-def _index(pixels: slice | torch.Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(pixels, slice):
-        return np.arange(pixels.start, pixels.stop)
-    return pixels.numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
+def _index(pixels: slice | torch.Tensor) -> np.ndarray:
+    return np.arange(pixels.start, pixels.stop) if isinstance(pixels, slice) else pixels.numpy()
 
 
 @dataclass(eq=False)
@@ -191,9 +189,8 @@ class MultiscaleFeatures:
         _, coded = self.coarse[group]
         codes = torch.from_numpy(coded.codes).view(coded.shape[0], -1)
         scales = torch.from_numpy(coded.pixel_scales).view(-1).float()
-        values = taps.read(codes.T, scales).T
-        scale = (values.abs().amax(0) / CODE_MAX).half().float()
-        return values.div_(scale.clamp_min(1e-30)).round_().clamp_(-CODE_MAX, CODE_MAX).to(torch.int8), scale
+        coded, scale = code_per_pixel(taps.read(codes.T, scales).T)
+        return coded.to(torch.int8), scale.float()
 
     def _taps(self, index: np.ndarray) -> dict[int, Taps]:
         shape = self.full.shape[1:]
@@ -237,20 +234,23 @@ class MultiscaleFeatures:
         grid's product with its groups' weights (computed once, on the grid: bilinear interpolation
         and a matrix product commute) interpolated there."""
         full = self.full.product(weight[:, torch.from_numpy(self._full_channels())], dtype)
+        by_stride: dict[int, list[int]] = {}
+        for g, (s, _) in self.coarse.items():
+            by_stride.setdefault(s, []).append(g)
+
+        def on_grid(g: int, cells: slice) -> torch.Tensor:  # (cells, r): a cell's row contiguous
+            _, coded = self.coarse[g]
+            codes = torch.from_numpy(coded.codes).view(coded.shape[0], -1)[:, cells]
+            scales = torch.from_numpy(coded.pixel_scales).view(-1, 1)[cells]
+            return torch.mm(codes.T.to(dtype), weight[:, slice(*self.groups[g])].T.to(dtype)).mul_(scales.to(dtype))
+
         grids: dict[int, torch.Tensor] = {}  # per stride, in ``dtype``: half the bytes to gather in bfloat16
-        for g, (s, coded) in self.coarse.items():
-            codes = torch.from_numpy(coded.codes).view(coded.shape[0], -1)
-            scales = torch.from_numpy(coded.pixel_scales).view(-1, 1)
-            transposed = weight[:, slice(*self.groups[g])].T.to(dtype)
-            first = s not in grids
-            grid = grids.setdefault(s, torch.empty(codes.shape[1], weight.shape[0], dtype=dtype))  # rows contiguous
-            for a in range(0, codes.shape[1], PRODUCT_CELLS):
+        for s, members in by_stride.items():
+            _, first = self.coarse[members[0]]
+            grid = grids[s] = torch.empty(first.shape[1] * first.shape[2], weight.shape[0], dtype=dtype)
+            for a in range(0, len(grid), PRODUCT_CELLS):
                 cells = slice(a, a + PRODUCT_CELLS)
-                part = torch.mm(codes[:, cells].T.to(dtype), transposed).mul_(scales[cells].to(dtype))
-                if first:
-                    grid[cells] = part
-                else:
-                    grid[cells] += part
+                grid[cells] = sum(on_grid(g, cells) for g in members)
         shape = self.full.shape[1:]
 
         def apply(pixels: slice | torch.Tensor) -> torch.Tensor:
